@@ -1,0 +1,45 @@
+# `make` alone lists the targets. Everything runs in .venv (made by `make install`);
+# override with PY=python3 where the packages are already installed (e.g. a GPU machine).
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+TORCH ?= 2.13.0
+PYTEST = $(PY) -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all test-gpu lint format lock clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: ## create .venv and install the project + dev tools at the tested versions (constraints.txt)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@$(VENV)/bin/python -c "import torch, mlflow, sklearn, pandas; print(f'installed: torch {torch.__version__}, mlflow {mlflow.__version__}, scikit-learn {sklearn.__version__}, pandas {pandas.__version__}')"
+
+test: ## the fast suite (everything but `slow`; `gpu` tests skip without CUDA)
+	$(PYTEST) -m "not slow"
+
+test-all: ## every test, `slow` ones included
+	$(PYTEST)
+
+test-gpu: ## only the CUDA tests (they skip where there is no GPU)
+	$(PYTEST) -m gpu
+
+lint: ## ruff: lint and formatting check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: ## ruff: fix what can be fixed and format
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+lock: ## re-resolve the dev environment into constraints.txt (torch pinned by TORCH=...)
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet torch==$(TORCH) -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
+	  | sed 's/^torch==.*/torch==$(TORCH)/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
+
+clean: ## remove caches and build leftovers (keeps .venv and mlflow.db)
+	rm -rf .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,10 @@
+"""Train the models on scikit-learn's datasets: datasets, the training loop, and (later) sweeps.
+
+Data flows one way: ``manual_models`` ← ``experiments`` ← ``analysis``. The training loop here is
+plain PyTorch and knows nothing of any tracker.
+"""
+
+from experiments.datasets import DATASETS, Split, load, split
+from experiments.engine import History, fit
+
+__all__ = ["DATASETS", "History", "Split", "fit", "load", "split"]

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis import TrajectoryGap, trajectory_gap
+from experiments import History
+
+
+def history(steps=3, n=2):
+    f64 = {"dtype": torch.float64}
+    return History(
+        loss=torch.ones(steps, **f64),
+        dw=torch.zeros(steps, n, **f64),
+        db=torch.zeros(steps, **f64),
+        w=torch.arange((steps + 1) * n, **f64).view(steps + 1, n),
+        b=torch.zeros(steps + 1, **f64),
+    )
+
+
+def test_gap_is_the_largest_difference_over_all_steps():
+    a, b = history(), history()
+    b.w[2, 1] += 3e-6
+    b.loss[0] -= 1e-7
+    gap = trajectory_gap(a, b)
+    assert gap == TrajectoryGap(pytest.approx(3e-6), 0.0, pytest.approx(1e-7), 3)
+    assert gap.agrees(torch.float32) and not gap.agrees(torch.float64)
+
+
+def test_histories_of_different_length_are_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        trajectory_gap(history(steps=3), history(steps=4))
