@@ -4,9 +4,12 @@ VENV ?= .venv
 PY ?= $(VENV)/bin/python
 TORCH ?= 2.13.0
 PYTEST = $(PY) -m pytest
+CONFIG ?= experiments/configs/default.yaml
+TRACKING_URI ?= sqlite:///mlflow.db
+PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu lint format lock clean
+.PHONY: help install test test-all test-gpu sweep ui lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +27,13 @@ test-all: ## every test, `slow` ones included
 
 test-gpu: ## only the CUDA tests (they skip where there is no GPU)
 	$(PYTEST) -m gpu
+
+sweep: ## the main job: every run of CONFIG (default experiments/configs/default.yaml) into TRACKING_URI
+	$(PY) -m experiments sweep $(CONFIG) --tracking-uri $(TRACKING_URI)
+
+ui: ## the MLflow UI on http://127.0.0.1:PORT (default 5000) for TRACKING_URI
+	@echo "MLflow UI for $(TRACKING_URI): http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
 
 lint: ## ruff: lint and formatting check
 	$(PY) -m ruff check .

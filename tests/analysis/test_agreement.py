@@ -9,12 +9,11 @@ from experiments import History
 
 def history(steps=3, n=2):
     f64 = {"dtype": torch.float64}
+    metrics = {"train/loss": torch.ones(steps + 1, **f64), "param/b": torch.zeros(steps + 1, **f64)}
     return History(
-        loss=torch.ones(steps, **f64),
-        dw=torch.zeros(steps, n, **f64),
-        db=torch.zeros(steps, **f64),
+        metrics=metrics,
         w=torch.arange((steps + 1) * n, **f64).view(steps + 1, n),
-        b=torch.zeros(steps + 1, **f64),
+        dw=torch.zeros(steps + 1, n, **f64),
     )
 
 

@@ -36,11 +36,30 @@ def test_history_layout(breast_cancer):
     X, y = breast_cancer
     history = run("manual", X, y, steps=5)
     assert history.steps == 5
-    assert history.w.shape == (6, 30) and history.dw.shape == (5, 30)
-    assert history.b.shape == (6,) and history.db.shape == (5,) and history.loss.shape == (5,)
-    assert history.w.device.type == "cpu"
-    # Row t holds the parameters before step t: w[t+1] = w[t] − lr·dw[t].
-    torch.testing.assert_close(history.w[1:], history.w[:-1] - LR * history.dw, rtol=0, atol=1e-15)
+    assert history.w.shape == (6, 30) and history.dw.shape == (6, 30)
+    assert set(history.metrics) == {
+        "train/loss",
+        "train/accuracy",
+        "grad/w_norm",
+        "grad/b",
+        "param/w_norm",
+        "param/b",
+    }
+    assert all(v.shape == (6,) and v.device.type == "cpu" for v in history.metrics.values())
+    # Row t holds θ_t and the gradient there: w[t+1] = w[t] − lr·dw[t], b likewise.
+    torch.testing.assert_close(
+        history.w[1:], history.w[:-1] - LR * history.dw[:-1], rtol=0, atol=1e-15
+    )
+    torch.testing.assert_close(
+        history.b[1:], history.b[:-1] - LR * history.db[:-1], rtol=0, atol=1e-15
+    )
+    # The last row is the final state, evaluated without a step.
+    final = make_model("manual", 30, LR, dtype=X.dtype, device=X.device)
+    final.set_parameters(history.w[-1].to(X.device), history.b[-1])
+    torch.testing.assert_close(history.loss[-1], final.loss(X, y).cpu(), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        history.dw[-1], final.gradients(X, y)["dw"].cpu(), rtol=1e-15, atol=0
+    )
 
 
 def test_trajectory_check_catches_a_0_1_percent_gradient_bug(breast_cancer, monkeypatch):
@@ -84,3 +103,52 @@ def test_trajectories_agree_on_every_dataset_and_lr(name, lr, dtype, device):
     for impl in ("manual", "function"):
         gap = trajectory_gap(histories[impl], histories["autograd"])
         assert gap.agrees(dtype), (impl, gap)
+
+
+@pytest.mark.parametrize("impl", ["manual", "function"])
+def test_validation_metrics_and_gradient_check(impl, breast_cancer):
+    X, y = breast_cancer
+    X_train, y_train, X_val, y_val = X[:400], y[:400], X[400:], y[400:]
+    model = make_model(impl, 30, LR, dtype=X.dtype, device=X.device)
+    reference = make_model("autograd", 30, LR, dtype=X.dtype, device=X.device)
+    history = fit(
+        model, X_train, y_train, 20, X_val=X_val, y_val=y_val, reference=reference, check_every=3
+    )
+    m = history.metrics
+    assert set(m) >= {"val/loss", "val/accuracy", "check/grad_rel_err", "check/grad_err_vs_terms"}
+    checked = ~torch.isnan(m["check/grad_rel_err"])
+    assert checked.nonzero().flatten().tolist() == [0, 3, 6, 9, 12, 15, 18, 20]
+    assert m["check/grad_rel_err"][checked].max() < 1e-12
+    assert 0.9 < m["val/accuracy"][-1] <= 1 and m["val/loss"][-1] < m["val/loss"][0]
+    # The reference stays a reference: training did not move the model that checks it...
+    assert reference.w.data_ptr() != model.w.data_ptr()
+    # ...and its gradient really is compared: a wrong one would show.
+    probe = make_model("autograd", 30, LR, dtype=X.dtype, device=X.device)
+    probe.set_parameters(history.w[20].to(X.device), history.b[20])
+    expected = probe.gradients(X_train, y_train)
+    torch.testing.assert_close(history.dw[20], expected["dw"].cpu(), rtol=1e-12, atol=0)
+
+
+def test_gradient_checks_near_an_optimum(monkeypatch):
+    """iris (not separable) converges: ‖g‖ → 1e-8 in float32, and the plain relative error of
+    two correct gradients grows with it; the error relative to the summands does not. A wrong
+    gradient moves both."""
+    X, y = datasets.load("iris")
+    X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.float32)
+
+    def checked_run():
+        model = make_model("manual", 4, 10.0)
+        return fit(model, X, y, 1500, reference=make_model("autograd", 4, 10.0)).metrics
+
+    m = checked_run()
+    assert m["grad/w_norm"][-1] < 1e-5
+    assert m["check/grad_rel_err"].max() > 1e-4  # looks alarming, is rounding
+    assert m["check/grad_err_vs_terms"].max() < 1e-6  # float32 epsilon-sized all along
+    correct = manual_models.logistic.bce_gradients
+    monkeypatch.setattr(
+        manual_models.logistic,
+        "bce_gradients",
+        lambda *a: {k: 1.001 * v for k, v in correct(*a).items()},
+    )
+    assert checked_run()["check/grad_err_vs_terms"].max() > 1e-4

@@ -1,0 +1,132 @@
+"""``python -m experiments sweep|train``: the command line over configs, engine and tracker.
+
+Every user mistake (a bad key or value, a missing or malformed file, an absent device, a store
+that cannot be reached) ends as one line on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
+from experiments.tracking import Tracker, TrackingError
+
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train the manual, autograd and Function logistic regressions; track them in MLflow."""
+
+
+def tracking_options(command):
+    command = click.option(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store: sqlite:///PATH.db or http://HOST:PORT "
+        "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )(command)
+    command = click.option(
+        "--experiment", metavar="NAME", help="experiment (default: the config's name)"
+    )(command)
+    command = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="override a config key; VALUE is YAML, e.g. lrs=[0.01,0.1]",
+    )(command)
+    return click.option("--quiet", is_flag=True, help="no progress bar")(command)
+
+
+@main.command()
+@click.argument("config", required=False, metavar="[CONFIG]")
+@tracking_options
+def sweep(config, overrides, experiment, tracking_uri, quiet) -> None:
+    """Run every grid point of CONFIG (default: experiments/configs/default.yaml)."""
+    path = Path(config) if config else DEFAULT_CONFIG
+    sweep_config = load_sweep(path, parse_overrides(overrides))
+    command = " ".join(
+        [
+            "python -m experiments sweep",
+            shlex.quote(str(path)),
+            *(f"--set {shlex.quote(o)}" for o in overrides),
+        ]
+    )
+    execute(sweep_config, tracking_uri, experiment, command, nested=True, quiet=quiet)
+
+
+@main.command()
+@click.option("--dataset", required=True, help="a name, or YAML: '{name: moons, noise: 0.3}'")
+@click.option("--impl", required=True, help="manual, autograd or function")
+@click.option("--lr", required=True, help="learning rate > 0")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
+@click.option("--seed", default="0", show_default=True)
+@click.option("--steps", help="gradient-descent steps [1000]")
+@click.option("--dtype", help="float32 or float64 [float32]")
+@click.option("--val-fraction", help="held-out share [0.25]")
+@click.option("--check-every", help="steps between gradient checks [auto]")
+@click.option("--max-metric-points", help="points per metric sent to MLflow [200]")
+@click.option("--max-trajectory-values", help="w, dw values kept per run [1e7]")
+@tracking_options
+def train(dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, quiet, **common):
+    """Train one run, with the same keys as a sweep config (as options)."""
+    data: dict[str, Any] = {
+        "name": "train",
+        "datasets": [parse_overrides([f"dataset={dataset}"])["dataset"]],
+        "impls": [impl],
+        "lrs": [lr],
+        "devices": [device],
+        "seeds": [seed],
+        **{k: v for k, v in common.items() if v is not None},
+        **parse_overrides(overrides),
+    }
+    config = build(SweepConfig, data)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments", *sys.argv[1:]])
+    execute(config, tracking_uri, experiment, command, nested=False, quiet=True)
+
+
+def execute(config: SweepConfig, uri, experiment, command: str, *, nested: bool, quiet: bool):
+    from experiments.sweep import run_grid, summarize  # heavy imports after validation
+
+    tracker = Tracker(uri)
+    outcome = run_grid(
+        config, tracker, experiment=experiment, command=command, nested=nested, progress=not quiet
+    )
+    runs = outcome.runs
+    table = summarize(runs) if nested else runs.drop(columns=["run_id"])
+    with_format = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    click.echo(with_format)
+    name = experiment or config.name
+    click.echo(
+        f"\n{len(runs)} run{'s' * (len(runs) != 1)} in {outcome.seconds:.1f} s "
+        f"({outcome.train_seconds:.1f} s training, the rest tracking) → experiment {name!r} "
+        f"(id {outcome.experiment_id}) in {tracker.uri}"
+    )
+    if tracker.uri.startswith("http"):
+        click.echo(f"view: {tracker.uri.rstrip('/')}/#/experiments/{outcome.experiment_id}/runs")
+    else:
+        click.echo(
+            f"view: mlflow ui --backend-store-uri {tracker.uri} --port 5000 (or `make ui`), then "
+            f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
+        )
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        main.main(args=argv, prog_name="python -m experiments", standalone_mode=False)
+    except (ConfigError, TrackingError, click.UsageError) as err:
+        message = err.format_message() if isinstance(err, click.ClickException) else str(err)
+        click.echo(f"error: {message}", err=True)
+        return 2
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("interrupted", err=True)
+        return 130
+    return 0

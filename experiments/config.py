@@ -1,0 +1,293 @@
+"""One validated config object per sweep, and one per run: the grid is the product of the lists.
+
+A sweep config is a YAML file of the :class:`SweepConfig` keys; ``--set KEY=VALUE`` overrides a
+key with VALUE parsed as YAML (``--set lrs=[0.01,0.1]``). Anything wrong — a typo'd key, a bad
+value, a file that is not there or not YAML, a device this machine lacks — is a
+:class:`ConfigError` with a one-line message, raised before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from experiments.datasets import DATASETS
+from manual_models import IMPLEMENTATIONS
+from manual_models._checks import DEVICE_TYPES, device_available
+
+Impl = Literal["manual", "autograd", "function"]
+Device = Literal["cpu", "cuda", "mps"]
+Dtype = Literal["float32", "float64"]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+assert set(Impl.__args__) == set(IMPLEMENTATIONS)  # the registry and the config agree
+
+
+class ConfigError(ValueError):
+    """A user's mistake in a config or an option; its message is one line."""
+
+
+class DatasetConfig(BaseModel):
+    """A dataset by name, with loader parameters: ``moons`` or ``{name: moons, noise: 0.3}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "params" not in value:
+            params = {k: v for k, v in value.items() if k != "name"}
+            return {"name": value.get("name"), "params": params}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _params_known(self) -> DatasetConfig:
+        allowed = DATASETS[self.name].params
+        for key in self.params:
+            if key not in allowed:
+                choices = ", ".join(allowed) or "none"
+                raise ValueError(
+                    f"dataset {self.name!r} takes no {key!r}; its parameters: {choices}"
+                )
+        return self
+
+    @property
+    def label(self) -> str:
+        """``synthetic(n_features=100,n_samples=1000000)``, or just the name."""
+        if not self.params:
+            return self.name
+        inside = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inside})"
+
+    def __hash__(self) -> int:
+        return hash(self.label)
+
+
+class _Common(BaseModel):
+    """The keys a sweep and a single run share."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(1000, ge=1, description="full-batch gradient-descent steps per run")
+    dtype: Dtype = "float32"
+    val_fraction: float = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
+    check_every: int | None = Field(
+        None,
+        ge=1,
+        description="steps between grad_rel_err checks; default: every step when the training "
+        "set has at most 1e6 values, else 100 checks per run",
+    )
+    max_metric_points: int = Field(
+        200, ge=2, description="points per metric series sent to MLflow (first and last kept)"
+    )
+    max_trajectory_values: int = Field(
+        10_000_000, ge=1, description="w and dw values kept in trajectory.parquet before thinning"
+    )
+
+
+class SweepConfig(_Common):
+    """A grid of runs: every combination of the list-valued keys."""
+
+    name: str = Field("default", min_length=1, description="the MLflow experiment")
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    impls: list[Impl] = Field(min_length=1)
+    lrs: list[PositiveFloat] = Field(min_length=1)
+    devices: list[Literal["auto", "cpu", "cuda", "mps"]] = Field(["auto"], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+
+    @field_validator("lrs", mode="before")
+    @classmethod
+    def _logspace(cls, value: Any) -> Any:
+        """``{logspace: [1e-3, 10, 8]}``: 8 learning rates evenly spaced in log from 1e-3 to 10."""
+        if isinstance(value, dict) and set(value) == {"logspace"}:
+            try:
+                start, stop, num = (float(v) for v in value["logspace"])
+            except (TypeError, ValueError):
+                raise ValueError("logspace takes [start, stop, count]") from None
+            if not (start > 0 and stop > 0 and num >= 1 and num == int(num)):
+                raise ValueError("logspace takes [start, stop, count] with start, stop > 0")
+            if num == 1:
+                return [start]
+            ratio = math.log10(stop / start) / (num - 1)
+            return [float(f"{start * 10 ** (ratio * k):.6g}") for k in range(int(num))]
+        return value
+
+    @field_validator("datasets", "impls", "lrs", "devices", "seeds")
+    @classmethod
+    def _no_repeats(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError("has a repeated entry")
+        return values
+
+    @field_validator("devices")
+    @classmethod
+    def _present(cls, devices: list[str]) -> list[str]:
+        for device in devices:
+            if device != "auto" and not device_available(device):
+                present = ", ".join(d for d in DEVICE_TYPES if device_available(d))
+                raise ValueError(f"device {device!r} is not available here; present: {present}")
+        return devices
+
+    def resolved_devices(self) -> list[str]:
+        """``auto`` becomes every device present, in the order cpu, cuda, mps."""
+        out: list[str] = []
+        for device in self.devices:
+            for d in DEVICE_TYPES if device == "auto" else [device]:
+                if device_available(d) and d not in out:
+                    out.append(d)
+        return out
+
+    def grid(self) -> list[RunConfig]:
+        """The runs, grouped so that runs differing only in impl and lr sit together."""
+        common = _Common.model_fields
+        shared = {k: getattr(self, k) for k in common}
+        return [
+            RunConfig(dataset=d, device=dev, seed=s, impl=i, lr=lr, **shared)
+            for d in self.datasets
+            for dev in self.resolved_devices()
+            for s in self.seeds
+            for i in self.impls
+            for lr in self.lrs
+        ]
+
+
+class RunConfig(_Common):
+    """One grid point: everything that determines one run, logged whole as its params."""
+
+    dataset: DatasetConfig
+    impl: Impl
+    lr: PositiveFloat
+    device: Device
+    seed: int = Field(0, ge=0)
+
+    @property
+    def key(self) -> str:
+        """A stable hash of the whole config: the same key means the same run."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return f"{self.impl} · {self.dataset.label} · lr={self.lr:g} · {self.device} · s{self.seed}"
+
+    def params(self) -> dict[str, str]:
+        """Flat ``key → str`` for MLflow: ``dataset``, ``dataset.noise``, ``lr``, ..."""
+        flat = {k: v for k, v in self.model_dump().items() if k != "dataset"}
+        flat["dataset"] = self.dataset.name
+        flat.update({f"dataset.{k}": v for k, v in self.dataset.params.items()})
+        return {k: _text(v) for k, v in flat.items()}
+
+    def command(self) -> str:
+        """The shell command that repeats this run on its own."""
+        dataset = self.dataset.name
+        if self.dataset.params:
+            dataset = yaml.safe_dump(
+                {"name": dataset, **self.dataset.params}, default_flow_style=True
+            )
+        parts = [
+            "python -m experiments train",
+            f"--dataset {shlex.quote(dataset.strip())}",
+            f"--impl {self.impl}",
+            f"--lr {self.lr}",
+            f"--device {self.device}",
+            f"--seed {self.seed}",
+        ]
+        for key, field in _Common.model_fields.items():
+            value = getattr(self, key)
+            if value != field.default:
+                parts.append(f"--{key.replace('_', '-')} {value}")
+        return " ".join(parts)
+
+    def check_every_for(self, n_values: int) -> int:
+        if self.check_every is not None:
+            return self.check_every
+        return 1 if n_values <= 1_000_000 else max(1, math.ceil(self.steps / 100))
+
+
+def _text(value: object) -> str:
+    return str(value)  # floats print their shortest exact repr: 0.0031622776601683794
+
+
+# --- reading configs ------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["lrs=[0.01,0.1]", "steps=10"]`` → ``{"lrs": [0.01, 0.1], "steps": 10}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value") from None
+    return out
+
+
+def build(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate ``data`` as ``model``; the first problem becomes a one-line ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe(err, model)) from None
+
+
+def describe(err: ValidationError, model: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        keys = ", ".join(model.model_fields)
+        return f"unknown config key {loc!r}; valid keys: {keys}"
+    if first["type"] == "missing":
+        return f"missing config key {loc!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    shown = first.get("input")
+    got = "" if isinstance(shown, dict) or first["type"] == "value_error" else f" (got {shown!r})"
+    return f"{loc}: {message}{got}"
+
+
+def load_sweep(path: str | Path | None, overrides: dict[str, Any]) -> SweepConfig:
+    data = read_yaml(path) if path is not None else {}
+    return build(SweepConfig, {**data, **overrides})

@@ -1,0 +1,240 @@
+"""The tracking layer: everything this repo writes to MLflow, and nothing else does.
+
+Speed matters here: MLflow's per-call ``log_metric`` costs milliseconds a point against SQLite,
+so each run sends its params, thinned metric series and tags in ``log_batch`` calls, and the full
+per-step record as two Parquet artifacts (``history.parquet``, ``trajectory.parquet``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from experiments.engine import History
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line and says why."""
+
+
+def resolve_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default local store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, on a store that cannot be reached or written."""
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme == "sqlite":
+        path = sqlite_path(uri)
+        if path is None or str(path) in ("", "."):
+            raise TrackingError(
+                f"bad SQLite URI {uri!r}; write sqlite:///relative.db or sqlite:////abs.db"
+            )
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking store {uri!r}: folder {str(folder)!r} does not exist")
+        target = path if path.exists() else folder
+        if not os.access(target, os.W_OK):
+            raise TrackingError(f"tracking store {uri!r}: {str(target)!r} is not writable")
+    elif scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise TrackingError(f"tracking server {uri} answered {reply.status} on /health")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"tracking server {uri} cannot be reached: {reason}") from None
+    elif scheme in ("postgresql", "mysql", "mssql") or scheme.startswith(("postgresql+", "mysql+")):
+        pass  # reached when the store opens, still before any training
+    else:
+        raise TrackingError(
+            f"unsupported tracking URI {uri!r}; use sqlite:///PATH.db, http(s)://HOST:PORT "
+            "or a database URI (postgresql://...)"
+        )
+
+
+def thin(n: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` indices of ``range(n)``, evenly spread, first and last included."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+
+
+def history_frame(history: History) -> pd.DataFrame:
+    frame = pd.DataFrame({name: v.double().numpy() for name, v in history.metrics.items()})
+    frame.insert(0, "step", np.arange(history.steps + 1))
+    return frame
+
+
+def trajectory_frame(history: History, max_values: int) -> tuple[pd.DataFrame, int]:
+    """Per-step w and dw as columns ``w_0 … w_{n-1}, dw_0 …``; every k-th step above a size."""
+    rows, n = history.w.shape
+    every = max(1, -(-rows * 2 * n // max_values))  # ceil: keep rows·2n ≤ max_values
+    keep = np.unique(np.append(np.arange(0, rows, every), rows - 1))
+    w, dw = history.w.double().numpy()[keep], history.dw.double().numpy()[keep]
+    columns = {"step": keep}
+    columns.update({f"w_{j}": w[:, j] for j in range(n)})
+    columns.update({f"dw_{j}": dw[:, j] for j in range(n)})
+    return pd.DataFrame(columns), every
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """SHA-256 over every byte and shape: changes whenever the data does (MLflow's own
+    numpy digest samples rows, and misses a change in the middle of a large array)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+class Tracker:
+    """One MLflow store: open it once, then create, fill and end runs in it."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = resolve_uri(uri)
+        self._client = None
+        self._inputs: dict[tuple, object] = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            # Imported here: the CLI validates its input before paying for MLflow's import.
+            # Importing mlflow sets its loggers to INFO; quiet them before the store is made.
+            from mlflow import MlflowClient
+
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def open(self) -> None:
+        """Check the store is there, and create its schema once (before any parallel work)."""
+        check_reachable(self.uri)
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as err:  # MLflow raises many kinds; the user needs the first line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrackingError(f"tracking store {self.uri} cannot be used: {first}") from None
+
+    def experiment(self, name: str) -> str:
+        """The experiment's id, created on first use (artifacts beside a SQLite store)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        path = sqlite_path(self.uri)
+        if path is not None:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            location = (path.resolve().parent / "mlartifacts" / slug).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(
+        self,
+        experiment_id: str,
+        name: str,
+        *,
+        tags: Mapping[str, str],
+        parent_id: str | None = None,
+    ) -> str:
+        all_tags = dict(tags)
+        if parent_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, object] = (),
+        metrics: Mapping[str, float] = (),
+        tags: Mapping[str, str] = (),
+    ) -> None:
+        """Params, single-valued metrics and tags in one batch."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in dict(metrics).items()],
+            params=[Param(k, str(v)) for k, v in dict(params).items()],
+            tags=[RunTag(k, str(v)) for k, v in dict(tags).items()],
+        )
+
+    def log_history(self, run_id: str, history: History, max_points: int, max_values: int) -> int:
+        """Thinned metric series, and the complete record as artifacts. Returns the thinning
+        step of ``trajectory.parquet`` (1: every step kept)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = []
+        for name, series in history.metrics.items():
+            values = series.double().numpy()
+            steps = np.flatnonzero(~np.isnan(values))
+            for i in steps[thin(len(steps), max_points)]:
+                points.append(Metric(name, float(values[i]), now, int(i)))
+        self.client.log_batch(run_id, metrics=points)
+        trajectory, every = trajectory_frame(history, max_values)
+        with tempfile.TemporaryDirectory() as tmp:
+            history_frame(history).to_parquet(Path(tmp) / "history.parquet", index=False)
+            trajectory.to_parquet(Path(tmp) / "trajectory.parquet", index=False)
+            self.client.log_artifacts(run_id, tmp)
+        return every
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dataset(
+        self, run_id: str, key: tuple, name: str, loader: str, split: Mapping[str, np.ndarray]
+    ) -> None:
+        """The training and validation data as run inputs, each with a full-content digest."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+
+        if key not in self._inputs:
+            source = CodeDatasetSource(tags={"loader": loader})
+            inputs = []
+            for context in ("train", "val"):
+                X, y = split[f"X_{context}"], split[f"y_{context}"]
+                dataset = from_numpy(
+                    X, source=source, targets=y, name=f"{name}-{context}", digest=digest(X, y)
+                )
+                tags = [InputTag("mlflow.data.context", context)]
+                inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+            self._inputs[key] = inputs
+        self.client.log_inputs(run_id, datasets=self._inputs[key])
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    if device == "mps":
+        return "Apple MPS"
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"

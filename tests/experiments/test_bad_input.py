@@ -1,0 +1,110 @@
+"""Every user mistake: one line on stderr naming the problem, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.cli import CONFIGS, run
+
+QUICK = str(CONFIGS / "quick.yaml")
+
+
+def bad_file(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+CASES = {
+    "unknown dataset": (["--set", "datasets=[mnist]"], "unknown dataset 'mnist'; choose one of"),
+    "unknown dataset param": (["--set", "datasets=[{name: iris, noise: 1}]"], "parameters: none"),
+    "unknown impl": (["--set", "impls=[numpy]"], "'manual', 'autograd' or 'function'"),
+    "unknown device": (["--set", "devices=[tpu]"], "'auto', 'cpu', 'cuda' or 'mps'"),
+    "unknown dtype": (["--set", "dtype=float16"], "'float32' or 'float64'"),
+    "negative lr": (["--set", "lrs=[0.1,-1]"], "lrs.1: Input should be greater than 0"),
+    "zero lr": (["--set", "lrs=[0]"], "greater than 0"),
+    "nan lr": (["--set", "lrs=[.nan]"], "finite number"),
+    "inf lr": (["--set", "lrs=[.inf]"], "finite number"),
+    "lr not a number": (["--set", "lrs=[fast]"], "valid number"),
+    "zero steps": (["--set", "steps=0"], "steps: Input should be greater than or equal to 1"),
+    "empty grid": (["--set", "lrs=[]"], "lrs: List should have at least 1 item"),
+    "repeated lr": (["--set", "lrs=[0.1,0.1]"], "lrs: has a repeated entry"),
+    "unknown key": (["--set", "lr=0.1"], "unknown config key 'lr'; valid keys:"),
+    "bad --set": (["--set", "steps"], "--set takes KEY=VALUE"),
+    "bad tracking uri": (["--tracking-uri", "ftp://nowhere"], "unsupported tracking URI"),
+    "no store folder": (["--tracking-uri", "sqlite:////nonexistent/dir/m.db"], "does not exist"),
+    "server down": (["--tracking-uri", "http://127.0.0.1:9"], "cannot be reached"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sweep_bad_input(case, tmp_path, capsys):
+    extra, message = CASES[case]
+    if "--tracking-uri" not in extra:
+        extra = [*extra, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    assert run(["sweep", QUICK, "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert list(tmp_path.iterdir()) == []  # no store, no artifacts
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: [unclosed", "malformed YAML"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("name: x\nlrs: [0.1]\nimpls: [manual]\n", "missing config key 'datasets'"),
+    ],
+)
+def test_sweep_bad_file(text, message, tmp_path, capsys):
+    assert (
+        run(["sweep", bad_file(tmp_path, text), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert run(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_absent_device(tmp_path, capsys):
+    assert (
+        run(
+            [
+                "sweep",
+                QUICK,
+                "--set",
+                "devices=[cuda]",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'm.db'}",
+            ]
+        )
+        == 2
+    )
+    assert "device 'cuda' is not available here; present: cpu" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--lr", "-0.1"], "lrs.0: Input should be greater than 0"),
+        (["--lr", "abc"], "valid number"),
+        (["--lr", "0.1", "--steps", "-3"], "steps"),
+        (["--lr", "0.1", "--device", "gpu"], "'auto', 'cpu', 'cuda' or 'mps'"),
+        (["--lr", "0.1", "--nonsense", "1"], "No such option"),
+    ],
+)
+def test_train_bad_input(options, message, tmp_path, capsys):
+    args = ["train", "--dataset", "iris", "--impl", "manual", *options]
+    assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

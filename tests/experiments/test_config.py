@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+
+from experiments.cli import CONFIGS
+from experiments.config import (
+    ConfigError,
+    RunConfig,
+    SweepConfig,
+    build,
+    load_sweep,
+    parse_overrides,
+)
+
+
+def test_shipped_configs_are_valid_and_default_is_the_main_job():
+    for path in CONFIGS.glob("*.yaml"):
+        load_sweep(path, {})
+    default = load_sweep(CONFIGS / "default.yaml", {})
+    assert [d.name for d in default.datasets] == [
+        "breast_cancer",
+        "iris",
+        "wine",
+        "digits",
+        "moons",
+    ]
+    assert default.lrs == pytest.approx(
+        [0.001, 0.00372759, 0.0138950, 0.0517947, 0.193070, 0.719686, 2.68270, 10.0], rel=1e-5
+    )
+    assert default.impls == ["manual", "autograd", "function"] and default.seeds == [0, 1, 2]
+    assert default.steps == 1000 and default.devices == ["auto"]
+    assert len(default.grid()) == 5 * 8 * 3 * 3 * len(default.resolved_devices())
+
+
+def test_grid_is_the_product_and_keys_are_stable_and_distinct():
+    config = load_sweep(CONFIGS / "quick.yaml", {"seeds": [0, 1]})
+    grid = config.grid()
+    assert len(grid) == 2 * 3 * 2 * 2
+    assert len({g.key for g in grid}) == len(grid)
+    assert [g.key for g in grid] == [
+        g.key for g in load_sweep(CONFIGS / "quick.yaml", {"seeds": [0, 1]}).grid()
+    ]
+
+
+def test_overrides_are_yaml():
+    assert parse_overrides(["lrs=[0.01, 0.1]", "steps=10", "name=x=y"]) == {
+        "lrs": [0.01, 0.1],
+        "steps": 10,
+        "name": "x=y",
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["=3"])
+
+
+def test_dataset_entries_take_parameters():
+    config = load_sweep(CONFIGS / "large.yaml", {})
+    (dataset,) = config.datasets
+    assert dataset.params == {"n_samples": 1_000_000, "n_features": 100}
+    assert dataset.label == "synthetic(n_features=100,n_samples=1000000)"
+    run = config.grid()[0]
+    assert run.params()["dataset.n_samples"] == "1000000"
+
+
+def test_run_command_reproduces_the_config():
+    data = {
+        "datasets": [{"name": "moons", "noise": 0.3}],
+        "impls": ["function"],
+        "lrs": [0.25],
+        "devices": ["cpu"],
+        "seeds": [4],
+        "steps": 50,
+    }
+    (run,) = build(SweepConfig, data).grid()
+    command = run.command()
+    assert command == (
+        "python -m experiments train --dataset '{name: moons, noise: 0.3}' "
+        "--impl function --lr 0.25 --device cpu --seed 4 --steps 50"
+    )
+
+
+def test_check_cadence_is_every_step_on_small_data():
+    run = RunConfig(dataset="iris", impl="manual", lr=0.1, device="cpu", steps=1000)
+    assert run.check_every_for(75 * 4) == 1
+    assert run.check_every_for(1_000_000 * 100) == 10
+    assert run.model_copy(update={"check_every": 7}).check_every_for(10**9) == 7
+
+
+def test_logspace_shorthand():
+    config = load_sweep(CONFIGS / "quick.yaml", {"lrs": {"logspace": [0.01, 1, 3]}})
+    assert config.lrs == [0.01, 0.1, 1.0]
+    with pytest.raises(ConfigError, match="logspace"):
+        load_sweep(CONFIGS / "quick.yaml", {"lrs": {"logspace": [0, 1, 3]}})

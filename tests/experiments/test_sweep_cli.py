@@ -1,0 +1,207 @@
+"""The CLI end to end on quick.yaml, in a temporary store: what MLflow holds afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from experiments.cli import CONFIGS, run
+from experiments.config import load_sweep
+
+QUICK = CONFIGS / "quick.yaml"
+METRICS = {
+    "train/loss", "val/loss", "train/accuracy", "val/accuracy",
+    "grad/w_norm", "grad/b", "param/w_norm", "param/b",
+}  # fmt: skip
+CHECKS = {"check/grad_rel_err", "check/grad_err_vs_terms"}
+
+
+@pytest.fixture(scope="module")
+def quick_sweep(tmp_path_factory):
+    """quick.yaml, run once through the real CLI into a fresh SQLite store."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    assert run(["sweep", str(QUICK), "--tracking-uri", uri, "--quiet"]) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quick")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return client, experiment, runs
+
+
+def children_of(runs):
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+def test_one_parent_and_a_child_per_grid_point(quick_sweep):
+    _, _, runs = quick_sweep
+    _, children = children_of(runs)
+    grid = load_sweep(QUICK, {}).grid()
+    assert len(children) == len(grid) == len(runs) - 1 == 12
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {c.data.tags["config_key"] for c in children} == {g.key for g in grid}
+    assert sorted(c.info.run_name for c in children) == sorted(g.name for g in grid)
+    assert "manual · iris · lr=0.1 · cpu · s0" in {c.info.run_name for c in children}
+
+
+def test_params_and_tags_describe_the_run(quick_sweep):
+    _, _, runs = quick_sweep
+    _, children = children_of(runs)
+    for child in children:
+        params, tags = child.data.params, child.data.tags
+        for key in (
+            "dataset",
+            "impl",
+            "lr",
+            "device",
+            "seed",
+            "steps",
+            "dtype",
+            "val_fraction",
+            "n_train",
+            "n_val",
+            "n_features",
+            "trajectory_every",
+        ):
+            assert key in params, key
+        assert params["impl"] == tags["impl"] and params["device"] == tags["device"] == "cpu"
+        for key in (
+            "git_commit",
+            "torch_version",
+            "mlflow_version",
+            "sklearn_version",
+            "device_name",
+            "config_key",
+        ):
+            assert tags[key], key
+        assert "python -m experiments train" in tags["mlflow.note.content"]
+    iris = next(c for c in children if c.data.params["dataset"] == "iris")
+    assert (iris.data.params["n_train"], iris.data.params["n_val"]) == ("75", "25")
+    assert iris.data.params["n_features"] == "4"
+
+
+def test_metrics_have_every_step_up_to_the_thinning_limit(quick_sweep):
+    client, _, runs = quick_sweep
+    _, children = children_of(runs)
+    child = next(c for c in children if c.data.tags["impl"] == "manual")
+    expected = METRICS | CHECKS | {"time/fit_s", "time/step_ms"}
+    assert set(child.data.metrics) == expected
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(101))  # 100 steps + the final state, under 200 points
+    autograd = next(c for c in children if c.data.tags["impl"] == "autograd")
+    assert not CHECKS & set(autograd.data.metrics)
+
+
+def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
+    client, _, runs = quick_sweep
+    _, children = children_of(runs)
+    child = next(c for c in children if c.data.tags["impl"] == "function")
+    folder = client.download_artifacts(child.info.run_id, "", str(tmp_path))
+    history = pd.read_parquet(Path(folder) / "history.parquet")
+    trajectory = pd.read_parquet(Path(folder) / "trajectory.parquet")
+    n = int(child.data.params["n_features"])
+    assert list(history["step"]) == list(range(101))
+    assert set(history.columns) == METRICS | CHECKS | {"step"}
+    assert history["check/grad_err_vs_terms"].max() < 1e-5
+    assert len(trajectory) == 101 and trajectory.shape[1] == 1 + 2 * n
+    # The artifact agrees with the metric MLflow shows last.
+    assert history["train/loss"].iloc[-1] == pytest.approx(child.data.metrics["train/loss"])
+    # w follows the logged gradient: w_{t+1} = w_t − lr·dw_t.
+    lr = float(child.data.params["lr"])
+    w, dw = (
+        trajectory[[f"w_{j}" for j in range(n)]].to_numpy(),
+        trajectory[[f"dw_{j}" for j in range(n)]].to_numpy(),
+    )
+    np.testing.assert_allclose(w[1:], w[:-1] - lr * dw[:-1], rtol=1e-5, atol=1e-6)
+
+
+def test_datasets_are_logged_with_a_digest(quick_sweep):
+    _, _, runs = quick_sweep
+    _, children = children_of(runs)
+    inputs = children[0].inputs.dataset_inputs
+    contexts = {i.tags[0].value for i in inputs}
+    assert contexts == {"train", "val"}
+    assert all(len(i.dataset.digest) == 16 for i in inputs)
+
+
+def test_manual_and_function_finish_where_autograd_does(quick_sweep):
+    _, _, runs = quick_sweep
+    _, children = children_of(runs)
+    final = {
+        (c.data.tags["impl"], c.data.tags["dataset"], c.data.tags["lr"]): c.data.metrics
+        for c in children
+    }
+    for (impl, dataset, lr), metrics in final.items():
+        if impl == "autograd":
+            continue
+        twin = final[("autograd", dataset, lr)]
+        for key in ("train/loss", "val/loss"):
+            assert abs(metrics[key] - twin[key]) <= 1e-5, (impl, dataset, lr, key)
+
+
+def test_parent_holds_the_config_and_the_summary(quick_sweep, tmp_path):
+    client, _, runs = quick_sweep
+    parent, _ = children_of(runs)
+    assert parent.data.params["lrs"] == "[0.1, 1.0]"
+    folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
+    assert {p.name for p in folder.iterdir()} == {"config.yaml", "runs.csv", "summary.csv"}
+    assert len(pd.read_csv(folder / "runs.csv")) == 12
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 6 and set(summary["best_lr"]) <= {0.1, 1.0}
+    again = load_sweep(folder / "config.yaml", {})
+    assert again == load_sweep(QUICK, {})
+
+
+def test_train_makes_one_run_without_parent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'one.db'}"
+    args = [
+        "train",
+        "--dataset",
+        "{name: moons, n_samples: 200, noise: 0.3}",
+        "--impl",
+        "manual",
+        "--lr",
+        "0.5",
+        "--steps",
+        "20",
+        "--dtype",
+        "float64",
+        "--tracking-uri",
+        uri,
+    ]
+    assert run(args) == 0
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
+    (only,) = client.search_runs([experiment.experiment_id])
+    assert only.info.status == "FINISHED" and "mlflow.parentRunId" not in only.data.tags
+    assert only.data.params["dataset.noise"] == "0.3" and only.data.params["dtype"] == "float64"
+    assert only.data.metrics["check/grad_rel_err"] < 1e-12
+    assert only.info.run_name == "manual · moons(n_samples=200,noise=0.3) · lr=0.5 · cpu · s0"
+
+
+def test_the_module_runs_as_a_program(tmp_path):
+    """`python -m experiments` exists, answers --help, and fails a bad config with exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments", "sweep", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "--tracking-uri" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--set", "lrs=[-1]",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "lrs.0" in bad.stderr
+    assert not (tmp_path / "x.db").exists()
