@@ -97,6 +97,16 @@ def fit(
     _check_count("check_every", check_every)
     if (X_val is None) != (y_val is None):
         raise ValueError("give both X_val and y_val, or neither")
+    # Check inputs and labels once, here: checking labels every step would sync a GPU each time.
+    model.loss(X, y)
+    if X_val is not None:
+        model.loss(X_val, y_val)
+    metrics, W, dW = _loop(model, X, y, steps, X_val, y_val, reference, check_every)
+    return History({k: v.cpu() for k, v in metrics.items()}, W.cpu(), dW.cpu())
+
+
+def _loop(model, X, y, steps, X_val, y_val, reference, check_every):
+    """The steps themselves: device work only, no host synchronisation."""
     names = [
         name
         for name in METRICS
@@ -108,8 +118,6 @@ def fit(
     metrics = {name: torch.full((rows,), math.nan, **new) for name in names}
     W = torch.empty(rows, model.n_features, **new)
     dW = torch.empty(rows, model.n_features, **new)
-    if X_val is not None:
-        model.loss(X_val, y_val)  # checks the validation labels once, here
 
     for t in range(rows):
         w, b = model.w, model.b
@@ -126,8 +134,7 @@ def fit(
             expected = reference.gradients(X, y, check=False)
             terms = _summand_size(X, y, w, b)  # before the step: a twin's w is a live view
         if t < steps:
-            # Labels are checked once; checking them every step would sync a GPU each time.
-            metrics["train/loss"][t] = model.train_step(X, y, check=t == 0)
+            metrics["train/loss"][t] = model.train_step(X, y, check=False)
             grads = model.grads
         else:
             metrics["train/loss"][t] = model.loss(X, y, check=False)
@@ -141,8 +148,7 @@ def fit(
             metrics["check/grad_err_vs_terms"][t] = torch.linalg.vector_norm(
                 g - g_ref
             ) / torch.linalg.vector_norm(terms)
-
-    return History({k: v.cpu() for k, v in metrics.items()}, W.cpu(), dW.cpu())
+    return metrics, W, dW
 
 
 def _summand_size(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor):

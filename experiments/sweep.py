@@ -8,6 +8,7 @@ the tracker (:mod:`experiments.tracking`); :func:`train_point` is a pure functio
 from __future__ import annotations
 
 import contextlib
+import getpass
 import platform
 import subprocess
 import sys
@@ -92,6 +93,11 @@ def environment_tags() -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
+        # MLflow's own keys, which its UI shows as the run's user, source and git commit:
+        "mlflow.user": getpass.getuser(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "python -m experiments",
+        **({"mlflow.source.git.commit": commit} if commit else {}),
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
         "python_version": platform.python_version(),

@@ -8,7 +8,7 @@ import torch
 
 import manual_models.logistic
 from analysis import TOLERANCES, trajectory_gap
-from experiments import datasets, fit
+from experiments import datasets, engine, fit
 from manual_models import make_model
 
 STEPS, LR = 1000, 0.1
@@ -152,3 +152,21 @@ def test_gradient_checks_near_an_optimum(monkeypatch):
         lambda *a: {k: 1.001 * v for k, v in correct(*a).items()},
     )
     assert checked_run()["check/grad_err_vs_terms"].max() > 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
+def test_the_loop_never_waits_for_the_host_on_cuda(impl, breast_cancer_np):
+    """Under sync debug mode "error", any .item(), host copy or data-dependent branch raises."""
+    X, y = (torch.tensor(a, dtype=torch.float32, device="cuda") for a in breast_cancer_np)
+    model = make_model(impl, 30, LR, device="cuda")
+    reference = None if impl == "autograd" else make_model("autograd", 30, LR, device="cuda")
+    model.loss(X, y)  # the one label check, outside the loop (as fit() does)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metrics, W, _ = engine._loop(model, X, y, 50, X, y, reference, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert W.is_cuda and torch.isfinite(metrics["train/loss"]).all()

@@ -1,0 +1,163 @@
+"""Read a sweep back from MLflow as tidy pandas: one row per run, and its per-step artifacts.
+
+Works against any tracking URI: the default local SQLite store, another file, or a server.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from experiments.engine import History
+from experiments.tracking import Tracker
+
+# Params that are not strings, and the type each is cast back to.
+PARAM_TYPES = {
+    "lr": float,
+    "seed": int,
+    "steps": int,
+    "val_fraction": float,
+    "max_metric_points": int,
+    "max_trajectory_values": int,
+    "n_train": int,
+    "n_val": int,
+    "n_features": int,
+    "check_every_resolved": int,
+    "trajectory_every": int,
+}
+KEYS = ["dataset", "device", "dtype", "seed", "lr"]  # what pairs a run with its autograd twin
+
+
+class AnalysisError(ValueError):
+    """Nothing to analyse (unknown or empty experiment); the message is one line."""
+
+
+@dataclass
+class Sweep:
+    """The runs of one sweep (the children of one parent run) and where they live."""
+
+    tracker: Tracker
+    experiment_id: str
+    experiment_name: str
+    parent_id: str
+    runs: pd.DataFrame  # one row per child run, params as real types, final metrics
+
+    @cached_property
+    def _folder(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
+
+    def _artifact(self, run_id: str, name: str) -> pd.DataFrame:
+        local = self._folder / run_id
+        path = local / name
+        if not path.exists():
+            local.mkdir(parents=True, exist_ok=True)
+            self.tracker.client.download_artifacts(run_id, name, str(local))
+        return pd.read_parquet(path)
+
+    def history(self, run_id: str) -> pd.DataFrame:
+        """Every step of one run: ``step`` and the metric columns."""
+        return self._artifact(run_id, "history.parquet")
+
+    def trajectory(self, run_id: str) -> pd.DataFrame:
+        """w and dw per (kept) step: ``step, w_0 …, dw_0 …``."""
+        return self._artifact(run_id, "trajectory.parquet")
+
+    def as_history(self, run_id: str) -> History:
+        """The run as the engine's :class:`History` (rows kept in ``trajectory.parquet``)."""
+        frame, trajectory = self.history(run_id), self.trajectory(run_id)
+        rows = frame.set_index("step").loc[trajectory["step"]]
+        metrics = {c: torch.tensor(rows[c].to_numpy()) for c in rows.columns}
+        w = trajectory.filter(regex=r"^w_\d+$").to_numpy()
+        dw = trajectory.filter(regex=r"^dw_\d+$").to_numpy()
+        return History(metrics, torch.tensor(w), torch.tensor(dw))
+
+    def histories(self, run_ids=None) -> pd.DataFrame:
+        """Long format: one row per (run, step), with the run's keys and impl."""
+        runs = self.runs if run_ids is None else self.runs[self.runs.run_id.isin(run_ids)]
+        frames = []
+        for run in runs.itertuples():
+            frame = self.history(run.run_id)
+            for key in ("run_id", "impl", *KEYS):
+                frame[key] = getattr(run, key)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_sweep(
+    experiment: str = "default", tracking_uri: str | None = None, parent_id: str | None = None
+) -> Sweep:
+    """The latest sweep of ``experiment`` (or the one under ``parent_id``)."""
+    tracker = Tracker(tracking_uri)
+    tracker.open()
+    found = tracker.client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in tracker.client.search_experiments()]
+        raise AnalysisError(
+            f"no experiment {experiment!r} in {tracker.uri}; there are: {', '.join(names) or 'none'}"
+        )
+    everything = _search(tracker, found.experiment_id)
+    parents = everything[everything.get("tags.kind", pd.Series(dtype=str)) == "sweep"]
+    if parent_id is None:
+        if parents.empty:
+            raise AnalysisError(f"experiment {experiment!r} holds no sweep; run one first")
+        parent_id = parents.sort_values("start_time").run_id.iloc[-1]
+    children = everything[everything.get("tags.mlflow.parentRunId") == parent_id]
+    if children.empty:
+        raise AnalysisError(f"sweep {parent_id} of {experiment!r} has no runs")
+    return Sweep(tracker, found.experiment_id, experiment, parent_id, tidy(children))
+
+
+def _search(tracker: Tracker, experiment_id: str) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracker.uri)
+    return mlflow.search_runs([experiment_id], max_results=50_000, output_format="pandas")
+
+
+def tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """MLflow's ``params.*``/``metrics.*``/``tags.*`` columns → plain, typed columns."""
+    out = pd.DataFrame(
+        {
+            "run_id": raw["run_id"],
+            "run_name": raw.get("tags.mlflow.runName"),
+            "status": raw["status"],
+            "impl": raw["params.impl"],
+            "dataset": raw["tags.dataset"],
+        }
+    )
+    for column in raw.columns:
+        if column.startswith("params.") and column not in ("params.impl", "params.dataset"):
+            name = column.removeprefix("params.")
+            cast = PARAM_TYPES.get(name)
+            out[name] = raw[column].map(cast) if cast else raw[column]
+        elif column.startswith("metrics."):
+            out[column.removeprefix("metrics.")] = raw[column].astype(float)
+    out["dataset_name"] = raw["params.dataset"]
+    return out.sort_values([*KEYS, "impl"]).reset_index(drop=True)
+
+
+def dataset_config(run: pd.Series):
+    """The run's dataset as the sweep config had it (name and loader parameters)."""
+    from experiments.config import DatasetConfig
+
+    params = {
+        k.removeprefix("dataset."): _number(v)
+        for k, v in run.items()
+        if isinstance(k, str) and k.startswith("dataset.") and isinstance(v, str)
+    }
+    return DatasetConfig(name=run["dataset_name"], params=params)
+
+
+def _number(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
