@@ -96,10 +96,8 @@ def load_sweep(
     tracker.open()
     found = tracker.client.get_experiment_by_name(experiment)
     if found is None:
-        names = [e.name for e in tracker.client.search_experiments()]
-        raise AnalysisError(
-            f"no experiment {experiment!r} in {tracker.uri}; there are: {', '.join(names) or 'none'}"
-        )
+        names = ", ".join(e.name for e in tracker.client.search_experiments()) or "none"
+        raise AnalysisError(f"no experiment {experiment!r} in {tracker.uri}; there are: {names}")
     everything = _search(tracker, found.experiment_id)
     parents = everything[everything.get("tags.kind", pd.Series(dtype=str)) == "sweep"]
     if parent_id is None:
