@@ -158,4 +158,3 @@ def _number(text: str):
         except ValueError:
             pass
     return {"True": True, "False": False}.get(text, text)
-
