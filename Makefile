@@ -5,11 +5,12 @@ PY ?= $(VENV)/bin/python
 TORCH ?= 2.13.0
 PYTEST = $(PY) -m pytest
 CONFIG ?= experiments/configs/default.yaml
+EXPERIMENT ?= default
 TRACKING_URI ?= sqlite:///mlflow.db
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu sweep ui lint format lock clean
+.PHONY: help install test test-all test-gpu sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +35,12 @@ sweep: ## the main job: every run of CONFIG (default experiments/configs/default
 ui: ## the MLflow UI on http://127.0.0.1:PORT (default 5000) for TRACKING_URI
 	@echo "MLflow UI for $(TRACKING_URI): http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
+
+analyze: ## report.html, CSVs and figures for the latest sweep of EXPERIMENT (default: default) → reports/
+	$(PY) -m analysis report --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI)
+
+notebooks: ## execute analysis/notebooks/ against the latest sweep of EXPERIMENT → reports/EXPERIMENT/notebooks/
+	$(PY) -m analysis notebooks --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI)
 
 lint: ## ruff: lint and formatting check
 	$(PY) -m ruff check .

@@ -99,12 +99,15 @@ def load_sweep(
         names = ", ".join(e.name for e in tracker.client.search_experiments()) or "none"
         raise AnalysisError(f"no experiment {experiment!r} in {tracker.uri}; there are: {names}")
     everything = _search(tracker, found.experiment_id)
-    parents = everything[everything.get("tags.kind", pd.Series(dtype=str)) == "sweep"]
+    for column in ("tags.kind", "tags.mlflow.parentRunId"):  # absent when no run set them
+        if column not in everything:
+            everything[column] = None
+    parents = everything[everything["tags.kind"] == "sweep"]
     if parent_id is None:
         if parents.empty:
             raise AnalysisError(f"experiment {experiment!r} holds no sweep; run one first")
         parent_id = parents.sort_values("start_time").run_id.iloc[-1]
-    children = everything[everything.get("tags.mlflow.parentRunId") == parent_id]
+    children = everything[everything["tags.mlflow.parentRunId"] == parent_id]
     if children.empty:
         raise AnalysisError(f"sweep {parent_id} of {experiment!r} has no runs")
     return Sweep(tracker, found.experiment_id, experiment, parent_id, tidy(children))

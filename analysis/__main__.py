@@ -1,0 +1,3 @@
+from analysis.cli import run
+
+raise SystemExit(run())

@@ -1,0 +1,129 @@
+"""The report's figures: each a function of the sweep's tables, returning a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.runs import Sweep
+
+# Figures are made as matplotlib.figure.Figure objects, not through pyplot: no GUI backend, no
+# global state to close, and a notebook shows them inline all the same.
+
+COLORS = {"manual": "tab:blue", "autograd": "black", "function": "tab:orange"}
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
+    """Per dataset, at autograd's best lr and the first seed: the three training-loss curves."""
+    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    datasets = list(dict.fromkeys(runs.dataset))
+    fig, axes = _grid(len(datasets))
+    for ax, dataset in zip(axes, datasets, strict=False):
+        chosen = best[(best.dataset == dataset) & (best.impl == "autograd")]
+        lr = chosen.best_lr.iloc[0] if len(chosen) else runs[runs.dataset == dataset].lr.iloc[0]
+        pick = runs[(runs.dataset == dataset) & (runs.lr == lr)]
+        pick = pick[(pick.seed == pick.seed.min()) & (pick.device == pick.device.iloc[0])]
+        for impl, style in (("autograd", "-"), ("manual", "--"), ("function", ":")):
+            for run_id in pick[pick.impl == impl].run_id:
+                h = sweep.history(run_id)
+                ax.plot(h.step, h["train/loss"], style, color=COLORS[impl], label=impl, lw=1.6)
+        ax.set(title=f"{dataset} · lr={lr:g}", xlabel="step", ylabel="train loss", yscale="log")
+        ax.legend(fontsize=8)
+    fig.suptitle("Training loss, manual and function over autograd (they overlap)")
+    fig.tight_layout()
+    return fig
+
+
+def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
+    """Running max over steps of max_j |w_j − w_j^autograd|, per pair, log scale, per dtype.
+
+    The running max is monotone, so the lines read as "drift so far"; a step where the two
+    weights are bit-identical (0, off a log axis) leaves it unchanged."""
+    dtypes = sorted(pairs.dtype.unique()) if len(pairs) else []
+    fig, axes = _grid(max(len(dtypes), 1), width=6.5, height=3.8)
+    for ax, dtype in zip(axes, dtypes, strict=False):
+        chosen = pairs[(pairs.dtype == dtype) & pairs.twin_run_id.notna()]
+        cmap = matplotlib.colormaps["tab10"]
+        colors = {d: cmap(i % 10) for i, d in enumerate(dict.fromkeys(chosen.dataset))}
+        for row in chosen.itertuples():
+            a, b = sweep.trajectory(row.run_id), sweep.trajectory(row.twin_run_id)
+            cols = [c for c in a.columns if c.startswith("w_")]
+            drift = np.maximum.accumulate((a[cols] - b[cols]).abs().max(axis=1).to_numpy())
+            drift[drift == 0] = np.nan  # identical so far: nothing to draw on a log axis
+            ax.plot(a.step, drift, color=colors[row.dataset], lw=0.8, alpha=0.6)
+        for dataset, color in colors.items():
+            ax.plot([], [], color=color, label=dataset)
+        ax.axhline(chosen.tolerance.iloc[0] if len(chosen) else 1e-5, color="red", ls="--", lw=1,
+                   label="tolerance")  # fmt: skip
+        ax.set(yscale="log", xlabel="step", ylabel="max |Δw| so far", title=dtype)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Drift of the manual and function weights from autograd's")
+    fig.tight_layout()
+    return fig
+
+
+def loss_vs_lr(sweep: Sweep) -> Figure:
+    """Final validation loss against lr, mean ± std over seeds, per implementation."""
+    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    datasets = list(dict.fromkeys(runs.dataset))
+    fig, axes = _grid(len(datasets))
+    for ax, dataset in zip(axes, datasets, strict=False):
+        part = runs[runs.dataset == dataset]
+        stats = part.groupby(["impl", "lr"])["val/loss"].agg(["mean", "std"]).reset_index()
+        for impl, style in (("autograd", "-o"), ("manual", "--s"), ("function", ":^")):
+            s = stats[stats.impl == impl]
+            if len(s):
+                ax.errorbar(s.lr, s["mean"], yerr=s["std"].fillna(0), fmt=style, ms=4,
+                            color=COLORS[impl], label=impl, capsize=2)  # fmt: skip
+        ax.set(xscale="log", yscale="log", title=dataset, xlabel="lr", ylabel="final val loss")
+        ax.legend(fontsize=8)
+    fig.suptitle("Final validation loss against learning rate (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def grad_errors(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
+    """Distribution over all checked steps of both gradient checks."""
+    values = {"check/grad_rel_err": [], "check/grad_err_vs_terms": []}
+    for run_id in pairs.run_id:
+        h = sweep.history(run_id)
+        for name in values:
+            if name in h:
+                v = h[name].to_numpy()
+                values[name].append(v[np.isfinite(v)])
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
+    bins = np.logspace(-18, 1, 58)
+    for name, color in zip(values, ("tab:red", "tab:green"), strict=True):
+        v = np.concatenate(values[name]) if values[name] else np.array([])
+        ax.hist(np.maximum(v, 1e-18), bins=bins, alpha=0.6, color=color, label=name)
+    ax.set(xscale="log", xlabel="error (exact zeros at 1e-18)", ylabel="checked steps")
+    ax.set_title("Manual and function gradients against autograd at the same parameters")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def time_per_step(sweep: Sweep) -> Figure:
+    """Median time per step (the whole loop: step, metrics, checks) by device and impl."""
+    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    table = runs.groupby(["dataset", "device", "impl"])["time/step_ms"].median().unstack("impl")
+    fig = Figure(figsize=(max(6, 0.9 * len(table)), 3.8))
+    ax = fig.subplots()
+    table.plot.bar(ax=ax, color=[COLORS.get(c, "gray") for c in table.columns], rot=30)
+    ax.set(ylabel="ms per step (median)", xlabel="dataset, device", yscale="log")
+    ax.set_title("Time per step, including per-step metrics and gradient checks")
+    fig.tight_layout()
+    return fig
