@@ -1,10 +1,11 @@
-"""``python -m analysis report``: a sweep's tables, figures and report.html."""
+"""``python -m analysis report|notebooks``: a sweep's tables, figures, report and notebooks."""
 
 from __future__ import annotations
 
 import click
 
 from analysis.runs import AnalysisError
+from experiments.cli import entry
 from experiments.tracking import TrackingError
 
 
@@ -13,12 +14,33 @@ def main() -> None:
     """Compare a sweep's manual runs against their autograd baselines."""
 
 
+def sweep_options(out_help: str):
+    """--experiment, --tracking-uri and --out, as every command here takes them."""
+
+    def decorate(command):
+        options = (
+            click.option("--out", metavar="DIR", help=out_help),
+            click.option(
+                "--tracking-uri",
+                metavar="URI",
+                help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db",
+            ),
+            click.option(
+                "--experiment",
+                default="default",
+                show_default=True,
+                help="whose latest sweep to read",
+            ),
+        )
+        for option in options:
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command()
-@click.option("--experiment", default="default", show_default=True, help="the sweep's experiment")
-@click.option(
-    "--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
-)
-@click.option("--out", metavar="DIR", help="default: reports/<experiment>/")
+@sweep_options("default: reports/<experiment>/")
 def report(experiment: str, tracking_uri: str | None, out: str | None) -> None:
     """Write report.html, pairs.csv, best_lr.csv, reference.csv, devices.csv and the figures
     for the latest sweep of EXPERIMENT, and log them on its parent run."""
@@ -32,11 +54,7 @@ def report(experiment: str, tracking_uri: str | None, out: str | None) -> None:
 
 
 @main.command()
-@click.option("--experiment", default="default", show_default=True, help="the sweep's experiment")
-@click.option(
-    "--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
-)
-@click.option("--out", metavar="DIR", help="default: reports/<experiment>/notebooks/")
+@sweep_options("default: reports/<experiment>/notebooks/")
 def notebooks(experiment: str, tracking_uri: str | None, out: str | None) -> None:
     """Execute analysis/notebooks/*.ipynb against the latest sweep; write the executed copies
     to DIR (the stored notebooks keep no outputs)."""
@@ -48,13 +66,5 @@ def notebooks(experiment: str, tracking_uri: str | None, out: str | None) -> Non
 
 
 def run(argv: list[str] | None = None) -> int:
-    try:
-        main.main(args=argv, prog_name="python -m analysis", standalone_mode=False)
-    except (AnalysisError, TrackingError, click.UsageError) as err:
-        message = err.format_message() if isinstance(err, click.ClickException) else str(err)
-        click.echo(f"error: {message}", err=True)
-        return 2
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("interrupted", err=True)
-        return 130
-    return 0
+    """``python -m analysis``."""
+    return entry(main, "python -m analysis", (AnalysisError, TrackingError), argv)

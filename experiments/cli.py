@@ -118,11 +118,11 @@ def execute(config: SweepConfig, uri, experiment, command: str, *, nested: bool,
         )
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Entry point: user mistakes become one line on stderr and exit code 2."""
+def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> int:
+    """Run a click group; a user's mistake becomes one line on stderr and exit code 2."""
     try:
-        main.main(args=argv, prog_name="python -m experiments", standalone_mode=False)
-    except (ConfigError, TrackingError, click.UsageError) as err:
+        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except (*user_errors, click.UsageError) as err:
         message = err.format_message() if isinstance(err, click.ClickException) else str(err)
         click.echo(f"error: {message}", err=True)
         return 2
@@ -130,3 +130,8 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``python -m experiments``."""
+    return entry(main, "python -m experiments", (ConfigError, TrackingError), argv)
