@@ -134,6 +134,13 @@ def to_html(report: Report) -> str:
         final_train_loss=("final_train_loss", "mean"),
         gap_to_optimum=("gap_to_optimum", "mean"),
     )
+    unfinished = sweep.runs[sweep.runs.status != "FINISHED"]
+    if len(unfinished):
+        statement += (
+            f"<p>{len(unfinished)} runs did not finish and are left out of every comparison "
+            "(diverged runs are a result of their learning rate, not data):</p>"
+            + _table(unfinished, ["run_name", "status", "failure", "failure_reason"])
+        )
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

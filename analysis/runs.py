@@ -110,7 +110,13 @@ def load_sweep(
     children = everything[everything["tags.mlflow.parentRunId"] == parent_id]
     if children.empty:
         raise AnalysisError(f"sweep {parent_id} of {experiment!r} has no runs")
-    return Sweep(tracker, found.experiment_id, experiment, parent_id, tidy(children))
+    runs = tidy(children)
+    # A resumed sweep holds earlier attempts (KILLED, FAILED) of some grid points: keep each
+    # point's FINISHED run if it has one, else its latest attempt.
+    runs["_finished"] = runs.status == "FINISHED"
+    runs = runs.sort_values(["_finished", "start_time"]).drop_duplicates("config_key", keep="last")
+    runs = runs.drop(columns="_finished").sort_values([*KEYS, "impl"]).reset_index(drop=True)
+    return Sweep(tracker, found.experiment_id, experiment, parent_id, runs)
 
 
 def _search(tracker: Tracker, experiment_id: str) -> pd.DataFrame:
@@ -129,6 +135,12 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
             "status": raw["status"],
             "impl": raw["params.impl"],
             "dataset": raw["tags.dataset"],
+            "config_key": raw["tags.config_key"],
+            "start_time": raw["start_time"],
+            "failure": raw.get("tags.failure", pd.Series(index=raw.index, dtype=object)),
+            "failure_reason": raw.get(
+                "tags.failure_reason", pd.Series(index=raw.index, dtype=object)
+            ),
         }
     )
     for column in raw.columns:

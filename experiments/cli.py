@@ -7,6 +7,7 @@ that cannot be reached) ends as one line on stderr and exit code 2, before anyth
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,11 @@ def tracking_options(command):
 
 @main.command()
 @click.argument("config", required=False, metavar="[CONFIG]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="grid points trained at once, each in its own process")  # fmt: skip
+@click.option("--restart", is_flag=True, help="start a fresh sweep instead of resuming")
 @tracking_options
-def sweep(config, overrides, experiment, tracking_uri, quiet) -> None:
+def sweep(config, workers, restart, overrides, experiment, tracking_uri, quiet) -> int:
     """Run every grid point of CONFIG (default: experiments/configs/default.yaml)."""
     path = Path(config) if config else DEFAULT_CONFIG
     sweep_config = load_sweep(path, parse_overrides(overrides))
@@ -59,7 +63,8 @@ def sweep(config, overrides, experiment, tracking_uri, quiet) -> None:
             *(f"--set {shlex.quote(o)}" for o in overrides),
         ]
     )
-    execute(sweep_config, tracking_uri, experiment, command, nested=True, quiet=quiet)
+    return execute(sweep_config, tracking_uri, experiment, command, nested=True, quiet=quiet,
+                   workers=workers, restart=restart)  # fmt: skip
 
 
 @main.command()
@@ -75,7 +80,9 @@ def sweep(config, overrides, experiment, tracking_uri, quiet) -> None:
 @click.option("--max-metric-points", help="points per metric sent to MLflow [200]")
 @click.option("--max-trajectory-values", help="w, dw values kept per run [1e7]")
 @tracking_options
-def train(dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, quiet, **common):
+def train(
+    dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, quiet, **common
+) -> int:
     """Train one run, with the same keys as a sweep config (as options)."""
     data: dict[str, Any] = {
         "name": "train",
@@ -89,26 +96,41 @@ def train(dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, 
     }
     config = build(SweepConfig, data)
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments", *sys.argv[1:]])
-    execute(config, tracking_uri, experiment, command, nested=False, quiet=True)
+    return execute(config, tracking_uri, experiment, command, nested=False, quiet=True)
 
 
-def execute(config: SweepConfig, uri, experiment, command: str, *, nested: bool, quiet: bool):
+def execute(
+    config: SweepConfig, uri, experiment, command: str, *, nested: bool, quiet: bool,
+    workers: int = 1, restart: bool = False,
+) -> int:  # fmt: skip
     from experiments.sweep import run_grid, summarize  # heavy imports after validation
 
     tracker = Tracker(uri)
     outcome = run_grid(
-        config, tracker, experiment=experiment, command=command, nested=nested, progress=not quiet
-    )
+        config, tracker, experiment=experiment, command=command, nested=nested,
+        progress=not quiet, workers=workers, restart=restart,
+    )  # fmt: skip
     runs = outcome.runs
-    table = summarize(runs) if nested else runs.drop(columns=["run_id"])
-    with_format = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-    click.echo(with_format)
+    done = runs[runs.status == "FINISHED"] if len(runs) else runs
+    if len(done):
+        table = summarize(done) if nested else done.drop(columns=["run_id", "config_key"])
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    # The latest attempt of each grid point tells how the sweep stands.
+    latest = runs.drop_duplicates("config_key", keep="last") if len(runs) else runs
+    counts = latest.status.value_counts().to_dict() if len(latest) else {}
+    failures = latest[latest.status == "FAILED"] if len(latest) else latest
+    diverged = int((failures.failure == "diverged").sum()) if len(failures) else 0
+    errors = len(failures) - diverged
     name = experiment or config.name
     click.echo(
-        f"\n{len(runs)} run{'s' * (len(runs) != 1)} in {outcome.seconds:.1f} s "
-        f"({outcome.train_seconds:.1f} s training, the rest tracking) → experiment {name!r} "
+        f"\n{counts.get('FINISHED', 0)} finished, {diverged} diverged, {errors} failed with an "
+        f"error ({outcome.skipped} already finished before) in {outcome.seconds:.1f} s "
+        f"({outcome.train_seconds:.1f} s training) → experiment {name!r} "
         f"(id {outcome.experiment_id}) in {tracker.uri}"
     )
+    for row in failures.itertuples():
+        click.echo(f"  FAILED {row.impl} · {row.dataset} · lr={row.lr:g} · s{row.seed}: "
+                   f"{row.failure_reason}")  # fmt: skip
     if tracker.uri.startswith("http"):
         click.echo(f"view: {tracker.uri.rstrip('/')}/#/experiments/{outcome.experiment_id}/runs")
     else:
@@ -116,20 +138,38 @@ def execute(config: SweepConfig, uri, experiment, command: str, *, nested: bool,
             f"view: mlflow ui --backend-store-uri {tracker.uri} --port 5000 (or `make ui`), then "
             f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
         )
+    return 1 if errors else 0
 
 
 def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> int:
     """Run a click group; a user's mistake becomes one line on stderr and exit code 2."""
+    from experiments.sweep import Interrupted
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        code = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except (*user_errors, click.UsageError) as err:
         message = err.format_message() if isinstance(err, click.ClickException) else str(err)
         click.echo(f"error: {message}", err=True)
         return 2
     except (KeyboardInterrupt, click.Abort):
-        click.echo("interrupted", err=True)
+        click.echo("interrupted: runs in flight marked KILLED; run the same command to resume",
+                   err=True)  # fmt: skip
         return 130
-    return 0
+    except Interrupted as stop:
+        click.echo(f"{stop}: runs in flight marked KILLED; run the same command to resume",
+                   err=True)  # fmt: skip
+        return stop.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return code if isinstance(code, int) else 0
+
+
+def _raise_interrupted(signum, frame):
+    from experiments.sweep import Interrupted
+
+    raise Interrupted(signum)
 
 
 def run(argv: list[str] | None = None) -> int:

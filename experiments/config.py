@@ -153,6 +153,12 @@ class SweepConfig(_Common):
                 raise ValueError(f"device {device!r} is not available here; present: {present}")
         return devices
 
+    @property
+    def key(self) -> str:
+        """A stable hash of the whole sweep: the same command resumes the same sweep."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
     def resolved_devices(self) -> list[str]:
         """``auto`` becomes every device present, in the order cpu, cuda, mps."""
         out: list[str] = []

@@ -46,6 +46,7 @@ class History:
     metrics: dict[str, torch.Tensor]
     w: torch.Tensor  # (steps + 1, n_features)
     dw: torch.Tensor  # (steps + 1, n_features)
+    diverged_at: int | None = None  # first row whose loss or parameters are not finite
 
     @property
     def steps(self) -> int:
@@ -102,7 +103,22 @@ def fit(
     if X_val is not None:
         model.loss(X_val, y_val)
     metrics, W, dW = _loop(model, X, y, steps, X_val, y_val, reference, check_every)
-    return History({k: v.cpu() for k, v in metrics.items()}, W.cpu(), dW.cpu())
+    history = History({k: v.cpu() for k, v in metrics.items()}, W.cpu(), dW.cpu())
+    return _cut_at_divergence(history)
+
+
+def _cut_at_divergence(history: History) -> History:
+    """Checked once, on the host, after the loop: if the loss or the parameters stopped being
+    finite, keep the rows up to and including the first such row, and say where it was."""
+    m = history.metrics
+    finite = torch.isfinite(m["train/loss"]) & torch.isfinite(m["param/b"])
+    finite &= torch.isfinite(history.w).all(dim=1)
+    if bool(finite.all()):
+        return history
+    first = int((~finite).nonzero()[0])
+    keep = slice(0, first + 1)
+    cut = {name: values[keep] for name, values in m.items()}
+    return History(cut, history.w[keep], history.dw[keep], diverged_at=first)
 
 
 def _loop(model, X, y, steps, X_val, y_val, reference, check_every):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import multiprocessing
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -128,13 +130,22 @@ def run_tags(config: RunConfig) -> dict[str, str]:
 
 
 # --- the sweep -------------------------------------------------------------------------------
+class Interrupted(BaseException):
+    """SIGTERM (or another signal) asked the sweep to stop; ``exit_code`` is 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.exit_code = 128 + signum
+
+
 @dataclass
 class SweepOutcome:
     experiment_id: str
     parent_id: str | None
-    runs: pd.DataFrame  # one row per run
+    runs: pd.DataFrame  # one row per run of this sweep (every attempt), from the store
     seconds: float
-    train_seconds: float  # inside train_point; the rest is tracking (and the progress bar)
+    train_seconds: float  # inside train_point in this invocation; the rest is tracking
+    skipped: int  # grid points already FINISHED by an earlier invocation of the same sweep
 
 
 def run_grid(
@@ -145,65 +156,244 @@ def run_grid(
     command: str = "",
     nested: bool = True,
     progress: bool = True,
+    workers: int = 1,
+    restart: bool = False,
 ) -> SweepOutcome:
-    """Open the store, then train and record every grid point (under one parent run)."""
+    """Open the store, then train and record every grid point not finished yet.
+
+    Running the same sweep again resumes it: the parent run is reopened, grid points whose
+    config key already FINISHED under it are skipped, and runs left RUNNING by a killed
+    process are marked KILLED and run again. ``restart`` starts a fresh parent instead.
+    """
     grid = config.grid()
     tracker.open()
     experiment_id = tracker.experiment(experiment or config.name)
     start = time.perf_counter()
-    parent_id = None
+    parent_id, finished = None, set()
     if nested:
-        stamp = time.strftime("%Y-%m-%d %H:%M")
-        parent_id = tracker.start_run(
-            experiment_id,
-            f"sweep · {config.name} · {len(grid)} runs · {stamp}",
-            tags={
-                "kind": "sweep",
-                **environment_tags(),
-                "mlflow.note.content": f"Sweep of {len(grid)} runs.\n\nReproduce:\n\n    {command}",
-            },
-        )
-        tracker.log(parent_id, params=sweep_params(config), metrics={"sweep/runs": len(grid)})
-        tracker.log_text(parent_id, config_yaml(config), "config.yaml")
+        parent_id, finished = open_parent(tracker, experiment_id, config, command, restart)
+    todo = [point for point in grid if point.key not in finished]
+    in_flight: dict[str, RunConfig] = {}  # run id → config, for runs started and not ended
+    started: list[str] = []
+    train_seconds = 0.0
 
-    rows, current, train_seconds = [], None, 0.0
+    def start_run(point: RunConfig) -> str:
+        run_id = tracker.start_run(
+            experiment_id, point.name, tags=run_tags(point), parent_id=parent_id
+        )
+        in_flight[run_id] = point
+        started.append(run_id)
+        return run_id
+
+    def failed(run_id: str, reason: str) -> None:
+        tracker.log(run_id, tags={"failure": "error", "failure_reason": reason[:500]})
+        tracker.finish(run_id, "FAILED")
+
+    bar = (
+        click.progressbar(
+            length=len(todo),
+            label=f"{config.name}: {len(todo)} of {len(grid)} runs to do",
+            file=sys.stderr,
+        )
+        if progress
+        else contextlib.nullcontext(None)
+    )
     try:
-        with (
-            click.progressbar(
-                grid,
-                label=f"{config.name}: {len(grid)} runs",
-                item_show_func=lambda c: c.name if c else None,
-                file=sys.stderr,
-            )
-            if progress
-            else contextlib.nullcontext(grid) as bar
-        ):
-            for run_config in bar:
-                current = tracker.start_run(
-                    experiment_id, run_config.name, tags=run_tags(run_config), parent_id=parent_id
-                )
-                result = train_point(run_config)
-                train_seconds += result.seconds
-                record(tracker, current, result)
-                tracker.finish(current)
-                rows.append(summary_row(result, current))
-                current = None
-    except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        for run_id in (current, parent_id):
-            if run_id is not None:
-                tracker.finish(run_id, status)
+        with bar as shown:
+            if workers == 1:
+                for point in todo:
+                    run_id = start_run(point)
+                    try:
+                        train_seconds += execute_point(tracker, run_id, point)
+                    except Exception as err:  # one run's crash does not end the sweep
+                        failed(run_id, _first_line(err))
+                    in_flight.pop(run_id)
+                    if shown is not None:
+                        shown.update(1)
+            else:
+                train_seconds = _in_processes(tracker, todo, workers, start_run, failed,
+                                              in_flight, shown)  # fmt: skip
+    except BaseException:
+        # Ctrl-C, SIGTERM, or a failure of the tracking itself: nothing is left RUNNING.
+        for run_id in [*in_flight, *([parent_id] if parent_id else [])]:
+            with contextlib.suppress(Exception):
+                tracker.finish(run_id, "KILLED")
         raise
-    runs = pd.DataFrame(rows)
-    if parent_id is not None:
-        tracker.log_text(parent_id, runs.to_csv(index=False), "runs.csv")
-        tracker.log_text(parent_id, summarize(runs).to_csv(index=False), "summary.csv")
+    runs = sweep_runs(tracker, experiment_id, parent_id, started)
     seconds = time.perf_counter() - start
     if parent_id is not None:
+        tracker.log_text(parent_id, runs.to_csv(index=False), "runs.csv")
+        done = runs[runs.status == "FINISHED"]
+        if len(done):
+            tracker.log_text(parent_id, summarize(done).to_csv(index=False), "summary.csv")
         timing = {"sweep/seconds": seconds, "sweep/train_seconds": train_seconds}
-        tracker.log(parent_id, metrics=timing)
+        counts = {f"sweep/{k.lower()}": v for k, v in runs.status.value_counts().items()}
+        tracker.log(parent_id, metrics={**timing, **counts})
         tracker.finish(parent_id)
-    return SweepOutcome(experiment_id, parent_id, runs, seconds, train_seconds)
+    return SweepOutcome(
+        experiment_id, parent_id, runs, seconds, train_seconds, len(grid) - len(todo)
+    )
+
+
+def open_parent(tracker, experiment_id, config, command, restart) -> tuple[str, set[str]]:
+    """The sweep's parent run, reopened if this sweep ran before, and the keys it finished."""
+    previous = None if restart else tracker.find_sweep(experiment_id, config.key)
+    if previous is not None:
+        parent_id = previous.info.run_id
+        tracker.reopen(parent_id)
+        finished = set()
+        for child in tracker.children(experiment_id, parent_id):
+            if child.info.status == "FINISHED":
+                finished.add(child.data.tags.get("config_key"))
+            elif child.info.status == "RUNNING":  # its process was killed (SIGKILL, lost node)
+                stale = {"failure": "killed", "failure_reason": "its process ended mid-run"}
+                tracker.log(child.info.run_id, tags=stale)
+                tracker.finish(child.info.run_id, "KILLED")
+        return parent_id, finished
+    grid = config.grid()
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    parent_id = tracker.start_run(
+        experiment_id,
+        f"sweep · {config.name} · {len(grid)} runs · {stamp}",
+        tags={
+            "kind": "sweep",
+            "sweep_key": config.key,
+            **environment_tags(),
+            "mlflow.note.content": (
+                f"Sweep of {len(grid)} runs. Running the same command again resumes it; "
+                f"--restart starts afresh.\n\nReproduce:\n\n    {command}"
+            ),
+        },
+    )
+    tracker.log(parent_id, params=sweep_params(config), metrics={"sweep/runs": len(grid)})
+    tracker.log_text(parent_id, config_yaml(config), "config.yaml")
+    return parent_id, set()
+
+
+def _in_processes(tracker, todo, workers, start_run, failed, in_flight, shown) -> float:
+    """Grid points in ``workers`` processes; each logs its own run straight to the store.
+
+    The driver creates each run before handing it out, so a point whose worker raises, or
+    whose process dies, is marked FAILED here and the sweep goes on (a dead process breaks
+    the pool: the runs it was running fail with it, and a fresh pool takes the rest).
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
+
+    def new_pool():
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+    pending, futures, train_seconds = list(todo), {}, 0.0
+    pool = new_pool()
+    try:
+        while pending or futures:
+            while pending and len(futures) < workers:
+                point = pending.pop(0)
+                run_id = start_run(point)
+                futures[pool.submit(_work, tracker.uri, run_id, point)] = run_id
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                run_id = futures.pop(future)
+                try:
+                    train_seconds += future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    failed(run_id, "its worker process died")
+                except Exception as err:
+                    failed(run_id, _first_line(err))
+                in_flight.pop(run_id, None)
+                if shown is not None:
+                    shown.update(1)
+            if broken and not futures:
+                pool.shutdown(wait=False)
+                pool = new_pool()
+    except BaseException:
+        # Stop the workers before the driver marks their runs KILLED, so none of them can
+        # end a run FINISHED afterwards. (ProcessPoolExecutor has no public terminate.)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return train_seconds
+
+
+def _init_worker() -> None:
+    # The driver answers Ctrl-C for everyone; one thread each, as the workers share the cores.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+_worker_trackers: dict[str, Tracker] = {}
+
+
+def _work(uri: str, run_id: str, config: RunConfig) -> float:
+    """A worker's job: one grid point, recorded under the run the driver created."""
+    if uri not in _worker_trackers:
+        _worker_trackers[uri] = Tracker(uri)
+    return execute_point(_worker_trackers[uri], run_id, config)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def sweep_runs(
+    tracker: Tracker, experiment_id: str, parent_id: str | None, started
+) -> pd.DataFrame:
+    """Every run of this sweep as the store has it, one row per attempt (without a parent:
+    the runs this invocation started)."""
+    if parent_id is not None:
+        found = tracker.children(experiment_id, parent_id)
+    else:
+        found = [tracker.client.get_run(run_id) for run_id in started]
+    rows = []
+    for run in found:
+        tags, metrics = run.data.tags, run.data.metrics
+        rows.append(
+            {
+                "dataset": tags.get("dataset"),
+                "device": tags.get("device"),
+                "impl": tags.get("impl"),
+                "lr": float(tags.get("lr", "nan")),
+                "seed": int(tags.get("seed", -1)),
+                "status": run.info.status,
+                "train_loss": metrics.get("train/loss", np.nan),
+                "val_loss": metrics.get("val/loss", np.nan),
+                "val_accuracy": metrics.get("val/accuracy", np.nan),
+                "max_grad_rel_err": metrics.get("check/max_grad_rel_err", np.nan),
+                "max_grad_err_vs_terms": metrics.get("check/max_grad_err_vs_terms", np.nan),
+                "seconds": metrics.get("time/fit_s", np.nan),
+                "failure": tags.get("failure", ""),
+                "failure_reason": tags.get("failure_reason", ""),
+                "config_key": tags.get("config_key"),
+                "run_id": run.info.run_id,
+                "start_time": run.info.start_time,
+            }
+        )
+    columns = ["dataset", "device", "impl", "lr", "seed"]
+    frame = pd.DataFrame(rows)
+    return frame.sort_values([*columns, "start_time"]).reset_index(drop=True) if rows else frame
+
+
+def execute_point(tracker: Tracker, run_id: str, config: RunConfig) -> float:
+    """Train one grid point and record it under ``run_id``: FINISHED, or FAILED if it
+    diverged. Returns the training time."""
+    result = train_point(config)
+    record(tracker, run_id, result)
+    step = result.history.diverged_at
+    if step is None:
+        tracker.finish(run_id)
+    else:
+        reason = f"loss or parameters not finite at step {step}"
+        tracker.log(run_id, tags={"failure": "diverged", "failure_reason": reason,
+                                  "diverged_at_step": str(step)})  # fmt: skip
+        tracker.finish(run_id, "FAILED")
+    return result.seconds
 
 
 def record(tracker: Tracker, run_id: str, result: RunResult) -> None:
@@ -217,35 +407,17 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> None:
         "check_every_resolved": result.check_every,
         "trajectory_every": every,
     }
-    steps = result.history.steps
+    steps = max(result.history.steps, 1)
     metrics = {"time/fit_s": result.seconds, "time/step_ms": 1e3 * result.seconds / steps}
+    for name in ("grad_rel_err", "grad_err_vs_terms"):
+        values = result.history.metrics.get(f"check/{name}")
+        if values is not None and bool(torch.isfinite(values).any()):
+            metrics[f"check/max_{name}"] = float(values[torch.isfinite(values)].max())
     tracker.log(run_id, params=params, metrics=metrics)
     split = load_split(config.dataset, config.seed, config.val_fraction)
     key = (config.dataset.label, config.seed, config.val_fraction)
     loader = datasets.DATASETS[config.dataset.name].loader.__name__.lstrip("_")
     tracker.log_dataset(run_id, key, config.dataset.label, loader, split)
-
-
-def summary_row(result: RunResult, run_id: str) -> dict[str, object]:
-    config, m = result.config, result.history.metrics
-
-    def worst(name: str) -> float:
-        return float(np.nanmax(m[name].double().numpy())) if name in m else np.nan
-
-    return {
-        "dataset": config.dataset.label,
-        "device": config.device,
-        "impl": config.impl,
-        "lr": config.lr,
-        "seed": config.seed,
-        "train_loss": float(m["train/loss"][-1]),
-        "val_loss": float(m["val/loss"][-1]),
-        "val_accuracy": float(m["val/accuracy"][-1]),
-        "max_grad_rel_err": worst("check/grad_rel_err"),
-        "max_grad_err_vs_terms": worst("check/grad_err_vs_terms"),
-        "seconds": result.seconds,
-        "run_id": run_id,
-    }
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

@@ -7,10 +7,13 @@ per-step record as two Parquet artifacts (``history.parquet``, ``trajectory.parq
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import time
 import urllib.error
@@ -52,9 +55,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         folder = path.resolve().parent
         if not folder.is_dir():
             raise TrackingError(f"tracking store {uri!r}: folder {str(folder)!r} does not exist")
-        target = path if path.exists() else folder
-        if not os.access(target, os.W_OK):
-            raise TrackingError(f"tracking store {uri!r}: {str(target)!r} is not writable")
+        _check_sqlite_writable(uri, path)
     elif scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
@@ -70,6 +71,20 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"unsupported tracking URI {uri!r}; use sqlite:///PATH.db, http(s)://HOST:PORT "
             "or a database URI (postgresql://...)"
         )
+
+
+def _check_sqlite_writable(uri: str, path: Path) -> None:
+    """Probe what MLflow would otherwise retry for minutes: can this file be written?"""
+    try:
+        if path.exists():
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as con:
+                con.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file
+                con.rollback()
+        else:
+            with tempfile.NamedTemporaryFile(dir=path.resolve().parent):
+                pass
+    except (OSError, sqlite3.Error) as err:
+        raise TrackingError(f"tracking store {uri!r} cannot be written: {err}") from None
 
 
 def thin(n: int, max_points: int) -> np.ndarray:
@@ -108,6 +123,24 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def retry_when_locked(method):
+    """SQLite lets one writer in at a time; parallel workers see transient `database is
+    locked` errors. Retry those with backoff (~10 s in all); anything else goes through."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        for attempt in range(12):
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:
+                if "database is locked" not in str(err) or attempt == 11:
+                    raise
+                time.sleep(min(0.02 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class Tracker:
     """One MLflow store: open it once, then create, fill and end runs in it."""
 
@@ -137,6 +170,7 @@ class Tracker:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrackingError(f"tracking store {self.uri} cannot be used: {first}") from None
 
+    @retry_when_locked
     def experiment(self, name: str) -> str:
         """The experiment's id, created on first use (artifacts beside a SQLite store)."""
         found = self.client.get_experiment_by_name(name)
@@ -149,6 +183,7 @@ class Tracker:
             location = (path.resolve().parent / "mlartifacts" / slug).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
+    @retry_when_locked
     def start_run(
         self,
         experiment_id: str,
@@ -163,6 +198,7 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
+    @retry_when_locked
     def log(
         self,
         run_id: str,
@@ -182,6 +218,7 @@ class Tracker:
             tags=[RunTag(k, str(v)) for k, v in dict(tags).items()],
         )
 
+    @retry_when_locked
     def log_history(self, run_id: str, history: History, max_points: int, max_values: int) -> int:
         """Thinned metric series, and the complete record as artifacts. Returns the thinning
         step of ``trajectory.parquet`` (1: every step kept)."""
@@ -202,9 +239,11 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp)
         return every
 
+    @retry_when_locked
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    @retry_when_locked
     def log_dataset(
         self, run_id: str, key: tuple, name: str, loader: str, split: Mapping[str, np.ndarray]
     ) -> None:
@@ -226,8 +265,40 @@ class Tracker:
             self._inputs[key] = inputs
         self.client.log_inputs(run_id, datasets=self._inputs[key])
 
+    @retry_when_locked
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    @retry_when_locked
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    @retry_when_locked
+    def find_sweep(self, experiment_id: str, sweep_key: str):
+        """The latest parent run of the sweep with this key, or None."""
+        found = self.client.search_runs(
+            [experiment_id],
+            f"tags.sweep_key = '{sweep_key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return found[0] if found else None
+
+    @retry_when_locked
+    def children(self, experiment_id: str, parent_id: str) -> list:
+        """Every run under ``parent_id``, in pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                f"tags.mlflow.parentRunId = '{parent_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
 
 def device_name(device: str) -> str:

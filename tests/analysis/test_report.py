@@ -95,6 +95,7 @@ def test_the_parent_run_holds_the_analysis(broken_sweep):
     [
         (["--experiment", "nope"], "no experiment 'nope'"),
         (["--tracking-uri", "ftp://x"], "unsupported tracking URI"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "cannot be reached"),
     ],
 )
 def test_bad_report_requests(args, message, tmp_path, capsys):

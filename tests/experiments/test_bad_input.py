@@ -35,6 +35,8 @@ CASES = {
     "bad tracking uri": (["--tracking-uri", "ftp://nowhere"], "unsupported tracking URI"),
     "no store folder": (["--tracking-uri", "sqlite:////nonexistent/dir/m.db"], "does not exist"),
     "server down": (["--tracking-uri", "http://127.0.0.1:9"], "cannot be reached"),
+    "unwritable store": (["--tracking-uri", "sqlite:////proc/m.db"], "cannot be written"),
+    "zero workers": (["--workers", "0"], "--workers"),
 }  # fmt: skip
 
 
@@ -100,6 +102,10 @@ def test_absent_device(tmp_path, capsys):
         (["--lr", "0.1", "--steps", "-3"], "steps"),
         (["--lr", "0.1", "--device", "gpu"], "'auto', 'cpu', 'cuda' or 'mps'"),
         (["--lr", "0.1", "--nonsense", "1"], "No such option"),
+        (["--lr", "nan"], "finite number"),
+        (["--lr", "inf"], "finite number"),
+        (["--lr", "0.1", "--dtype", "float16"], "'float32' or 'float64'"),
+        (["--lr", "0.1", "--steps", "0"], "steps"),
     ],
 )
 def test_train_bad_input(options, message, tmp_path, capsys):
@@ -107,4 +113,26 @@ def test_train_bad_input(options, message, tmp_path, capsys):
     assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_that_is_not_a_database(tmp_path, capsys):
+    garbage = tmp_path / "notes.db"
+    garbage.write_text("not a database")
+    assert run(["sweep", QUICK, "--tracking-uri", f"sqlite:///{garbage}"]) == 2
+    assert "cannot be written: file is not a database" in capsys.readouterr().err
+    assert garbage.read_text() == "not a database"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--dataset", "iris", "--impl", "jax"], "'manual', 'autograd' or 'function'"),
+    ],
+)
+def test_train_bad_names(options, message, tmp_path, capsys):
+    args = ["train", "--impl", "manual", "--lr", "0.1", *options]
+    assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -93,12 +93,15 @@ def test_metrics_have_every_step_up_to_the_thinning_limit(quick_sweep):
     client, _, runs = quick_sweep
     _, children = children_of(runs)
     child = next(c for c in children if c.data.tags["impl"] == "manual")
-    expected = METRICS | CHECKS | {"time/fit_s", "time/step_ms"}
+    maxima = {"check/max_grad_rel_err", "check/max_grad_err_vs_terms"}
+    expected = METRICS | CHECKS | maxima | {"time/fit_s", "time/step_ms"}
     assert set(child.data.metrics) == expected
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(101))  # 100 steps + the final state, under 200 points
     autograd = next(c for c in children if c.data.tags["impl"] == "autograd")
-    assert not CHECKS & set(autograd.data.metrics)
+    assert not (CHECKS | maxima) & set(autograd.data.metrics)
+    history = client.get_metric_history(child.info.run_id, "check/grad_rel_err")
+    assert child.data.metrics["check/max_grad_rel_err"] == max(m.value for m in history)
 
 
 def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):

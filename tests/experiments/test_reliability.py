@@ -1,0 +1,241 @@
+"""Real processes, real signals: interrupt a sweep, kill it, resume it, run it in parallel.
+
+Each test starts `python -m experiments sweep` in a subprocess on a fresh temporary store,
+acts on it from outside, and then reads the store run by run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from experiments.cli import CONFIGS, run
+from experiments.config import load_sweep
+
+QUICK = CONFIGS / "quick.yaml"
+# 6 runs of ~0.5 s: slow enough to stop in the middle, quick enough for `make test`.
+GRID = {"steps": 2000, "lrs": [0.1]}
+SLOWER = ["--set", "steps=2000", "--set", "lrs=[0.1]"]
+
+
+def sweep_command(uri: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--tracking-uri", uri,
+            "--quiet", *SLOWER, *extra]  # fmt: skip
+
+
+def start(uri: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(sweep_command(uri, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def children_with(db, status: str) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=30) as con:
+        try:
+            return con.execute(
+                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'mlflow.parentRunId' and r.status = ?",
+                (status,),
+            ).fetchone()[0]
+        except sqlite3.OperationalError:  # tables not there yet
+            return 0
+
+
+def wait_for(db, n: int, process: subprocess.Popen, timeout: float = 60, running=False) -> None:
+    """Until n child runs have FINISHED (and, with ``running``, another one is in flight)."""
+    deadline = time.monotonic() + timeout
+    while children_with(db, "FINISHED") < n or (running and not children_with(db, "RUNNING")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the sweep did not get going"
+        time.sleep(0.05)
+
+
+def state(uri: str) -> pd.DataFrame:
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "quick"]
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return pd.DataFrame(
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "parent": r.data.tags.get("mlflow.parentRunId"),
+            "key": r.data.tags.get("config_key"),
+            "kind": r.data.tags.get("kind"),
+            "train_loss": r.data.metrics.get("train/loss"),
+        }
+        for r in runs
+    )
+
+
+def assert_complete(uri: str) -> pd.DataFrame:
+    """Every grid point FINISHED exactly once, under one parent, which is FINISHED too."""
+    runs = state(uri)
+    parents = runs[runs.kind == "sweep"]
+    assert len(parents) == 1 and parents.status.item() == "FINISHED"
+    children = runs[runs.parent == parents.run_id.item()]
+    finished = children[children.status == "FINISHED"]
+    expected = {p.key for p in load_sweep(QUICK, GRID).grid()}
+    assert sorted(finished.key) == sorted(expected)  # each key once: no duplicates
+    assert "RUNNING" not in set(children.status)
+    return children
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [
+        pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, id="SIGINT", marks=pytest.mark.slow),
+    ],
+)
+def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    process = start(uri)
+    wait_for(db, 2, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert "KILLED" in err and "Traceback" not in err
+    after_stop = state(uri)
+    assert "RUNNING" not in set(after_stop.status)  # nothing left hanging
+    assert after_stop[after_stop.kind == "sweep"].status.item() == "KILLED"
+    kept = after_stop[after_stop.status == "FINISHED"].set_index("run_id").train_loss
+
+    resumed = subprocess.run(sweep_command(uri), capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({len(kept)} already finished before)" in resumed.stdout
+    children = assert_complete(uri)
+    # What had finished is intact, and was not run again.
+    again = children.set_index("run_id").train_loss
+    assert all(again[run_id] == loss for run_id, loss in kept.items())
+
+
+def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    process = start(uri)
+    wait_for(db, 2, process, running=True)
+    process.kill()
+    process.wait(timeout=30)
+    killed = state(uri)
+    assert "RUNNING" in set(killed[killed.parent.notna()].status)  # what MLflow alone leaves
+    resumed = subprocess.run(sweep_command(uri), capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    children = assert_complete(uri)
+    stale = children[children.status == "KILLED"]
+    assert len(stale) >= 1  # the run in flight at the kill, marked and then run again
+
+
+def test_four_workers_on_a_brand_new_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done = subprocess.run(sweep_command(uri, "--workers", "4"), capture_output=True, text=True,
+                          check=False, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    children = assert_complete(uri)
+    assert len(children) == 6
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
+    import psutil
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    process = start(uri, "--workers", "2")
+    wait_for(db, 1, process, timeout=120)
+    workers = [c for c in psutil.Process(process.pid).children(recursive=True)
+               if "spawn" in " ".join(c.cmdline())]  # fmt: skip
+    assert workers
+    workers[0].kill()
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 1, err  # the sweep finished, and says a run failed
+    assert "worker process died" in out
+    runs = state(uri)
+    assert "RUNNING" not in set(runs.status)
+    resumed = subprocess.run(sweep_command(uri, "--workers", "2"), capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert_complete(uri)
+
+
+def test_a_diverging_run_fails_with_its_step_and_the_sweep_goes_on(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'd.db'}"
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet",
+            "--set", "lrs=[0.1,1.0e38]", "--set", "datasets=[breast_cancer]"]  # fmt: skip
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "3 finished, 3 diverged, 0 failed with an error" in out
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "quick"]
+    runs = client.search_runs([experiment.experiment_id])
+    diverged = [c for c in runs if c.info.status == "FAILED"]
+    assert len(diverged) == 3
+    for child in diverged:
+        assert child.data.tags["failure"] == "diverged"
+        assert child.data.tags["diverged_at_step"] == "1"
+        folder = client.download_artifacts(child.info.run_id, "history.parquet", str(tmp_path))
+        history = pd.read_parquet(folder)
+        assert list(history.step) == [0, 1]  # kept up to the step it happened
+        assert not torch.isfinite(torch.tensor(history["train/loss"].to_numpy())).all()
+
+
+def test_a_run_that_raises_fails_alone(tmp_path, capsys):
+    """moons with a negative noise passes the config (loader parameters are free) and fails at
+    run time; its runs end FAILED with the reason and the others finish."""
+    uri = f"sqlite:///{tmp_path / 'e.db'}"
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "lrs=[0.1]",
+            "--set", "datasets=[iris, {name: moons, noise: -1}]"]  # fmt: skip
+    assert run(args) == 1
+    out = capsys.readouterr().out
+    assert "3 finished, 0 diverged, 3 failed with an error" in out
+    assert "noise" in out and "FAILED" in out
+
+
+def test_reruns_are_bit_identical(tmp_path):
+    histories = []
+    for attempt in range(2):
+        uri = f"sqlite:///{tmp_path / f'{attempt}.db'}"
+        args = ["train", "--dataset", "wine", "--impl", "function", "--lr", "0.3",
+                "--steps", "200", "--tracking-uri", uri]  # fmt: skip
+        assert run(args) == 0
+        client = MlflowClient(uri)
+        (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
+        (only,) = client.search_runs([experiment.experiment_id])
+        assert only.data.tags["git_dirty"] in ("true", "false")
+        path = client.download_artifacts(
+            only.info.run_id, "trajectory.parquet", str(tmp_path / f"a{attempt}")
+        )
+        histories.append(pd.read_parquet(path))
+    pd.testing.assert_frame_equal(histories[0], histories[1], check_exact=True)
+
+
+def test_bad_worker_count(capsys):
+    assert run(["sweep", str(QUICK), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and err.count("\n") == 1
+
+
+def test_restart_starts_a_fresh_sweep(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "steps=5"]
+    assert run(args) == 0
+    capsys.readouterr()
+    assert run(args) == 0  # the same command again: everything is done, nothing reruns
+    assert "(12 already finished before)" in capsys.readouterr().out
+    assert run([*args, "--restart"]) == 0
+    runs = state(uri)
+    parents = runs[runs.kind == "sweep"]
+    assert len(parents) == 2 and set(parents.status) == {"FINISHED"}
+    for parent in parents.run_id:
+        assert (runs.parent == parent).sum() == 12
