@@ -103,7 +103,7 @@ def execute(
     config: SweepConfig, uri, experiment, command: str, *, nested: bool, quiet: bool,
     workers: int = 1, restart: bool = False,
 ) -> int:  # fmt: skip
-    from experiments.sweep import run_grid, summarize  # heavy imports after validation
+    from experiments.sweep import latest_attempts, run_grid, summarize  # heavy: after validation
 
     tracker = Tracker(uri)
     outcome = run_grid(
@@ -115,8 +115,7 @@ def execute(
     if len(done):
         table = summarize(done) if nested else done.drop(columns=["run_id", "config_key"])
         click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    # The latest attempt of each grid point tells how the sweep stands.
-    latest = runs.drop_duplicates("config_key", keep="last") if len(runs) else runs
+    latest = latest_attempts(runs)  # how each grid point stands now
     counts = latest.status.value_counts().to_dict() if len(latest) else {}
     failures = latest[latest.status == "FAILED"] if len(latest) else latest
     diverged = int((failures.failure == "diverged").sum()) if len(failures) else 0

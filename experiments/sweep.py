@@ -227,7 +227,8 @@ def run_grid(
         if len(done):
             tracker.log_text(parent_id, summarize(done).to_csv(index=False), "summary.csv")
         timing = {"sweep/seconds": seconds, "sweep/train_seconds": train_seconds}
-        counts = {f"sweep/{k.lower()}": v for k, v in runs.status.value_counts().items()}
+        status = latest_attempts(runs).status.value_counts()
+        counts = {f"sweep/{k.lower()}": v for k, v in status.items()}
         tracker.log(parent_id, metrics={**timing, **counts})
         tracker.finish(parent_id)
     return SweepOutcome(
@@ -378,6 +379,11 @@ def sweep_runs(
     columns = ["dataset", "device", "impl", "lr", "seed"]
     frame = pd.DataFrame(rows)
     return frame.sort_values([*columns, "start_time"]).reset_index(drop=True) if rows else frame
+
+
+def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each grid point's latest attempt (``runs`` is in start order within a point)."""
+    return runs.drop_duplicates("config_key", keep="last") if len(runs) else runs
 
 
 def execute_point(tracker: Tracker, run_id: str, config: RunConfig) -> float:
