@@ -10,7 +10,7 @@ TRACKING_URI ?= sqlite:///mlflow.db
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu sweep ui analyze notebooks lint format lock clean
+.PHONY: help install test test-all test-e2e test-gpu sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,11 +20,14 @@ install: ## create .venv and install the project + dev tools at the tested versi
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@$(VENV)/bin/python -c "import torch, mlflow, sklearn, pandas; print(f'installed: torch {torch.__version__}, mlflow {mlflow.__version__}, scikit-learn {sklearn.__version__}, pandas {pandas.__version__}')"
 
-test: ## the fast suite (everything but `slow`; `gpu` tests skip without CUDA)
-	$(PYTEST) -m "not slow"
+test: ## the fast suite (everything but `slow` and `e2e`; `gpu` tests skip without CUDA)
+	$(PYTEST) -m "not slow and not e2e"
 
 test-all: ## every test, `slow` ones included
 	$(PYTEST)
+
+test-e2e: ## the MLflow UI in headless Chromium (apt-get install chromium; pip install playwright)
+	$(PYTEST) -m e2e
 
 test-gpu: ## only the CUDA tests (they skip where there is no GPU)
 	$(PYTEST) -m gpu
@@ -32,9 +35,8 @@ test-gpu: ## only the CUDA tests (they skip where there is no GPU)
 sweep: ## the main job: every run of CONFIG (default experiments/configs/default.yaml) into TRACKING_URI
 	$(PY) -m experiments sweep $(CONFIG) --tracking-uri $(TRACKING_URI)
 
-ui: ## the MLflow UI on http://127.0.0.1:PORT (default 5000) for TRACKING_URI
-	@echo "MLflow UI for $(TRACKING_URI): http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
-	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
+ui: ## the MLflow UI for TRACKING_URI on 127.0.0.1:PORT (5000); prints the latest sweep's URL
+	$(PY) -m experiments ui --tracking-uri $(TRACKING_URI) --port $(PORT)
 
 analyze: ## report.html, CSVs and figures for the latest sweep of EXPERIMENT (default: default) → reports/
 	$(PY) -m analysis report --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI)
@@ -52,7 +54,7 @@ format: ## ruff: fix what can be fixed and format
 
 lock: ## re-resolve the dev environment into constraints.txt (torch pinned by TORCH=...)
 	rm -rf .lock-venv && python3 -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet torch==$(TORCH) -e '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet torch==$(TORCH) -e '.[dev]' playwright
 	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
 	  | sed 's/^torch==.*/torch==$(TORCH)/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv

@@ -6,6 +6,7 @@ that cannot be reached) ends as one line on stderr and exit code 2, before anyth
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -97,6 +98,30 @@ def train(
     config = build(SweepConfig, data)
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments", *sys.argv[1:]])
     return execute(config, tracking_uri, experiment, command, nested=False, quiet=True)
+
+
+@main.command()
+@click.option(
+    "--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def ui(tracking_uri, host, port) -> None:
+    """Serve the MLflow UI for the store (one worker: it starts in seconds) and print the
+    URL of the latest sweep's runs page."""
+    tracker = Tracker(tracking_uri)
+    tracker.open()
+    base = f"http://{host}:{port}"
+    latest = tracker.latest_sweep()
+    if latest is None:
+        click.echo(f"MLflow UI: {base} (no sweep in {tracker.uri} yet: `make sweep`)")
+    else:
+        click.echo(f"latest sweep: {latest.info.run_name}")
+        click.echo(f"MLflow UI: {base}/#/experiments/{latest.info.experiment_id}/runs")
+    click.echo("Ctrl-C stops it.", err=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
+               "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    os.execv(sys.executable, command)
 
 
 def execute(

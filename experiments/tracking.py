@@ -284,6 +284,17 @@ class Tracker:
         )
         return found[0] if found else None
 
+    def latest_sweep(self):
+        """The most recently started sweep parent run in any experiment, or None."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return None
+        found = self.client.search_runs(
+            experiments, "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )  # fmt: skip
+        return found[0] if found else None
+
     @retry_when_locked
     def children(self, experiment_id: str, parent_id: str) -> list:
         """Every run under ``parent_id``, in pages."""
