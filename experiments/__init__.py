@@ -1,4 +1,4 @@
-"""Train the models on scikit-learn's datasets: datasets, the training loop, and (later) sweeps.
+"""Train the models on scikit-learn's datasets: datasets, the training loop, configs, sweeps.
 
 Data flows one way: ``manual_models`` ← ``experiments`` ← ``analysis``. The training loop here is
 plain PyTorch and knows nothing of any tracker.
