@@ -6,7 +6,7 @@ Works against any tracking URI: the default local SQLite store, another file, or
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -47,17 +47,21 @@ class Sweep:
     parent_id: str
     runs: pd.DataFrame  # one row per child run, params as real types, final metrics
 
+    _frames: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
+
     @cached_property
     def _folder(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="sweep-artifacts-"))
 
     def _artifact(self, run_id: str, name: str) -> pd.DataFrame:
-        local = self._folder / run_id
-        path = local / name
-        if not path.exists():
+        """Downloaded and parsed once per sweep: pairs, figures and tables all read them.
+        Callers get the cached frame: treat it as read-only."""
+        if (run_id, name) not in self._frames:
+            local = self._folder / run_id
             local.mkdir(parents=True, exist_ok=True)
             self.tracker.client.download_artifacts(run_id, name, str(local))
-        return pd.read_parquet(path)
+            self._frames[run_id, name] = pd.read_parquet(local / name)
+        return self._frames[run_id, name]
 
     def history(self, run_id: str) -> pd.DataFrame:
         """Every step of one run: ``step`` and the metric columns."""
@@ -75,17 +79,6 @@ class Sweep:
         w = trajectory.filter(regex=r"^w_\d+$").to_numpy()
         dw = trajectory.filter(regex=r"^dw_\d+$").to_numpy()
         return History(metrics, torch.tensor(w), torch.tensor(dw))
-
-    def histories(self, run_ids=None) -> pd.DataFrame:
-        """Long format: one row per (run, step), with the run's keys and impl."""
-        runs = self.runs if run_ids is None else self.runs[self.runs.run_id.isin(run_ids)]
-        frames = []
-        for run in runs.itertuples():
-            frame = self.history(run.run_id)
-            for key in ("run_id", "impl", *KEYS):
-                frame[key] = getattr(run, key)
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def load_sweep(
