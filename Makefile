@@ -8,9 +8,11 @@ CONFIG ?= experiments/configs/default.yaml
 EXPERIMENT ?= default
 TRACKING_URI ?= sqlite:///mlflow.db
 PORT ?= 5000
+DEVICE ?= cpu
+BENCH_OUT ?= reports
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-e2e test-gpu sweep ui analyze notebooks lint format lock clean
+.PHONY: help install test test-all test-e2e test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +33,12 @@ test-e2e: ## the MLflow UI in headless Chromium (apt-get install chromium; pip i
 
 test-gpu: ## only the CUDA tests (they skip where there is no GPU)
 	$(PYTEST) -m gpu
+
+bench: ## speed as ratios to the limits (memory floor, K runs, MLflow floor) → reports/bench.{json,md}; DEVICE=cuda on a GPU
+	$(PY) -m experiments bench --device $(DEVICE) --out $(BENCH_OUT) --tracking-uri $(TRACKING_URI)
+
+bench-quick: ## the same, smaller (about a minute)
+	$(PY) -m experiments bench --quick --device $(DEVICE) --out $(BENCH_OUT) --tracking-uri $(TRACKING_URI)
 
 sweep: ## the main job: every run of CONFIG (default experiments/configs/default.yaml) into TRACKING_URI
 	$(PY) -m experiments sweep $(CONFIG) --tracking-uri $(TRACKING_URI)

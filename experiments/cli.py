@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
-from experiments.tracking import Tracker, TrackingError
+from experiments.tracking import Tracker, TrackingError, check_reachable
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -78,8 +78,9 @@ def sweep(config, workers, restart, overrides, experiment, tracking_uri, quiet) 
 @click.option("--dtype", help="float32 or float64 [float32]")
 @click.option("--val-fraction", help="held-out share [0.25]")
 @click.option("--check-every", help="steps between gradient checks [auto]")
-@click.option("--max-metric-points", help="points per metric sent to MLflow [200]")
+@click.option("--max-metric-points", help="points per metric sent to MLflow [2]")
 @click.option("--max-trajectory-values", help="w, dw values kept per run [1e7]")
+@click.option("--cuda-graphs", help="replay steps as CUDA graphs on CUDA: true/false [true]")
 @tracking_options
 def train(
     dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, quiet, **common
@@ -122,6 +123,34 @@ def ui(tracking_uri, host, port) -> None:
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
                "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     os.execv(sys.executable, command)
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="fewer sizes, K up to 16, 3 repeats (about a minute)")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="folder for bench.json and bench.md (bench-cuda.* on a GPU)")  # fmt: skip
+@click.option("--tracking-uri", metavar="URI",
+              help="where the bench run is recorded (default: $MLFLOW_TRACKING_URI, else "
+              "sqlite:///mlflow.db)")  # fmt: skip
+def bench(quick, device, out, tracking_uri) -> None:
+    """Step time against the memory floor, K learning rates against K runs, and tracking
+    against MLflow's floor: medians and ratios, side by side (experiments/bench.py)."""
+    from manual_models._checks import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    tracker = Tracker(tracking_uri)
+    check_reachable(tracker.uri)
+    from experiments.bench import markdown, run_bench, write
+
+    report = run_bench(device, quick=quick)
+    path = write(report, Path(out), tracker)
+    click.echo(markdown(report))
+    click.echo(f"wrote {path} and {path.with_suffix('.md')}; run in experiment 'bench' of "
+               f"{tracker.uri}")  # fmt: skip
 
 
 def execute(

@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 from experiments import datasets
-from experiments.config import RunConfig, SweepConfig
+from experiments.config import RunConfig, SweepConfig, lr_batches
 from experiments.engine import History, fit
-from experiments.tracking import Tracker, device_name
+from experiments.tracking import Tracker, device_name, digest
 from manual_models import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +46,23 @@ def load_split(dataset, seed: int, val_fraction: float) -> dict[str, np.ndarray]
 class RunResult:
     config: RunConfig
     history: History
-    seconds: float  # wall time of the whole loop: steps, metrics and gradient checks
+    seconds: float  # this run's share of the loop's wall time: steps, metrics, checks
     shape: dict[str, int]
     check_every: int
+    lr_batch: int = 1  # how many learning rates shared the pass that trained it
 
 
 def train_point(config: RunConfig) -> RunResult:
     """Train one grid point; runs that differ only in ``impl`` share data, split, init, seed."""
+    return train_group([config])[0]
+
+
+def train_group(configs: list[RunConfig]) -> list[RunResult]:
+    """Train grid points that differ only in ``lr`` in one pass (one model with K rates);
+    a group of one is an ordinary run. Each gets its own result."""
+    config = configs[0]
+    if any(c.model_copy(update={"lr": config.lr}) != config for c in configs):
+        raise ValueError("a group's runs must differ in lr only")
     split = load_split(config.dataset, config.seed, config.val_fraction)
     dtype = getattr(torch, config.dtype)
     X, y, X_val, y_val = (
@@ -60,12 +70,13 @@ def train_point(config: RunConfig) -> RunResult:
         for k in ("X_train", "y_train", "X_val", "y_val")
     )
     n_features = X.shape[1]
+    lr = config.lr if len(configs) == 1 else [c.lr for c in configs]
     new = {"dtype": dtype, "device": config.device, "seed": config.seed}
-    model = make_model(config.impl, n_features, config.lr, **new)
-    reference = None if config.impl == "autograd" else make_model("autograd", n_features, **new)
+    model = make_model(config.impl, n_features, lr, **new)
+    reference = None if config.impl == "autograd" else make_model("autograd", n_features, lr, **new)
     check_every = config.check_every_for(X.numel())
     start = time.perf_counter()
-    history = fit(
+    histories = fit(
         model,
         X,
         y,
@@ -74,10 +85,17 @@ def train_point(config: RunConfig) -> RunResult:
         y_val=y_val,
         reference=reference,
         check_every=check_every,
+        cuda_graphs=config.cuda_graphs,
     )
     seconds = time.perf_counter() - start  # fit() ends by copying to the host: work is done
+    if len(configs) == 1:
+        histories = [histories]
     shape = {"n_train": X.shape[0], "n_val": X_val.shape[0], "n_features": n_features}
-    return RunResult(config, history, seconds, shape, check_every)
+    share = seconds / len(configs)
+    return [
+        RunResult(c, h, share, shape, check_every, len(configs))
+        for c, h in zip(configs, histories, strict=True)
+    ]
 
 
 # --- what every run records about where it ran ----------------------------------------------
@@ -104,9 +122,15 @@ def environment_tags() -> dict[str, str]:
         "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
-        "mlflow_version": version("mlflow"),
+        "mlflow_version": mlflow_version(),
         "sklearn_version": version("scikit-learn"),
     }
+
+
+def mlflow_version() -> str:
+    import mlflow  # the full package, or mlflow-skinny (whose distribution has another name)
+
+    return mlflow.__version__
 
 
 def run_tags(config: RunConfig) -> dict[str, str]:
@@ -173,17 +197,21 @@ def run_grid(
     if nested:
         parent_id, finished = open_parent(tracker, experiment_id, config, command, restart)
     todo = [point for point in grid if point.key not in finished]
+    groups = lr_batches(todo, config.batch_lrs)
     in_flight: dict[str, RunConfig] = {}  # run id → config, for runs started and not ended
     started: list[str] = []
     train_seconds = 0.0
 
-    def start_run(point: RunConfig) -> str:
-        run_id = tracker.start_run(
-            experiment_id, point.name, tags=run_tags(point), parent_id=parent_id
-        )
-        in_flight[run_id] = point
-        started.append(run_id)
-        return run_id
+    def start_runs(group: list[RunConfig]) -> list[str]:
+        run_ids = []
+        for point in group:
+            run_id = tracker.start_run(
+                experiment_id, point.name, tags=run_tags(point), parent_id=parent_id
+            )
+            in_flight[run_id] = point
+            started.append(run_id)
+            run_ids.append(run_id)
+        return run_ids
 
     def failed(run_id: str, reason: str) -> None:
         tracker.log(run_id, tags={"failure": "error", "failure_reason": reason[:500]})
@@ -201,18 +229,21 @@ def run_grid(
     try:
         with bar as shown:
             if workers == 1:
-                for point in todo:
-                    run_id = start_run(point)
+                for group in groups:
+                    run_ids = start_runs(group)
                     try:
-                        train_seconds += execute_point(tracker, run_id, point)
+                        train_seconds += execute_group(tracker, run_ids, group,
+                                                       inputs=parent_id is None)  # fmt: skip
                     except Exception as err:  # one run's crash does not end the sweep
-                        failed(run_id, _first_line(err))
-                    in_flight.pop(run_id)
+                        for run_id in run_ids:
+                            failed(run_id, _first_line(err))
+                    for run_id in run_ids:
+                        in_flight.pop(run_id)
                     if shown is not None:
-                        shown.update(1)
+                        shown.update(len(group))
             else:
-                train_seconds = _in_processes(tracker, todo, workers, start_run, failed,
-                                              in_flight, shown)  # fmt: skip
+                train_seconds = _in_processes(tracker, groups, workers, start_runs, failed,
+                                              in_flight, shown, parent_id is None)  # fmt: skip
     except BaseException:
         # Ctrl-C, SIGTERM, or a failure of the tracking itself: nothing is left RUNNING.
         for run_id in [*in_flight, *([parent_id] if parent_id else [])]:
@@ -268,13 +299,15 @@ def open_parent(tracker, experiment_id, config, command, restart) -> tuple[str, 
     )
     tracker.log(parent_id, params=sweep_params(config), metrics={"sweep/runs": len(grid)})
     tracker.log_text(parent_id, config_yaml(config), "config.yaml")
+    log_inputs(tracker, parent_id, grid)
     return parent_id, set()
 
 
-def _in_processes(tracker, todo, workers, start_run, failed, in_flight, shown) -> float:
-    """Grid points in ``workers`` processes; each logs its own run straight to the store.
+def _in_processes(tracker, groups, workers, start_runs, failed, in_flight, shown, inputs) -> float:
+    """Groups of grid points in ``workers`` processes; each logs its own runs straight to the
+    store.
 
-    The driver creates each run before handing it out, so a point whose worker raises, or
+    The driver creates the runs before handing a group out, so a group whose worker raises, or
     whose process dies, is marked FAILED here and the sweep goes on (a dead process breaks
     the pool: the runs it was running fail with it, and a fresh pool takes the rest).
     """
@@ -286,28 +319,31 @@ def _in_processes(tracker, todo, workers, start_run, failed, in_flight, shown) -
     def new_pool():
         return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
-    pending, futures, train_seconds = list(todo), {}, 0.0
+    pending, futures, train_seconds = list(groups), {}, 0.0
     pool = new_pool()
     try:
         while pending or futures:
             while pending and len(futures) < workers:
-                point = pending.pop(0)
-                run_id = start_run(point)
-                futures[pool.submit(_work, tracker.uri, run_id, point)] = run_id
+                group = pending.pop(0)
+                run_ids = start_runs(group)
+                futures[pool.submit(_work, tracker.uri, run_ids, group, inputs)] = run_ids
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             broken = False
             for future in done:
-                run_id = futures.pop(future)
+                run_ids = futures.pop(future)
                 try:
                     train_seconds += future.result()
                 except BrokenProcessPool:
                     broken = True
-                    failed(run_id, "its worker process died")
+                    for run_id in run_ids:
+                        failed(run_id, "its worker process died")
                 except Exception as err:
-                    failed(run_id, _first_line(err))
-                in_flight.pop(run_id, None)
+                    for run_id in run_ids:
+                        failed(run_id, _first_line(err))
+                for run_id in run_ids:
+                    in_flight.pop(run_id, None)
                 if shown is not None:
-                    shown.update(1)
+                    shown.update(len(run_ids))
             if broken and not futures:
                 pool.shutdown(wait=False)
                 pool = new_pool()
@@ -331,11 +367,12 @@ def _init_worker() -> None:
 _worker_trackers: dict[str, Tracker] = {}
 
 
-def _work(uri: str, run_id: str, config: RunConfig) -> float:
-    """A worker's job: one grid point, recorded under the run the driver created."""
+def _work(uri: str, run_ids: list[str], configs: list[RunConfig], inputs: bool) -> float:
+    """A worker's job: grid points trained together, recorded under the runs the driver
+    created."""
     if uri not in _worker_trackers:
         _worker_trackers[uri] = Tracker(uri)
-    return execute_point(_worker_trackers[uri], run_id, config)
+    return execute_group(_worker_trackers[uri], run_ids, configs, inputs=inputs)
 
 
 def _first_line(err: BaseException) -> str:
@@ -386,44 +423,65 @@ def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.drop_duplicates("config_key", keep="last") if len(runs) else runs
 
 
-def execute_point(tracker: Tracker, run_id: str, config: RunConfig) -> float:
-    """Train one grid point and record it under ``run_id``: FINISHED, or FAILED if it
-    diverged. Returns the training time."""
-    result = train_point(config)
-    record(tracker, run_id, result)
-    step = result.history.diverged_at
-    if step is None:
-        tracker.finish(run_id)
-    else:
-        reason = f"loss or parameters not finite at step {step}"
-        tracker.log(run_id, tags={"failure": "diverged", "failure_reason": reason,
-                                  "diverged_at_step": str(step)})  # fmt: skip
-        tracker.finish(run_id, "FAILED")
-    return result.seconds
+def execute_group(
+    tracker: Tracker, run_ids: list[str], configs: list[RunConfig], *, inputs: bool = False
+) -> float:
+    """Train grid points in one pass and record each under its run: FINISHED, or FAILED if
+    it diverged. Returns the training time."""
+    results = train_group(configs)
+    for run_id, result in zip(run_ids, results, strict=True):
+        status = record(tracker, run_id, result)
+        if inputs:
+            log_inputs(tracker, run_id, [result.config])
+        tracker.finish(run_id, status)
+    return sum(result.seconds for result in results)
 
 
-def record(tracker: Tracker, run_id: str, result: RunResult) -> None:
-    config = result.config
-    every = tracker.log_history(
-        run_id, result.history, config.max_metric_points, config.max_trajectory_values
-    )
+@cache
+def split_digest(dataset, seed: int, val_fraction: float) -> str:
+    split = load_split(dataset, seed, val_fraction)
+    return digest(*(split[k] for k in ("X_train", "y_train", "X_val", "y_val")))
+
+
+def log_inputs(tracker: Tracker, run_id: str, configs: list[RunConfig]) -> None:
+    """Each distinct split among ``configs`` as MLflow dataset inputs of ``run_id`` (a sweep
+    logs them once, on its parent; every child names its split by ``data_digest``)."""
+    for key in dict.fromkeys((c.dataset, c.seed, c.val_fraction) for c in configs):
+        dataset = key[0]
+        try:
+            split = load_split(*key)
+        except Exception:  # its runs fail with the reason; the sweep goes on
+            continue
+        loader = datasets.DATASETS[dataset.name].loader.__name__.lstrip("_")
+        tracker.log_dataset(run_id, key, dataset.label, loader, split)
+
+
+def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
+    """Everything about one run, in one batch and one upload; returns its final status."""
+    config, history = result.config, result.history
     params = {
         **config.params(),
         **result.shape,
         "check_every_resolved": result.check_every,
-        "trajectory_every": every,
+        "lr_batch": result.lr_batch,
+        "data_digest": split_digest(config.dataset, config.seed, config.val_fraction),
     }
-    steps = max(result.history.steps, 1)
+    steps = max(history.steps, 1)
     metrics = {"time/fit_s": result.seconds, "time/step_ms": 1e3 * result.seconds / steps}
     for name in ("grad_rel_err", "grad_err_vs_terms"):
-        values = result.history.metrics.get(f"check/{name}")
+        values = history.metrics.get(f"check/{name}")
         if values is not None and bool(torch.isfinite(values).any()):
             metrics[f"check/max_{name}"] = float(values[torch.isfinite(values)].max())
-    tracker.log(run_id, params=params, metrics=metrics)
-    split = load_split(config.dataset, config.seed, config.val_fraction)
-    key = (config.dataset.label, config.seed, config.val_fraction)
-    loader = datasets.DATASETS[config.dataset.name].loader.__name__.lstrip("_")
-    tracker.log_dataset(run_id, key, config.dataset.label, loader, split)
+    tags, status = {}, "FINISHED"
+    if history.diverged_at is not None:
+        step = history.diverged_at
+        tags = {"failure": "diverged", "diverged_at_step": str(step),
+                "failure_reason": f"loss or parameters not finite at step {step}"}  # fmt: skip
+        status = "FAILED"
+    tracker.log_run(run_id, history, max_points=config.max_metric_points,
+                    max_values=config.max_trajectory_values, params=params, metrics=metrics,
+                    tags=tags)  # fmt: skip
+    return status
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

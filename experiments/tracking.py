@@ -88,28 +88,40 @@ def _check_sqlite_writable(uri: str, path: Path) -> None:
 
 
 def thin(n: int, max_points: int) -> np.ndarray:
-    """At most ``max_points`` indices of ``range(n)``, evenly spread, first and last included."""
+    """At most ``max_points`` indices of ``range(n)``, evenly spread, first and last included
+    (just the last for one point)."""
     if n <= max_points:
         return np.arange(n)
+    if max_points == 1:
+        return np.array([n - 1])
     return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
 
 
-def history_frame(history: History) -> pd.DataFrame:
-    frame = pd.DataFrame({name: v.double().numpy() for name, v in history.metrics.items()})
-    frame.insert(0, "step", np.arange(history.steps + 1))
-    return frame
+def history_table(history: History):
+    """Every metric at every step, one column each, as an Arrow table (``history.parquet``)."""
+    import pyarrow as pa
+
+    columns = {"step": np.arange(history.steps + 1)}
+    columns.update({name: v.double().numpy() for name, v in history.metrics.items()})
+    return pa.table(columns)
 
 
 def trajectory_frame(history: History, max_values: int) -> tuple[pd.DataFrame, int]:
+    table, every = trajectory_table(history, max_values)
+    return table.to_pandas(), every
+
+
+def trajectory_table(history: History, max_values: int):
     """Per-step w and dw as columns ``w_0 … w_{n-1}, dw_0 …``; every k-th step above a size."""
+    import pyarrow as pa
+
     rows, n = history.w.shape
     every = max(1, -(-rows * 2 * n // max_values))  # ceil: keep rows·2n ≤ max_values
     keep = np.unique(np.append(np.arange(0, rows, every), rows - 1))
     w, dw = history.w.double().numpy()[keep], history.dw.double().numpy()[keep]
-    columns = {"step": keep}
-    columns.update({f"w_{j}": w[:, j] for j in range(n)})
-    columns.update({f"dw_{j}": dw[:, j] for j in range(n)})
-    return pd.DataFrame(columns), every
+    names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
+    arrays = [keep, *w.T, *dw.T]
+    return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names), every
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -148,6 +160,7 @@ class Tracker:
         self.uri = resolve_uri(uri)
         self._client = None
         self._inputs: dict[tuple, object] = {}
+        self._artifact_uris: dict[str, str] = {}
 
     @property
     def client(self):
@@ -196,6 +209,7 @@ class Tracker:
         if parent_id is not None:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     @retry_when_locked
@@ -219,25 +233,60 @@ class Tracker:
         )
 
     @retry_when_locked
-    def log_history(self, run_id: str, history: History, max_points: int, max_values: int) -> int:
-        """Thinned metric series, and the complete record as artifacts. Returns the thinning
-        step of ``trajectory.parquet`` (1: every step kept)."""
-        from mlflow.entities import Metric
+    def log_run(
+        self,
+        run_id: str,
+        history: History,
+        *,
+        max_points: int,
+        max_values: int,
+        params: Mapping[str, object],
+        metrics: Mapping[str, float] = (),
+        tags: Mapping[str, str] = (),
+    ) -> int:
+        """A finished run's record in as few calls as MLflow allows: one ``log_batch`` with
+        the params, tags, single metrics and each series thinned to ``max_points`` (more
+        batches only past MLflow's 1,000 metrics a batch), and one upload of the complete
+        per-step record as ``history.parquet`` and ``trajectory.parquet``. Returns the
+        thinning step of ``trajectory.parquet`` (1: every step kept)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        points = []
+        points = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()]
         for name, series in history.metrics.items():
             values = series.double().numpy()
             steps = np.flatnonzero(~np.isnan(values))
             for i in steps[thin(len(steps), max_points)]:
                 points.append(Metric(name, float(values[i]), now, int(i)))
-        self.client.log_batch(run_id, metrics=points)
-        trajectory, every = trajectory_frame(history, max_values)
-        with tempfile.TemporaryDirectory() as tmp:
-            history_frame(history).to_parquet(Path(tmp) / "history.parquet", index=False)
-            trajectory.to_parquet(Path(tmp) / "trajectory.parquet", index=False)
-            self.client.log_artifacts(run_id, tmp)
+        trajectory, every = trajectory_table(history, max_values)
+        params = [Param(k, str(v)) for k, v in {**params, "trajectory_every": every}.items()]
+        tags = [RunTag(k, str(v)) for k, v in dict(tags).items()]
+        tables = {"history.parquet": history_table(history), "trajectory.parquet": trajectory}
+        # The files go up while the database takes the batch: Arrow and file I/O release
+        # the GIL, so the two overlap (an error in either is raised here).
+        with ThreadPoolExecutor(1) as pool:
+            upload = pool.submit(self._log_tables, run_id, tables)
+            for start in range(0, max(len(points), 1), 1000):
+                self.client.log_batch(run_id, metrics=points[start : start + 1000],
+                                      params=params if start == 0 else [],
+                                      tags=tags if start == 0 else [])  # fmt: skip
+            upload.result()
         return every
+
+    def _log_tables(self, run_id: str, tables: Mapping[str, object]) -> None:
+        """Arrow tables as Parquet artifacts, straight to the run's artifact store (MLflow's own
+        repository for its URI: a local folder, or the server's proxied store)."""
+        import pyarrow.parquet as pq
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, table in tables.items():
+                # Dictionary encoding only slows float columns down (it is tried, then dropped).
+                pq.write_table(table, Path(tmp) / name, use_dictionary=False)
+            get_artifact_repository(uri).log_artifacts(tmp)
 
     @retry_when_locked
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
@@ -247,7 +296,8 @@ class Tracker:
     def log_dataset(
         self, run_id: str, key: tuple, name: str, loader: str, split: Mapping[str, np.ndarray]
     ) -> None:
-        """The training and validation data as run inputs, each with a full-content digest."""
+        """The training and validation data as run inputs, each with a full-content digest;
+        ``key`` is (dataset, seed, val_fraction)."""
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.numpy_dataset import from_numpy
         from mlflow.entities import DatasetInput, InputTag
@@ -258,7 +308,11 @@ class Tracker:
             for context in ("train", "val"):
                 X, y = split[f"X_{context}"], split[f"y_{context}"]
                 dataset = from_numpy(
-                    X, source=source, targets=y, name=f"{name}-{context}", digest=digest(X, y)
+                    X,
+                    source=source,
+                    targets=y,
+                    name=f"{name} s{key[1]} {context}",
+                    digest=digest(X, y),
                 )
                 tags = [InputTag("mlflow.data.context", context)]
                 inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))

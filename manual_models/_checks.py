@@ -29,6 +29,20 @@ def check_lr(lr: object) -> float:
     return float(lr)
 
 
+def check_lrs(lr: object) -> tuple[float | tuple[float, ...], tuple[float, ...]]:
+    """One rate, or a list of K rates (K models trained side by side): ``(lr, lrs)``."""
+    if isinstance(lr, list | tuple) or (isinstance(lr, torch.Tensor) and lr.ndim == 1):
+        values = lr.tolist() if isinstance(lr, torch.Tensor) else list(lr)
+        if not values:
+            raise ValueError("lr must be a positive finite number or a non-empty list of them")
+        lrs = tuple(check_lr(v) for v in values)
+        return lrs, lrs
+    if isinstance(lr, torch.Tensor) and lr.ndim == 0:
+        lr = lr.item()
+    single = check_lr(lr)
+    return single, (single,)
+
+
 def check_dtype(dtype: object) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
@@ -117,15 +131,26 @@ class CheckedModel:
     """What all three models share: validated constructor arguments and input checks."""
 
     n_features: int
-    lr: float
+    lr: float | tuple[float, ...]  # a tuple: one model per rate, side by side
+    lrs: tuple[float, ...]
+    batch_shape: tuple[int, ...]  # () for one model, (K,) for K rates
     device: torch.device
     dtype: torch.dtype
 
     def _check_args(self, n_features, lr, device, dtype) -> None:
         self.n_features = check_n_features(n_features)
-        self.lr = check_lr(lr)
+        self.lr, self.lrs = check_lrs(lr)
+        self.batch_shape = (len(self.lrs),) if isinstance(self.lr, tuple) else ()
         self.device = resolve_device(device)
         self.dtype = check_dtype(dtype)
+
+    def _initial_parameters(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seeded draw; with K rates every column starts from the same one."""
+        w, b = init_parameters(self.n_features, seed, self.device, self.dtype)
+        if self.batch_shape:
+            k = self.batch_shape[0]
+            return w.unsqueeze(1).repeat(1, k), b.repeat(k)
+        return w, b
 
     def _X(self, X: torch.Tensor) -> torch.Tensor:
         return check_X(X, self.n_features, self.device, self.dtype)

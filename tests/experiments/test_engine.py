@@ -156,17 +156,49 @@ def test_gradient_checks_near_an_optimum(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
-def test_the_loop_never_waits_for_the_host_on_cuda(impl, breast_cancer_np):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
+@pytest.mark.parametrize(
+    "impl, lr",
+    [("manual", LR), ("function", LR), ("autograd", LR), ("manual", [0.01, LR, 1.0]),
+     ("function", [0.01, LR, 1.0])],
+    ids=["manual", "function", "autograd", "manual-3-lrs", "function-3-lrs"],
+)  # fmt: skip
+def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_cancer_np):
     """Under sync debug mode "error", any .item(), host copy or data-dependent branch raises."""
     X, y = (torch.tensor(a, dtype=torch.float32, device="cuda") for a in breast_cancer_np)
-    model = make_model(impl, 30, LR, device="cuda")
-    reference = None if impl == "autograd" else make_model("autograd", 30, LR, device="cuda")
+    model = make_model(impl, 30, lr, device="cuda")
+    reference = None if impl == "autograd" else make_model("autograd", 30, lr, device="cuda")
     model.loss(X, y)  # the one label check, outside the loop (as fit() does)
+    batch = model.batch_shape
+    loop = engine._Loop(model, X, y, X, y, reference, 2, batch)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        metrics, W, _ = engine._loop(model, X, y, 50, X, y, reference, 1)
+        packed = loop.run(50, graphs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert W.is_cuda and torch.isfinite(metrics["train/loss"]).all()
+    history = loop.unpack(packed.cpu())
+    assert torch.isfinite(history.loss).all() and (history.loss[-1] < history.loss[0]).all()
+    if reference is not None:  # checked rows (even, and the last) and only those
+        checked = ~torch.isnan(history.metrics["check/grad_rel_err"])
+        assert checked.reshape(51, -1).all(1).nonzero().flatten().tolist() == list(range(0, 51, 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
+def test_cuda_graphs_replay_the_same_steps(impl, breast_cancer_np):
+    """A captured step replays the kernels the eager step launches: the same trajectory."""
+    X, y = (torch.tensor(a, dtype=torch.float64, device="cuda") for a in breast_cancer_np)
+
+    def run(graphs):
+        model = make_model(impl, 30, LR, device="cuda", dtype=torch.float64)
+        reference = None if impl == "autograd" else make_model("autograd", 30, LR, device="cuda",
+                                                                 dtype=torch.float64)  # fmt: skip
+        return fit(model, X, y, 200, X_val=X, y_val=y, reference=reference, cuda_graphs=graphs)
+
+    eager, graphs = run(False), run(True)
+    for name, values in eager.metrics.items():
+        torch.testing.assert_close(graphs.metrics[name], values, rtol=1e-12, atol=1e-15,
+                                   equal_nan=True, msg=name)  # fmt: skip
+    torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)

@@ -215,6 +215,7 @@ def test_reruns_are_bit_identical(tmp_path):
         (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
         (only,) = client.search_runs([experiment.experiment_id])
         assert only.data.tags["git_dirty"] in ("true", "false")
+        assert {i.tags[0].value for i in only.inputs.dataset_inputs} == {"train", "val"}
         path = client.download_artifacts(
             only.info.run_id, "trajectory.parquet", str(tmp_path / f"a{attempt}")
         )

@@ -51,6 +51,33 @@ def test_one_parent_and_a_child_per_grid_point(quick_sweep):
     assert {c.data.tags["config_key"] for c in children} == {g.key for g in grid}
     assert sorted(c.info.run_name for c in children) == sorted(g.name for g in grid)
     assert "manual · iris · lr=0.1 · cpu · s0" in {c.info.run_name for c in children}
+    # The two rates of each manual and function point were trained in one pass; autograd,
+    # the reference, one run at a time.
+    batch = {c.data.tags["impl"]: c.data.params["lr_batch"] for c in children}
+    assert batch == {"manual": "2", "function": "2", "autograd": "1"}
+
+
+def test_batched_and_unbatched_sweeps_agree(quick_sweep, tmp_path):
+    """batch_lrs=false trains every rate alone: the same final numbers within float32's."""
+    _, _, runs = quick_sweep
+    _, children = children_of(runs)
+    uri = f"sqlite:///{tmp_path / 'alone.db'}"
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "batch_lrs=false",
+            "--set", "impls=[manual, function]"]  # fmt: skip
+    assert run(args) == 0
+    client = MlflowClient(uri)
+    alone = {
+        r.data.tags["config_key"]: r
+        for r in client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+        if r.data.tags.get("kind") != "sweep"
+    }
+    assert {r.data.params["lr_batch"] for r in alone.values()} == {"1"}
+    together = {c.data.tags["config_key"]: c for c in children if c.data.tags["impl"] != "autograd"}
+    assert together.keys() == alone.keys()  # batching is not part of a run's identity
+    for key, run_ in together.items():
+        for metric in ("train/loss", "val/loss", "param/w_norm", "param/b"):
+            a, b = run_.data.metrics[metric], alone[key].data.metrics[metric]
+            assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (key, metric)
 
 
 def test_params_and_tags_describe_the_run(quick_sweep):
@@ -89,7 +116,7 @@ def test_params_and_tags_describe_the_run(quick_sweep):
     assert iris.data.params["n_features"] == "4"
 
 
-def test_metrics_have_every_step_up_to_the_thinning_limit(quick_sweep):
+def test_metric_series_are_thinned_to_first_and_last(quick_sweep):
     client, _, runs = quick_sweep
     _, children = children_of(runs)
     child = next(c for c in children if c.data.tags["impl"] == "manual")
@@ -97,11 +124,11 @@ def test_metrics_have_every_step_up_to_the_thinning_limit(quick_sweep):
     expected = METRICS | CHECKS | maxima | {"time/fit_s", "time/step_ms"}
     assert set(child.data.metrics) == expected
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
-    assert sorted(steps) == list(range(101))  # 100 steps + the final state, under 200 points
+    # max_metric_points defaults to 2: MLflow gets step 0 and the final state; the full
+    # series is in history.parquet (below).
+    assert sorted(steps) == [0, 100]
     autograd = next(c for c in children if c.data.tags["impl"] == "autograd")
     assert not (CHECKS | maxima) & set(autograd.data.metrics)
-    history = client.get_metric_history(child.info.run_id, "check/grad_rel_err")
-    assert child.data.metrics["check/max_grad_rel_err"] == max(m.value for m in history)
 
 
 def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
@@ -115,6 +142,8 @@ def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
     assert list(history["step"]) == list(range(101))
     assert set(history.columns) == METRICS | CHECKS | {"step"}
     assert history["check/grad_err_vs_terms"].max() < 1e-5
+    maximum = child.data.metrics["check/max_grad_rel_err"]
+    assert history["check/grad_rel_err"].max() == pytest.approx(maximum, rel=1e-6)
     assert len(trajectory) == 101 and trajectory.shape[1] == 1 + 2 * n
     # The artifact agrees with the metric MLflow shows last.
     assert history["train/loss"].iloc[-1] == pytest.approx(child.data.metrics["train/loss"])
@@ -128,12 +157,20 @@ def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
 
 
 def test_datasets_are_logged_with_a_digest(quick_sweep):
+    """The sweep's splits are dataset inputs of its parent (once each); every child names its
+    split by a digest of all four arrays, shared by the runs that share the split."""
     _, _, runs = quick_sweep
-    _, children = children_of(runs)
-    inputs = children[0].inputs.dataset_inputs
-    contexts = {i.tags[0].value for i in inputs}
-    assert contexts == {"train", "val"}
+    parent, children = children_of(runs)
+    inputs = parent.inputs.dataset_inputs
+    assert {i.tags[0].value for i in inputs} == {"train", "val"}
     assert all(len(i.dataset.digest) == 16 for i in inputs)
+    datasets = {c.data.tags["dataset"] for c in children}
+    assert {i.dataset.name.split()[0] for i in inputs} == datasets
+    digests = {c.data.tags["dataset"]: set() for c in children}
+    for child in children:
+        digests[child.data.tags["dataset"]].add(child.data.params["data_digest"])
+    assert all(len(found) == 1 for found in digests.values())  # one split per dataset here
+    assert len({found.pop() for found in digests.values()}) == len(datasets)
 
 
 def test_manual_and_function_finish_where_autograd_does(quick_sweep):

@@ -15,6 +15,10 @@ def test_thinning_keeps_first_and_last_and_at_most_k(n, k):
     assert len(kept) == min(n, k) and np.all(np.diff(kept) > 0)
 
 
+def test_one_point_is_the_last():
+    assert thin(1001, 1).tolist() == [1000] and thin(1, 1).tolist() == [0]
+
+
 def test_trajectory_is_thinned_only_above_the_limit():
     rows, n = 1001, 5
     history = History({}, torch.arange(rows * n).view(rows, n).double(), torch.zeros(rows, n))

@@ -68,3 +68,22 @@ def test_tight_gradcheck_catches_mutants(mutant, device):
 def test_default_tolerances_miss_a_0_1_percent_scale_bug():
     """Why TIGHT exists: with its defaults, gradcheck passes the 1.001-scaled backward."""
     assert gradcheck(ScaledBackward.apply, inputs("cpu"))
+
+
+def batched_inputs(device: str):
+    """Three columns of parameters (w (4, 3), b (3,)): the Function's K-learning-rate form."""
+    X, w, b, y = (t.detach() for t in inputs(device))
+    W = torch.stack([w, 0.5 * w, -w], dim=1)
+    B = torch.stack([b, -b, 2 * b])
+    return tuple(t.clone().requires_grad_(True) for t in (X, W, B, y))
+
+
+def test_gradcheck_batched_columns(device):
+    """K losses at once: every input's gradient, X and y summing over the K columns."""
+    assert gradcheck(LogisticLoss.apply, batched_inputs(device), **TIGHT)
+    assert gradgradcheck(LogisticLoss.apply, batched_inputs(device), **TIGHT)
+
+
+@pytest.mark.parametrize("mutant", [ScaledBackward, FlippedBiasSign], ids=["x1.001", "-db"])
+def test_tight_gradcheck_catches_batched_mutants(mutant, device):
+    assert not gradcheck(mutant.apply, batched_inputs(device), raise_exception=False, **TIGHT)

@@ -1,0 +1,354 @@
+"""``python -m experiments bench``: how fast a step, a learning-rate batch and a run's tracking
+are, each against the limit it should be measured by, side by side in one process.
+
+Shared machines are noisy, so nothing here is a single absolute time: every number is the
+median of repeats, and every claim is a ratio of two things measured in the same run,
+interleaved (A, B, A, B, ...) where they compete for the same disk or cache.
+
+1. **Step time per data size** for the three implementations, against the memory floor: a
+   step must read X (m × n) twice (X w, then Xᵀr), so no step beats the time of moving
+   2·|X| bytes, which is the time of one copy of X (a copy reads |X| and writes |X|).
+2. **K learning rates in one pass** (w of shape (n, K)) against K separate runs.
+3. **Tracking**: what this repo's logging costs per run against MLflow's bare floor (create a
+   run, log its params, end it) and against the naive per-step ``log_metric`` loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from experiments.config import RunConfig, build
+from experiments.engine import fit
+from manual_models import logistic, make_model
+
+SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
+GPU_SIZES = [(4_000_000, 256)]
+QUICK_SIZES = [(569, 30), (1797, 64), (100_000, 100)]
+KS = [1, 4, 16, 64]
+IMPLS = ("manual", "function", "autograd")
+
+
+class Timer:
+    """Median seconds per call of ``fn``: ``repeats`` timings of ``inner`` calls each, with
+    ``inner`` chosen so that one timing lasts at least ``min_s`` (timer and launch noise)."""
+
+    def __init__(self, device: torch.device, repeats: int, min_s: float = 0.02) -> None:
+        self.device, self.repeats, self.min_s = device, repeats, min_s
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def once(self, fn: Callable[[], object], inner: int) -> float:
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / inner
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        first = self.once(fn, 1)  # also the warm-up
+        inner = max(1, min(1000, math.ceil(self.min_s / max(first, 1e-7))))
+        return statistics.median(self.once(fn, inner) for _ in range(self.repeats))
+
+    def interleaved(self, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+        """Medians of several functions timed in turns, so drift hits them alike."""
+        inner = {}
+        for name, fn in fns.items():
+            first = self.once(fn, 1)
+            inner[name] = max(1, min(1000, math.ceil(self.min_s / max(first, 1e-7))))
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(self.repeats):
+            for name, fn in fns.items():
+                times[name].append(self.once(fn, inner[name]))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+
+def problem(m: int, n: int, device: torch.device, dtype=torch.float32, seed: int = 0):
+    """A seeded logistic problem of m samples, n features (labels from a noisy plane)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    X = torch.randn(m, n, generator=generator, device=device, dtype=dtype)
+    w = torch.randn(n, generator=generator, device=device, dtype=dtype) / math.sqrt(n)
+    noise = torch.randn(m, generator=generator, device=device, dtype=dtype)
+    return X, (X @ w + noise > 0).to(dtype)
+
+
+def graphed(step: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """The step captured as a CUDA graph (after three warm-up steps on a side stream)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def step_times(device: torch.device, sizes, timer: Timer) -> list[dict]:
+    """Seconds per ``train_step`` of each implementation, and the floors, per size."""
+    return [step_row(m, n, device, timer) for m, n in sizes]
+
+
+def step_row(m: int, n: int, device: torch.device, timer: Timer) -> dict:
+    X, y = problem(m, n, device)
+    floors = memory_floors(X, timer)
+    steps = {}
+    for impl in IMPLS:
+        steps[impl] = stepper(make_model(impl, n, 1e-3, device=device), X, y)
+        if impl == "manual" and device.type == "cpu" and row_bytes(X) > logistic.BLOCKED_ABOVE:
+            steps["manual (unblocked)"] = unblocked(make_model(impl, n, 1e-3), X, y)
+        if device.type == "cuda":
+            again = stepper(make_model(impl, n, 1e-3, device=device), X, y)
+            steps[f"{impl} (CUDA graph)"] = graphed(again, device)
+    times = timer.interleaved(steps)
+    row = {"m": m, "n": n, "bytes": row_bytes(X)}
+    row.update({f"{name}_ms": 1e3 * t for name, t in times.items()})
+    row["two_read_floor_ms"] = 1e3 * floors["copy"]  # 2|X| bytes moved = two reads of X
+    row["one_read_ms"] = 1e3 * floors["sum"]  # X.sum(): one read
+    row["copy_GBps"] = 2 * row["bytes"] / floors["copy"] / 1e9
+    for name, t in times.items():
+        row[f"{name}_vs_floor"] = t / floors["copy"]
+    row["manual_vs_one_read"] = times["manual"] / floors["sum"]
+    row["manual_vs_autograd"] = times["manual"] / times["autograd"]
+    return row
+
+
+def memory_floors(X: torch.Tensor, timer: Timer) -> dict[str, float]:
+    """Seconds to copy X (moves 2|X| bytes: the two-read floor) and to sum it (one read)."""
+    destination = torch.empty_like(X)
+    return timer.interleaved({"copy": lambda: destination.copy_(X), "sum": lambda: X.sum()})
+
+
+def row_bytes(X: torch.Tensor) -> int:
+    return X.numel() * X.element_size()
+
+
+def unblocked(model, X: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    """The manual step with row blocking turned off: X read twice, as before blocking."""
+
+    def step():
+        saved, logistic.BLOCKED_ABOVE = logistic.BLOCKED_ABOVE, math.inf
+        try:
+            return model.train_step(X, y, check=False)
+        finally:
+            logistic.BLOCKED_ABOVE = saved
+
+    return step
+
+
+def stepper(model, X: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    return lambda: model.train_step(X, y, check=False)
+
+
+def rates(k: int) -> list[float]:
+    return [1e-3 * 1.5**i for i in range(k)]
+
+
+def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -> list[dict]:
+    """K rates in one model against one rate, timed in turns: per step, and per whole run
+    (``fit`` with validation and the per-step gradient check, as a sweep runs it) on the
+    smallest size."""
+    rows = []
+    for m, n in sizes:
+        X, y = problem(m, n, device)
+        for impl in ("manual", "function"):
+            for k in ks:
+                times = timer.interleaved({
+                    "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
+                    "K": stepper(make_model(impl, n, rates(k), device=device), X, y),
+                })  # fmt: skip
+                rows.append(batch_row("step", impl, m, n, k, times["one"], times["K"]))
+    m, n = sizes[0]
+    X, y = problem(m, n, device)
+    X_val, y_val = problem(max(m // 4, 1), n, device, seed=1)
+    whole_runs = Timer(device, 3, min_s=0)
+
+    def run(impl, lr):
+        model = make_model(impl, n, lr, device=device)
+        reference = make_model("autograd", n, lr, device=device)
+        return lambda: fit(model, X, y, run_steps, X_val=X_val, y_val=y_val, reference=reference)
+
+    for impl in ("manual", "function"):
+        for k in ks:
+            times = whole_runs.interleaved({"one": run(impl, 1e-3), "K": run(impl, rates(k))})
+            what = f"run ({run_steps} steps, checked)"
+            rows.append(batch_row(what, impl, m, n, k, times["one"], times["K"]))
+    return rows
+
+
+def batch_row(what: str, impl: str, m: int, n: int, k: int, one: float, t: float) -> dict:
+    return {"what": what, "impl": impl, "m": m, "n": n, "K": k, "one_ms": 1e3 * one,
+            "K_at_once_ms": 1e3 * t, "K_at_once_vs_one": t / one,
+            "speedup_per_lr": k * one / t}  # fmt: skip
+
+
+def tracking(repeats: int, naive_sample: int = 200) -> dict:
+    """Per-run tracking cost on a scratch SQLite store: MLflow's floor, this repo's path for a
+    1,000-step breast_cancer run, and the naive loop (one ``log_metric`` per value per step,
+    timed on a sample and scaled to the run's points, plus the floor it also pays)."""
+    from experiments.sweep import record, run_tags, train_point
+    from experiments.tracking import Tracker
+
+    config = build(RunConfig, {"dataset": "breast_cancer", "impl": "manual", "lr": 0.1,
+                               "device": "cpu"})  # fmt: skip
+    result = train_point(config)
+    points = sum(int(torch.isfinite(v).sum()) for v in result.history.metrics.values())
+    with tempfile.TemporaryDirectory() as folder:
+        tracker = Tracker(f"sqlite:///{folder}/bench.db")
+        tracker.open()
+        experiment = tracker.experiment("bench")
+
+        def floor():
+            run_id = tracker.start_run(experiment, "floor", tags={})
+            tracker.log(run_id, params=config.params())
+            tracker.finish(run_id)
+
+        def ours():
+            run_id = tracker.start_run(experiment, "ours", tags=run_tags(config))
+            tracker.finish(run_id, record(tracker, run_id, result))
+
+        naive_run = tracker.start_run(experiment, "naive", tags={})
+        values = result.history.metrics["train/loss"].tolist()
+        counter = iter(range(10**9))
+
+        def naive_points():  # naive_sample points of the per-step loop
+            for _ in range(naive_sample):
+                i = next(counter)
+                tracker.client.log_metric(naive_run, "train/loss", values[i % len(values)], step=i)
+
+        timer = Timer(torch.device("cpu"), repeats, min_s=0)
+        times = timer.interleaved({"floor": floor, "ours": ours, "naive": naive_points})
+    per_point = times["naive"] / naive_sample
+    naive = times["floor"] + per_point * points
+    return {
+        "run": f"breast_cancer, {config.steps} steps, {len(result.history.metrics)} series "
+        f"({points} values), max_metric_points={config.max_metric_points}",
+        "floor_ms": 1e3 * times["floor"],
+        "ours_ms": 1e3 * times["ours"],
+        "naive_ms_estimated": 1e3 * naive,
+        "naive_ms_per_point": 1e3 * per_point,
+        "ours_vs_floor": times["ours"] / times["floor"],
+        "naive_vs_ours": naive / times["ours"],
+    }
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = True) -> dict:
+    dev = torch.empty(0, device=device).device
+    repeats = 3 if quick else 7
+    timer = Timer(dev, repeats)
+    sizes = list(QUICK_SIZES if quick else SIZES)
+    if dev.type == "cuda" and not quick:
+        sizes += GPU_SIZES
+    ks = [1, 4, 16] if quick else KS
+    batch_sizes = [sizes[0], sizes[-1]] if not quick else [sizes[0]]
+    started = time.perf_counter()
+    report = {"machine": machine(dev), "quick": quick, "repeats": repeats}
+    report["step"] = step_times(dev, sizes, timer)
+    report["lr_batch"] = lr_batching(dev, batch_sizes, ks, timer, 20 if quick else 1000)
+    if tracking_part:
+        report["tracking"] = tracking(10 if quick else 30)
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The tables for the README."""
+    m = report["machine"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['threads']} threads)"
+    lines = [f"Machine: {where}, torch {m['torch']}; medians of {report['repeats']} repeats.", ""]
+    step = report["step"]
+    timed = [k for row in step for k in row if k.endswith("_ms")]
+    names = [k.removesuffix("_ms") for k in dict.fromkeys(timed)
+             if "floor" not in k and "one_read" not in k]  # fmt: skip
+    lines += [
+        "| m × n | two-read floor | " + " | ".join(names) + " | manual / one read |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for row in step:
+        cells = [
+            f"{row[f'{name}_ms']:.3g} ms ({row[f'{name}_vs_floor']:.2f}×)"
+            if f"{name}_ms" in row
+            else "–"
+            for name in names
+        ]
+        lines.append(f"| {row['m']:,} × {row['n']} | {row['two_read_floor_ms']:.3g} ms | "
+                     + " | ".join(cells) + f" | {row['manual_vs_one_read']:.2f}× |")  # fmt: skip
+    lines += ["", "Step time (ratio to the two-read floor: one copy of X, "
+              f"{step[-1]['copy_GBps']:.0f} GB/s moved at the largest size).", ""]  # fmt: skip
+    lines += [
+        "| what | impl | m × n | K | K at once / one | speedup per lr |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["lr_batch"]:
+        size = f"{row['m']:,} × {row['n']}"
+        ratio, speedup = row["K_at_once_vs_one"], row["speedup_per_lr"]
+        lines.append(f"| {row['what']} | {row['impl']} | {size} | {row['K']} "
+                     f"| {ratio:.2f}× | {speedup:.1f}× |")  # fmt: skip
+    if "tracking" in report:
+        t = report["tracking"]
+        lines += ["", f"Tracking one run ({t['run']}):", "",
+                  "| MLflow floor | this repo | naive per-step log_metric (est.) | ours / floor "
+                  "| naive / ours |", "|---|---|---|---|---|",
+                  f"| {t['floor_ms']:.1f} ms | {t['ours_ms']:.1f} ms | "
+                  f"{t['naive_ms_estimated']:.0f} ms ({t['naive_ms_per_point']:.2f} ms a value) "
+                  f"| {t['ours_vs_floor']:.2f}× | {t['naive_vs_ours']:.0f}× |"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: Path, tracker=None) -> Path:
+    """``bench.json`` and ``bench.md`` (named by device) in ``out``; an MLflow run if given a
+    tracker."""
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if report["machine"]["device"] == "cpu" else f"-{report['machine']['device']}"
+    suffix = suffix.replace(":", "")
+    json_path = out / f"bench{suffix}.json"
+    json_path.write_text(json.dumps(report, indent=2))
+    (out / f"bench{suffix}.md").write_text(markdown(report))
+    if tracker is not None:
+        tracker.open()
+        experiment = tracker.experiment("bench")
+        run_id = tracker.start_run(experiment, f"bench · {report['machine']['device']}",
+                                   tags={"kind": "bench"})  # fmt: skip
+        metrics = {}
+        for row in report["step"]:
+            metrics[f"step/manual_vs_floor/{row['m']}x{row['n']}"] = row["manual_vs_floor"]
+        for row in report["lr_batch"]:
+            key = (
+                f"lr_batch/{row['impl']}/{row['what'].split()[0]}/{row['m']}x{row['n']}/K{row['K']}"
+            )
+            metrics[key] = row["speedup_per_lr"]
+        if "tracking" in report:
+            metrics["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
+            metrics["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]
+        tracker.log(run_id, params={**report["machine"], "quick": report["quick"]},
+                    metrics=metrics)  # fmt: skip
+        tracker.log_text(run_id, json.dumps(report, indent=2), "bench.json")
+        tracker.log_text(run_id, markdown(report), "bench.md")
+        tracker.finish(run_id)
+    return json_path

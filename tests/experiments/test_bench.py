@@ -1,0 +1,97 @@
+"""The benchmark's machinery on tiny sizes: what it measures and writes, not how fast it is."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from experiments import bench
+from experiments.cli import run
+from experiments.tracking import Tracker
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def report():
+    timer = bench.Timer(CPU, repeats=1, min_s=0)
+    return {
+        "machine": bench.machine(CPU),
+        "quick": True,
+        "repeats": 1,
+        "step": bench.step_times(CPU, [(64, 5), (300, 7)], timer),
+        "lr_batch": bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
+        "tracking": bench.tracking(repeats=1, naive_sample=3),
+    }
+
+
+def test_step_rows_hold_every_implementation_and_both_floors(report):
+    assert [(r["m"], r["n"]) for r in report["step"]] == [(64, 5), (300, 7)]
+    for row in report["step"]:
+        assert row["bytes"] == row["m"] * row["n"] * 4
+        for name in ("manual", "function", "autograd"):
+            assert row[f"{name}_ms"] > 0
+            assert row[f"{name}_vs_floor"] == pytest.approx(
+                row[f"{name}_ms"] / row["two_read_floor_ms"]
+            )
+        assert row["manual_vs_autograd"] == pytest.approx(row["manual_ms"] / row["autograd_ms"])
+        assert row["copy_GBps"] > 0 and row["one_read_ms"] > 0
+
+
+def test_lr_batch_rows_compare_k_rates_with_one(report):
+    rows = report["lr_batch"]
+    kinds = {(r["what"].split()[0], r["impl"], r["K"]) for r in rows}
+    assert kinds == {(w, i, k) for w in ("step", "run") for i in ("manual", "function")
+                     for k in (1, 3)}  # fmt: skip
+    for row in rows:
+        assert row["speedup_per_lr"] == pytest.approx(
+            row["K"] * row["one_ms"] / row["K_at_once_ms"]
+        )
+
+
+def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
+    t = report["tracking"]
+    assert t["floor_ms"] > 0 and t["ours_ms"] > 0 and t["naive_ms_per_point"] > 0
+    assert t["ours_vs_floor"] == pytest.approx(t["ours_ms"] / t["floor_ms"])
+    # The naive estimate is the floor plus one log_metric per value of the 10-series history.
+    assert "10010 values" in t["run"]
+    expected = t["floor_ms"] + 10010 * t["naive_ms_per_point"]
+    assert t["naive_ms_estimated"] == pytest.approx(expected)
+
+
+def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'bench.db'}"
+    path = bench.write(report, tmp_path / "out", Tracker(uri))
+    assert path.name == "bench.json"
+    assert json.loads(path.read_text())["step"][0]["m"] == 64
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "| 64 × 5 |" in table and "| step | manual | 64 × 5 | 3 |" in table
+    assert "ours / floor" in table
+    client = MlflowClient(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert found.info.status == "FINISHED" and found.data.tags["kind"] == "bench"
+    metrics = found.data.metrics
+    assert math.isfinite(metrics["tracking/ours_vs_floor"])
+    assert "lr_batch/manual/step/64x5/K3" in metrics
+    assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"bench.json", "bench.md"}
+
+
+def test_bad_device_is_one_line_and_exit_2(capsys, tmp_path):
+    assert run(["bench", "--device", "tpu", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown device 'tpu'") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_large_cpu_data_is_also_timed_unblocked(monkeypatch):
+    """Above the blocking threshold the manual step is timed both ways; the switch is undone."""
+    from manual_models import logistic
+
+    monkeypatch.setattr(logistic, "BLOCKED_ABOVE", 1000)
+    (row,) = bench.step_times(CPU, [(300, 7)], bench.Timer(CPU, repeats=1, min_s=0))
+    assert row["manual (unblocked)_ms"] > 0 and row["manual_ms"] > 0
+    assert logistic.BLOCKED_ABOVE == 1000
