@@ -14,6 +14,11 @@ class GradientDescentModel(Protocol):
     ``w`` (n_features,) and ``b`` (0-d) are the current parameters as plain tensors (no graph);
     ``grads`` holds ``{"dw", "db"}`` from the last step. ``check=False`` skips the one check
     that reads data (labels in {0, 1}), which would synchronise a GPU with the host.
+
+    Optional, and used by the training loop where present: ``batch_shape`` — ``(K,)`` for a
+    model holding K learning rates side by side, whose ``w`` is (n_features, K), ``b`` (K,) and
+    losses (K,) — and ``last_logits``, the logits the last ``train_step`` computed (so the loop
+    need not compute them again for the accuracy).
     """
 
     n_features: int
