@@ -12,24 +12,33 @@ DEVICE ?= cpu
 BENCH_OUT ?= reports
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-e2e test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
+.PHONY: help install test test-all test-e2e test-cluster tracking-server tracking-server-stop test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: ## create .venv and install the project + dev tools at the tested versions (constraints.txt)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,cluster]'
 	@$(VENV)/bin/python -c "import torch, mlflow, sklearn, pandas; print(f'installed: torch {torch.__version__}, mlflow {mlflow.__version__}, scikit-learn {sklearn.__version__}, pandas {pandas.__version__}')"
 
-test: ## the fast suite (everything but `slow` and `e2e`; `gpu` tests skip without CUDA)
-	$(PYTEST) -m "not slow and not e2e"
+test: ## the fast suite (everything but `slow`, `e2e` and `cluster`; `gpu` tests skip without CUDA)
+	$(PYTEST) -m "not slow and not e2e and not cluster"
 
 test-all: ## every test, `slow` ones included
 	$(PYTEST)
 
 test-e2e: ## the MLflow UI in headless Chromium (apt-get install chromium; pip install playwright)
 	$(PYTEST) -m e2e
+
+test-cluster: ## the sweep on a Dask cluster against a PostgreSQL-backed MLflow server (.ci/run starts them)
+	$(PYTEST) -m cluster
+
+tracking-server: ## MLflow server on PostgreSQL with served artifacts, on 127.0.0.1:5000 (data in .tracking/)
+	PY=$(PY) scripts/tracking-server.sh start
+
+tracking-server-stop: ## stop it (the data stays in .tracking/)
+	PY=$(PY) scripts/tracking-server.sh stop
 
 test-gpu: ## only the CUDA tests (they skip where there is no GPU)
 	$(PYTEST) -m gpu
@@ -62,7 +71,7 @@ format: ## ruff: fix what can be fixed and format
 
 lock: ## re-resolve the dev environment into constraints.txt (torch pinned by TORCH=...)
 	rm -rf .lock-venv && python3 -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet torch==$(TORCH) -e '.[dev]' playwright
+	.lock-venv/bin/python -m pip install --quiet torch==$(TORCH) -e '.[dev,cluster]' playwright
 	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
 	  | sed 's/^torch==.*/torch==$(TORCH)/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
+from experiments.executors import ENGINES, EngineError, open_engine
 from experiments.tracking import Tracker, TrackingError, check_reachable
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -50,13 +51,26 @@ def tracking_options(command):
 @main.command()
 @click.argument("config", required=False, metavar="[CONFIG]")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="grid points trained at once, each in its own process")  # fmt: skip
+              help="grid points trained at once, each in its own process (with --engine dask "
+              "and no scheduler: the local cluster's workers)")  # fmt: skip
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    help="where grid points run: local processes, or a Dask cluster [config: local]",
+)
+@click.option(
+    "--address",
+    metavar="tcp://HOST:PORT",
+    help="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a local cluster)",
+)
 @click.option("--restart", is_flag=True, help="start a fresh sweep instead of resuming")
 @tracking_options
-def sweep(config, workers, restart, overrides, experiment, tracking_uri, quiet) -> int:
+def sweep(config, workers, engine, address, restart, overrides, experiment, tracking_uri,
+          quiet) -> int:  # fmt: skip
     """Run every grid point of CONFIG (default: experiments/configs/default.yaml)."""
     path = Path(config) if config else DEFAULT_CONFIG
-    sweep_config = load_sweep(path, parse_overrides(overrides))
+    chosen = {k: v for k, v in {"engine": engine, "address": address}.items() if v}
+    sweep_config = load_sweep(path, {**parse_overrides(overrides), **chosen})
     command = " ".join(
         [
             "python -m experiments sweep",
@@ -160,10 +174,25 @@ def execute(
     from experiments.sweep import latest_attempts, run_grid, summarize  # heavy: after validation
 
     tracker = Tracker(uri)
-    outcome = run_grid(
-        config, tracker, experiment=experiment, command=command, nested=nested,
-        progress=not quiet, workers=workers, restart=restart,
-    )  # fmt: skip
+    check_reachable(tracker.uri)  # the store and the engine, before anything is written
+    engine = open_engine(config.engine, config.address, workers)
+    if engine is not None:
+        try:
+            engine.check(gpu="cuda" in config.resolved_devices())
+        except EngineError:
+            engine.close()
+            raise
+    if engine is not None and not quiet:
+        click.echo(f"engine: {engine.describe()}", err=True)
+    try:
+        outcome = run_grid(
+            config, tracker, experiment=experiment, command=command, nested=nested,
+            progress=not quiet, engine=engine, restart=restart,
+        )  # fmt: skip
+    except BaseException:
+        if engine is not None:
+            engine.stop()
+        raise
     runs = outcome.runs
     done = runs[runs.status == "FINISHED"] if len(runs) else runs
     if len(done):
@@ -227,4 +256,4 @@ def _raise_interrupted(signum, frame):
 
 def run(argv: list[str] | None = None) -> int:
     """``python -m experiments``."""
-    return entry(main, "python -m experiments", (ConfigError, TrackingError), argv)
+    return entry(main, "python -m experiments", (ConfigError, TrackingError, EngineError), argv)

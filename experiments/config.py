@@ -128,6 +128,14 @@ class SweepConfig(_Common):
     lrs: list[PositiveFloat] = Field(min_length=1)
     devices: list[Literal["auto", "cpu", "cuda", "mps"]] = Field(["auto"], min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+    engine: Literal["local", "dask"] = Field(
+        "local", description="where grid points run: this machine, or a Dask cluster"
+    )
+    address: str | None = Field(
+        None,
+        description="the Dask scheduler, tcp://HOST:PORT (default: $DASK_SCHEDULER_ADDRESS, "
+        "else a local cluster of --workers processes)",
+    )
     batch_lrs: bool = Field(
         True,
         description="train the manual and function runs that differ only in lr together, in "
@@ -169,8 +177,10 @@ class SweepConfig(_Common):
 
     @property
     def key(self) -> str:
-        """A stable hash of the whole sweep: the same command resumes the same sweep."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A stable hash of the whole sweep: the same command resumes the same sweep, on any
+        engine (where it runs is not part of what it is)."""
+        dumped = self.model_dump(mode="json", exclude={"engine", "address"})
+        canonical = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolved_devices(self) -> list[str]:

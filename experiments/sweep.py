@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import multiprocessing
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import torch
 from experiments import datasets
 from experiments.config import RunConfig, SweepConfig, lr_batches
 from experiments.engine import History, fit
+from experiments.executors import Engine
 from experiments.tracking import Tracker, device_name, digest
 from manual_models import make_model
 
@@ -180,7 +179,7 @@ def run_grid(
     command: str = "",
     nested: bool = True,
     progress: bool = True,
-    workers: int = 1,
+    engine: Engine | None = None,
     restart: bool = False,
 ) -> SweepOutcome:
     """Open the store, then train and record every grid point not finished yet.
@@ -228,7 +227,7 @@ def run_grid(
     )
     try:
         with bar as shown:
-            if workers == 1:
+            if engine is None:
                 for group in groups:
                     run_ids = start_runs(group)
                     try:
@@ -242,8 +241,8 @@ def run_grid(
                     if shown is not None:
                         shown.update(len(group))
             else:
-                train_seconds = _in_processes(tracker, groups, workers, start_runs, failed,
-                                              in_flight, shown, parent_id is None)  # fmt: skip
+                train_seconds = _on_engine(engine, tracker, groups, start_runs, failed,
+                                           in_flight, shown, parent_id is None)  # fmt: skip
     except BaseException:
         # Ctrl-C, SIGTERM, or a failure of the tracking itself: nothing is left RUNNING.
         for run_id in [*in_flight, *([parent_id] if parent_id else [])]:
@@ -303,76 +302,58 @@ def open_parent(tracker, experiment_id, config, command, restart) -> tuple[str, 
     return parent_id, set()
 
 
-def _in_processes(tracker, groups, workers, start_runs, failed, in_flight, shown, inputs) -> float:
-    """Groups of grid points in ``workers`` processes; each logs its own runs straight to the
+def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, inputs) -> float:
+    """Groups of grid points on ``engine``'s workers; each logs its own runs straight to the
     store.
 
     The driver creates the runs before handing a group out, so a group whose worker raises, or
-    whose process dies, is marked FAILED here and the sweep goes on (a dead process breaks
-    the pool: the runs it was running fail with it, and a fresh pool takes the rest).
+    whose process dies, is marked FAILED here and the sweep goes on (a resume runs it again).
     """
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
-
-    def new_pool():
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, futures, train_seconds = list(groups), {}, 0.0
-    pool = new_pool()
     try:
         while pending or futures:
-            while pending and len(futures) < workers:
+            while pending and len(futures) < engine.capacity():
                 group = pending.pop(0)
                 run_ids = start_runs(group)
-                futures[pool.submit(_work, tracker.uri, run_ids, group, inputs)] = run_ids
+                args = (tracker.uri, run_ids, group, inputs, engine.guard)
+                future = engine.submit(_work, *args, gpu=group[0].device == "cuda")
+                futures[future] = run_ids
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
-            broken = False
+            lost = False
             for future in done:
                 run_ids = futures.pop(future)
                 try:
                     train_seconds += future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    for run_id in run_ids:
-                        failed(run_id, "its worker process died")
                 except Exception as err:
+                    lost = lost or engine.lost_worker(err)
+                    reason = "its worker process died" if engine.lost_worker(err) else None
                     for run_id in run_ids:
-                        failed(run_id, _first_line(err))
+                        failed(run_id, reason or _first_line(err))
                 for run_id in run_ids:
                     in_flight.pop(run_id, None)
                 if shown is not None:
                     shown.update(len(run_ids))
-            if broken and not futures:
-                pool.shutdown(wait=False)
-                pool = new_pool()
+            if lost and not futures:
+                engine.renew()
     except BaseException:
-        # Stop the workers before the driver marks their runs KILLED, so none of them can
-        # end a run FINISHED afterwards. (ProcessPoolExecutor has no public terminate.)
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        engine.stop()  # before the driver marks the runs in flight KILLED
         raise
-    pool.shutdown()
+    engine.close()
     return train_seconds
-
-
-def _init_worker() -> None:
-    # The driver answers Ctrl-C for everyone; one thread each, as the workers share the cores.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
 
 
 _worker_trackers: dict[str, Tracker] = {}
 
 
-def _work(uri: str, run_ids: list[str], configs: list[RunConfig], inputs: bool) -> float:
+def _work(uri: str, run_ids: list[str], configs: list[RunConfig], inputs: bool,
+          guard: bool) -> float:  # fmt: skip
     """A worker's job: grid points trained together, recorded under the runs the driver
     created."""
     if uri not in _worker_trackers:
         _worker_trackers[uri] = Tracker(uri)
-    return execute_group(_worker_trackers[uri], run_ids, configs, inputs=inputs)
+    return execute_group(_worker_trackers[uri], run_ids, configs, inputs=inputs, guard=guard)
 
 
 def _first_line(err: BaseException) -> str:
@@ -424,16 +405,23 @@ def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def execute_group(
-    tracker: Tracker, run_ids: list[str], configs: list[RunConfig], *, inputs: bool = False
+    tracker: Tracker,
+    run_ids: list[str],
+    configs: list[RunConfig],
+    *,
+    inputs: bool = False,
+    guard: bool = False,
 ) -> float:
     """Train grid points in one pass and record each under its run: FINISHED, or FAILED if
-    it diverged. Returns the training time."""
+    it diverged. Returns the training time. With ``guard``, a run the driver has ended
+    meanwhile (KILLED on an interrupt) keeps that status."""
     results = train_group(configs)
     for run_id, result in zip(run_ids, results, strict=True):
         status = record(tracker, run_id, result)
         if inputs:
             log_inputs(tracker, run_id, [result.config])
-        tracker.finish(run_id, status)
+        if not guard or tracker.status(run_id) == "RUNNING":
+            tracker.finish(run_id, status)
     return sum(result.seconds for result in results)
 
 

@@ -286,7 +286,7 @@ class Tracker:
             for name, table in tables.items():
                 # Dictionary encoding only slows float columns down (it is tried, then dropped).
                 pq.write_table(table, Path(tmp) / name, use_dictionary=False)
-            get_artifact_repository(uri).log_artifacts(tmp)
+            get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(tmp)
 
     @retry_when_locked
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
@@ -322,6 +322,10 @@ class Tracker:
     @retry_when_locked
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    @retry_when_locked
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
 
     @retry_when_locked
     def reopen(self, run_id: str) -> None:

@@ -42,7 +42,7 @@ def conda_environment() -> tuple[dict[str, SpecifierSet], list[str], str]:
 def test_environment_yml_matches_pyproject():
     conda, pip_section, python = conda_environment()
     assert conda == pip_requirements()
-    assert pip_section == ["-e .[dev]"]
+    assert pip_section == ["-e .[dev,cluster]"]
     assert Version(python) in SpecifierSet(pyproject()["project"]["requires-python"])
 
 
@@ -52,8 +52,9 @@ def test_constraints_pin_every_dependency_within_its_range():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             pins[canonicalize_name(name)] = Version(version)
-    dev = (Requirement(r) for r in pyproject()["project"]["optional-dependencies"]["dev"])
-    wanted = {**pip_requirements(), **{canonicalize_name(r.name): r.specifier for r in dev}}
+    extras = pyproject()["project"]["optional-dependencies"]
+    optional = (Requirement(r) for r in extras["dev"] + extras["cluster"])
+    wanted = {**pip_requirements(), **{canonicalize_name(r.name): r.specifier for r in optional}}
     for name, spec in wanted.items():
         assert name in pins, f"{name} is not pinned in constraints.txt"
         assert pins[name] in spec, f"{name}=={pins[name]} is outside {spec}"

@@ -161,8 +161,8 @@ def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert workers
     workers[0].kill()
     out, err = process.communicate(timeout=180)
-    assert process.returncode == 1, err  # the sweep finished, and says a run failed
-    assert "worker process died" in out
+    assert process.returncode == 1, out + err  # the sweep finished, and says a run failed
+    assert "worker process died" in out, out + err
     runs = state(uri)
     assert "RUNNING" not in set(runs.status)
     resumed = subprocess.run(sweep_command(uri, "--workers", "2"), capture_output=True,

@@ -1,0 +1,194 @@
+"""Where grid points run: the one seam between a sweep and the engine that runs it.
+
+A sweep hands groups of grid points to an :class:`Engine`, which wraps a
+``concurrent.futures.Executor``: the local process pool, or a Dask cluster through
+``Client.get_executor()`` (the same interface, so :mod:`experiments.sweep` has one code path).
+Another engine (Ray, say) is another subclass here; the training code does not change.
+
+Opening an engine is checked before anything is written: an engine that is not installed or a
+scheduler that does not answer is a :class:`EngineError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import torch
+
+ENGINES = ("local", "dask")
+INSTALL_HINT = "pip install -e '.[cluster]' (make install does)"
+
+
+class EngineError(ValueError):
+    """The engine cannot be used as asked; the message is one line and says why."""
+
+
+class Engine:
+    """Runs ``fn(*args)`` for a grid point group somewhere, and says what a failure means."""
+
+    name = "engine"
+    # Whether workers must check that the driver has not ended a run before they finish it:
+    # true where the engine cannot stop a task that is already running.
+    guard = False
+
+    def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
+        raise NotImplementedError
+
+    def check(self, gpu: bool) -> None:
+        """Raise :class:`EngineError` if the engine cannot run the grid (``gpu``: it has
+        CUDA points)."""
+
+    def capacity(self) -> int:
+        """How many groups to keep in flight."""
+        raise NotImplementedError
+
+    def lost_worker(self, err: BaseException) -> bool:
+        """True if ``err`` means the worker process died (its runs fail, the sweep goes on)."""
+        return False
+
+    def renew(self) -> None:
+        """Make the executor usable again after a lost worker, where it needs that."""
+
+    def stop(self) -> None:
+        """On interruption: stop the work in flight before its runs are marked KILLED."""
+
+    def close(self) -> None:
+        """Release the executor at the end of a sweep."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+class LocalEngine(Engine):
+    """``workers`` spawned processes on this machine (one torch thread each)."""
+
+    name = "local"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
+
+    def submit(self, fn, *args, gpu=False):
+        return self.pool.submit(fn, *args)
+
+    def capacity(self) -> int:
+        return self.workers
+
+    def lost_worker(self, err):
+        from concurrent.futures.process import BrokenProcessPool
+
+        return isinstance(err, BrokenProcessPool)
+
+    def renew(self) -> None:
+        # A dead process breaks the whole pool: the runs it held fail, a fresh pool goes on.
+        self.pool.shutdown(wait=False)
+        self.pool = self._new_pool()
+
+    def stop(self) -> None:
+        # Kill the workers first, so none can end a run FINISHED after the driver marked it
+        # KILLED. (ProcessPoolExecutor has no public terminate before Python 3.14.)
+        for process in list(getattr(self.pool, "_processes", {}).values()):
+            process.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def describe(self) -> str:
+        return f"local ({self.workers} processes)"
+
+
+def _init_worker() -> None:
+    # The driver answers Ctrl-C for everyone; one thread each, as the workers share the cores.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+class DaskEngine(Engine):
+    """A Dask cluster: the scheduler at ``address``, or a ``LocalCluster`` of ``workers``
+    single-threaded processes on this machine when there is none. CUDA grid points ask for a
+    ``GPU`` resource, so only workers started with ``--resources GPU=1`` take them."""
+
+    name = "dask"
+    guard = True  # Dask cannot stop a task that is running on a remote worker
+
+    def __init__(self, address: str | None, workers: int, timeout: float = 5.0) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise EngineError(f"the dask engine needs Dask distributed: {INSTALL_HINT}") from None
+        self.address, self.cluster = address, None
+        try:
+            if address is None:
+                self.cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None, silence_logs=logging.ERROR,
+                )  # fmt: skip
+                self.client = Client(self.cluster)
+            else:
+                self.client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            where = address or "a local cluster"
+            raise EngineError(f"dask scheduler {where} cannot be reached: {first}") from None
+        self.cpu = self.client.get_executor(pure=False)
+        self.gpu = self.client.get_executor(pure=False, resources={"GPU": 1})
+
+    def submit(self, fn, *args, gpu=False):
+        # A local cluster shares this machine's GPU among its workers: no resource to ask for.
+        return (self.gpu if gpu and self.cluster is None else self.cpu).submit(fn, *args)
+
+    def check(self, gpu: bool) -> None:
+        if gpu and self.cluster is None:
+            workers = self.client.scheduler_info()["workers"].values()
+            if not any(w.get("resources", {}).get("GPU") for w in workers):
+                raise EngineError(
+                    "the grid has CUDA points but no worker of the Dask cluster offers a GPU: "
+                    "start one with `dask worker ADDRESS --resources GPU=1`"
+                )
+
+    def capacity(self) -> int:
+        # Every worker thread busy; workers may join or leave while the sweep runs.
+        return max(1, sum(self.client.nthreads().values()))
+
+    def lost_worker(self, err):
+        return type(err).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError")
+
+    def stop(self) -> None:
+        self.cpu.shutdown(wait=False, cancel_futures=True)
+        self.gpu.shutdown(wait=False, cancel_futures=True)
+        if self.cluster is not None:  # ours: its workers go with it
+            self.client.close()
+            self.cluster.close()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def describe(self) -> str:
+        if self.cluster is not None:
+            return f"dask (local cluster, {len(self.cluster.workers)} workers)"
+        return f"dask ({self.address})"
+
+
+def open_engine(name: str, address: str | None = None, workers: int = 1) -> Engine | None:
+    """The engine a sweep runs on; None means in this process, one group after another."""
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "local":
+        if address:
+            raise EngineError("--address is for --engine dask")
+        return None if workers == 1 else LocalEngine(workers)
+    return DaskEngine(address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None, workers)
