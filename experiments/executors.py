@@ -166,8 +166,8 @@ class DaskEngine(Engine):
         return type(err).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError")
 
     def stop(self) -> None:
-        self.cpu.shutdown(wait=False, cancel_futures=True)
-        self.gpu.shutdown(wait=False, cancel_futures=True)
+        self.cpu.shutdown(wait=False)  # cancels every task not done, queued or running
+        self.gpu.shutdown(wait=False)
         if self.cluster is not None:  # ours: its workers go with it
             self.client.close()
             self.cluster.close()

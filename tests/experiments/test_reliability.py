@@ -92,17 +92,22 @@ def assert_complete(uri: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    ("signum", "code", "workers"),
+    ("signum", "code", "options"),
     [
-        pytest.param(signal.SIGTERM, 143, "1", id="SIGTERM"),
-        pytest.param(signal.SIGINT, 130, "1", id="SIGINT", marks=pytest.mark.slow),
-        pytest.param(signal.SIGTERM, 143, "4", id="SIGTERM-4-workers", marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, 143, ["--workers", "1"], id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, ["--workers", "1"], id="SIGINT", marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, 143, ["--workers", "4"], id="SIGTERM-4-workers",
+                     marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, 143, ["--engine", "dask", "--workers", "2"],
+                     id="SIGTERM-dask-local-cluster", marks=pytest.mark.slow),
     ],
-)
-def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, workers, tmp_path):
+)  # fmt: skip
+def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, options, tmp_path):
+    if "dask" in options:
+        pytest.importorskip("distributed")
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    process = start(uri, "--workers", workers)
+    process = start(uri, *options)
     wait_for(db, 2, process, timeout=120)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
@@ -113,8 +118,8 @@ def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, worke
     assert after_stop[after_stop.kind == "sweep"].status.item() == "KILLED"
     kept = after_stop[after_stop.status == "FINISHED"].set_index("run_id").train_loss
 
-    resumed = subprocess.run(sweep_command(uri, "--workers", workers), capture_output=True,
-                             text=True, check=False)  # fmt: skip
+    resumed = subprocess.run(sweep_command(uri, *options), capture_output=True, text=True,
+                             check=False)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"({len(kept)} already finished before)" in resumed.stdout
     children = assert_complete(uri)
