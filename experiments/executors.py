@@ -97,8 +97,9 @@ class LocalEngine(Engine):
 
     def stop(self) -> None:
         # Kill the workers first, so none can end a run FINISHED after the driver marked it
-        # KILLED. (ProcessPoolExecutor has no public terminate before Python 3.14.)
-        for process in list(getattr(self.pool, "_processes", {}).values()):
+        # KILLED. (ProcessPoolExecutor has no public terminate before Python 3.14; after a
+        # shutdown its _processes is None, so a second stop does nothing.)
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
             process.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -167,7 +168,7 @@ class DaskEngine(Engine):
 
     def stop(self) -> None:
         self.cpu.shutdown(wait=False)  # cancels every task not done, queued or running
-        self.gpu.shutdown(wait=False)
+        self.gpu.shutdown(wait=False)  # (a second stop does nothing: both are idempotent)
         if self.cluster is not None:  # ours: its workers go with it
             self.client.close()
             self.cluster.close()
