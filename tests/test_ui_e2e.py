@@ -10,6 +10,7 @@ and sets REQUIRE_E2E=1, so there a missing browser fails instead of skipping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -110,7 +111,10 @@ def test_runs_page_shows_the_sweep(served):
         page.get_by_text("Show more columns").click()
         for name in ("impl", "lr"):
             page.get_by_placeholder("Search columns").fill(name)
-            page.get_by_text(name, exact=True).first.click()  # Parameters come before Tags
+            # The picker bolds the match inside every name holding it ("batch_<b>lr</b>s"):
+            # click the entry whose whole title is the name. Parameters come before Tags.
+            titles = page.locator('[class*="tree-title"]')
+            titles.filter(has_text=re.compile(rf"^{name}$")).first.click()
         page.keyboard.press("Escape")
         page.locator('[col-id="params.`lr`"]').first.wait_for()
         page.locator('[col-id="params.`impl`"]').first.wait_for()
