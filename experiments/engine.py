@@ -246,8 +246,8 @@ class _Loop:
         values["train/accuracy"] = accuracy(X, y, w, b) if z is None else accuracy_from_logits(z, y)
         values["grad/b"] = grads["db"]
         values["grad/w_norm"] = torch.linalg.vector_norm(grads["dw"], dim=0)
-        nan = torch.full(self.batch, math.nan, device=model.device, dtype=model.dtype)
-        if self.reference is not None:
+        if self.reference is not None:  # NaN on the rows not checked
+            nan = torch.full(self.batch, math.nan, device=model.device, dtype=model.dtype)
             values["check/grad_rel_err"] = values["check/grad_err_vs_terms"] = nan
         if checked:
             g, g_ref = _flat(grads), _flat(expected)

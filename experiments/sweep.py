@@ -327,10 +327,11 @@ def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, in
                 try:
                     train_seconds += future.result()
                 except Exception as err:
-                    lost = lost or engine.lost_worker(err)
-                    reason = "its worker process died" if engine.lost_worker(err) else None
+                    died = engine.lost_worker(err)
+                    lost = lost or died
+                    reason = "its worker process died" if died else _first_line(err)
                     for run_id in run_ids:
-                        failed(run_id, reason or _first_line(err))
+                        failed(run_id, reason)
                 for run_id in run_ids:
                     in_flight.pop(run_id, None)
                 if shown is not None:

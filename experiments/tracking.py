@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from experiments.engine import History
@@ -104,11 +103,6 @@ def history_table(history: History):
     columns = {"step": np.arange(history.steps + 1)}
     columns.update({name: v.double().numpy() for name, v in history.metrics.items()})
     return pa.table(columns)
-
-
-def trajectory_frame(history: History, max_values: int) -> tuple[pd.DataFrame, int]:
-    table, every = trajectory_table(history, max_values)
-    return table.to_pandas(), every
 
 
 def trajectory_table(history: History, max_values: int):

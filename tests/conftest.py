@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -48,3 +49,16 @@ def breast_cancer(breast_cancer_np, device):
 def _temporary_mlflow_store(tmp_path, monkeypatch):
     """No test may write into the repository's own ``mlflow.db``."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function giving a loopback TCP port nothing listens on (for servers, and for a
+    scheduler that must not answer)."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick

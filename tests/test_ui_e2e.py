@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,14 +49,8 @@ def browser_or_skip():
     return sync_playwright
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, free_port):
     """A swept store, served by `python -m experiments ui`; yields the runs page's URL."""
     browser_or_skip()
     folder = tmp_path_factory.mktemp("ui")

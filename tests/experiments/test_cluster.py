@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,12 +45,6 @@ def assert_same_numbers(got, expected):
             assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (key, name, a, b)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def local_engine_runs(tmp_path_factory):
     """quick.yaml on the local engine: what every other engine must reproduce."""
@@ -73,7 +66,7 @@ def test_local_dask_cluster_gives_the_local_engine_runs(local_engine_runs, tmp_p
     assert len(children(uri, "quick")) == 12
 
 
-def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path, capsys):
+def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path, capsys, free_port):
     pytest.importorskip("distributed")
     db = tmp_path / "never.db"
     address = f"tcp://127.0.0.1:{free_port()}"

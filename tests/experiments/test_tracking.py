@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from experiments.engine import History
-from experiments.tracking import digest, thin, trajectory_frame
+from experiments.tracking import digest, thin, trajectory_table
 
 
 @pytest.mark.parametrize(("n", "k"), [(1, 200), (200, 200), (201, 200), (1001, 200), (10**6, 7)])
@@ -22,9 +22,11 @@ def test_one_point_is_the_last():
 def test_trajectory_is_thinned_only_above_the_limit():
     rows, n = 1001, 5
     history = History({}, torch.arange(rows * n).view(rows, n).double(), torch.zeros(rows, n))
-    frame, every = trajectory_frame(history, max_values=10**7)
+    table, every = trajectory_table(history, max_values=10**7)
+    frame = table.to_pandas()
     assert every == 1 and len(frame) == rows
-    frame, every = trajectory_frame(history, max_values=1000)
+    table, every = trajectory_table(history, max_values=1000)
+    frame = table.to_pandas()
     assert every == 11 and frame["step"].iloc[-1] == 1000 and len(frame) * 2 * n <= 1000 + 2 * n
     assert frame["w_0"].tolist() == [5.0 * s for s in frame["step"]]
 
