@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from experiments import interrupts
 from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
 from experiments.executors import ENGINES, EngineError, open_engine
 from experiments.tracking import Tracker, TrackingError, check_reachable
@@ -225,12 +225,9 @@ def execute(
 
 def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> int:
     """Run a click group; a user's mistake becomes one line on stderr and exit code 2."""
-    from experiments.sweep import Interrupted
-
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        code = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        with interrupts.installed():
+            code = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except (*user_errors, click.UsageError) as err:
         message = err.format_message() if isinstance(err, click.ClickException) else str(err)
         click.echo(f"error: {message}", err=True)
@@ -239,19 +236,11 @@ def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> 
         click.echo("interrupted: runs in flight marked KILLED; run the same command to resume",
                    err=True)  # fmt: skip
         return 130
-    except Interrupted as stop:
+    except interrupts.Interrupted as stop:
         click.echo(f"{stop}: runs in flight marked KILLED; run the same command to resume",
                    err=True)  # fmt: skip
         return stop.exit_code
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
-
-
-def _raise_interrupted(signum, frame):
-    from experiments.sweep import Interrupted
-
-    raise Interrupted(signum)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -99,8 +99,13 @@ class LocalEngine(Engine):
         # Kill the workers first, so none can end a run FINISHED after the driver marked it
         # KILLED. (ProcessPoolExecutor has no public terminate before Python 3.14; after a
         # shutdown its _processes is None, so a second stop does nothing.)
-        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        for process in processes:
             process.terminate()
+        for process in processes:  # gone before the driver writes KILLED, or killed
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:

@@ -153,14 +153,6 @@ def run_tags(config: RunConfig) -> dict[str, str]:
 
 
 # --- the sweep -------------------------------------------------------------------------------
-class Interrupted(BaseException):
-    """SIGTERM (or another signal) asked the sweep to stop; ``exit_code`` is 128 + signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signum}")
-        self.exit_code = 128 + signum
-
-
 @dataclass
 class SweepOutcome:
     experiment_id: str

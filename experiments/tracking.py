@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from experiments.engine import History
+from experiments.interrupts import shielded
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -135,13 +136,14 @@ def retry_when_locked(method):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        for attempt in range(12):
-            try:
-                return method(*args, **kwargs)
-            except Exception as err:
-                if "database is locked" not in str(err) or attempt == 11:
-                    raise
-                time.sleep(min(0.02 * 2**attempt, 2.0))
+        with shielded():  # an interrupt waits for the call: no transaction cut in half
+            for attempt in range(12):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as err:
+                    if "database is locked" not in str(err) or attempt == 11:
+                        raise
+                    time.sleep(min(0.02 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
 
     return wrapper
@@ -172,7 +174,8 @@ class Tracker:
         """Check the store is there, and create its schema once (before any parallel work)."""
         check_reachable(self.uri)
         try:
-            self.client.search_experiments(max_results=1)
+            with shielded():  # may create or migrate the schema
+                self.client.search_experiments(max_results=1)
         except Exception as err:  # MLflow raises many kinds; the user needs the first line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrackingError(f"tracking store {self.uri} cannot be used: {first}") from None

@@ -247,3 +247,36 @@ def test_restart_starts_a_fresh_sweep(tmp_path, capsys):
     assert len(parents) == 2 and set(parents.status) == {"FINISHED"}
     for parent in parents.run_id:
         assert (runs.parent == parent).sum() == 12
+
+
+def test_an_interrupt_waits_for_the_tracking_call_and_a_second_one_forces(tmp_path):
+    """A signal inside a tracking call is raised when the call returns, never inside it."""
+    from experiments import interrupts
+    from experiments.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 's.db'}")
+    tracker.open()
+    experiment_id = tracker.experiment("shield")
+    real_create = tracker.client.create_run
+    created = []
+
+    def create_run(*args, **kwargs):  # the signal lands in the middle of MLflow's write
+        os.kill(os.getpid(), signal.SIGTERM)
+        run = real_create(*args, **kwargs)
+        created.append(run.info.run_id)
+        return run
+
+    tracker.client.create_run = create_run
+    with interrupts.installed(), pytest.raises(interrupts.Interrupted) as stop:
+        tracker.start_run(experiment_id, "r", tags={})
+    assert stop.value.exit_code == 143
+    assert len(created) == 1  # the write completed, then the interrupt came
+    tracker.client.create_run = real_create
+    tracker.finish(created[0], "KILLED")  # the store is not locked
+    assert tracker.status(created[0]) == "KILLED"
+
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.shielded():
+        os.kill(os.getpid(), signal.SIGINT)  # held...
+        os.kill(os.getpid(), signal.SIGINT)  # ...and the second goes through at once
+        time.sleep(1)
+        pytest.fail("the second interrupt was held too")
