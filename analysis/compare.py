@@ -60,8 +60,14 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
                     )
                     for suffix, source in (("", run), ("_autograd", twin))
                 },
-                "max_grad_rel_err": float(ours["check/grad_rel_err"].max()),
-                "max_grad_err_vs_terms": float(ours["check/grad_err_vs_terms"].max()),
+                # Absent where nothing was checked (no zero_grad: the step's gradient is the
+                # sum of all past ones by design).
+                **{
+                    f"max_{name}": float(ours[f"check/{name}"].max())
+                    if f"check/{name}" in ours
+                    else np.nan
+                    for name in ("grad_rel_err", "grad_err_vs_terms")
+                },
                 "tolerance": TOLERANCES[dtype],
                 "agrees": gap.agrees(dtype),
                 "note": "",
@@ -71,78 +77,124 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
 
 
 # --- the data behind the runs -----------------------------------------------------------------
-def smoothness(X: np.ndarray) -> float:
-    """L = λ_max([X 1]ᵀ[X 1]) / 4m: the logistic loss's gradient is L-Lipschitz, so full-batch
-    GD is stable for lr < 2/L. Above it the iterates oscillate and amplify rounding."""
+SPLIT = ["dataset", "seed", "val_fraction", "n_classes", "weight_decay"]  # one objective each
+
+
+def smoothness(X: np.ndarray, n_classes: int = 2, weight_decay: float = 0.0) -> float:
+    """L, the Lipschitz constant of the loss's gradient; full-batch GD is stable for lr < 2/L.
+
+    The Hessian is X̃ᵀ D X̃ / m (X̃ = [X 1]) with D ≼ 1/4 for the logistic loss and
+    ≼ 1/2 for softmax cross-entropy (diag(p) − ppᵀ has eigenvalues at most 1/2), plus λ for
+    the weight decay. Above 2/L the iterates oscillate and amplify rounding."""
     Xb = np.hstack([X, np.ones((len(X), 1))])
-    return float(np.linalg.eigvalsh(Xb.T @ Xb / len(X))[-1] / 4)
+    curvature = 0.25 if n_classes == 2 else 0.5
+    return float(np.linalg.eigvalsh(Xb.T @ Xb / len(X))[-1] * curvature + weight_decay)
 
 
-def separable(X: np.ndarray, y: np.ndarray) -> bool:
-    """Is there (w, b) with ỹᵢ(xᵢ·w + b) ≥ 1 for all i (ỹ = 2y − 1)? A linear feasibility
-    problem, answered exactly by an LP rather than guessed from a fit."""
+def separable(X: np.ndarray, y: np.ndarray, n_classes: int = 2) -> bool:
+    """Is there (W, b) putting every sample's own class ahead by a margin, Z_{i,yᵢ} − Z_ic ≥ 1
+    for all c ≠ yᵢ (binary: ỹᵢ(xᵢ·w + b) ≥ 1)? A linear feasibility problem, answered exactly
+    by an LP rather than guessed from a fit. Then the unpenalised loss has no minimiser."""
+    from scipy import sparse
     from scipy.optimize import linprog
 
-    signs = 2.0 * y - 1.0
-    A = -signs[:, None] * np.hstack([X, np.ones((len(X), 1))])
-    result = linprog(np.zeros(A.shape[1]), A_ub=A, b_ub=-np.ones(len(X)), bounds=(None, None))
+    Xb = np.hstack([X, np.ones((len(X), 1))])
+    if n_classes == 2:
+        A = -(2.0 * y - 1.0)[:, None] * Xb
+        result = linprog(np.zeros(A.shape[1]), A_ub=A, b_ub=-np.ones(len(X)), bounds=(None, None))
+        return result.status == 0
+    d = Xb.shape[1]
+    i, c = np.nonzero(np.arange(n_classes)[None, :] != y[:, None])  # one row per (i, c ≠ yᵢ)
+    r = np.arange(len(i))[:, None].repeat(d, 1)
+    cols = np.arange(d)[None, :]
+    # −(x̃ᵢ·w_{yᵢ} − x̃ᵢ·w_c) ≤ −1, the variables being w_0, w_1, … one class after another
+    A = sparse.coo_matrix(
+        (
+            np.concatenate([-Xb[i].ravel(), Xb[i].ravel()]),
+            (np.concatenate([r.ravel(), r.ravel()]),
+             np.concatenate([(y[i][:, None] * d + cols).ravel(), (c[:, None] * d + cols).ravel()])),
+        ),
+        shape=(len(i), d * n_classes),
+    )  # fmt: skip
+    result = linprog(np.zeros(d * n_classes), A_ub=A.tocsr(), b_ub=-np.ones(len(i)),
+                     bounds=(None, None), method="highs")  # fmt: skip
     return result.status == 0
 
 
 def _data_facts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, seed, val_fraction): smoothness, separability and the optimum."""
-    splits = runs.drop_duplicates(["dataset", "seed", "val_fraction"])
+    """Per split and objective: smoothness, separability and the optimum."""
+    splits = runs.drop_duplicates(SPLIT)
     return pd.DataFrame(
         {
-            "dataset": run["dataset"],
-            "seed": run["seed"],
-            "val_fraction": run["val_fraction"],
-            **_split_facts(dataset_config(run), int(run["seed"]), float(run["val_fraction"])),
+            **{k: run[k] for k in SPLIT},
+            **_split_facts(
+                dataset_config(run),
+                int(run["seed"]),
+                float(run["val_fraction"]),
+                int(run["n_classes"]),
+                float(run["weight_decay"]),
+            ),
         }
         for _, run in splits.iterrows()
     )
 
 
 @cache
-def _split_facts(dataset, seed: int, val_fraction: float) -> dict[str, float | bool]:
-    """Computed once per split (an LP and an lbfgs fit), whichever table asks first."""
+def _split_facts(dataset, seed: int, val_fraction: float, n_classes: int = 2,
+                 weight_decay: float = 0.0) -> dict[str, float | bool]:  # fmt: skip
+    """Computed once per split and objective (an LP and an lbfgs fit), whichever table asks
+    first. The objective is the mean loss + (λ/2)‖W‖², λ the weight decay: for λ > 0 it is
+    strongly convex and has one minimiser, separable data or not."""
     from sklearn.linear_model import LogisticRegression as SkLogistic
 
     from experiments.sweep import load_split
-    from manual_models import LogisticRegression
+    from manual_models import make_model
 
     split = load_split(dataset, seed, val_fraction)
-    X, y = split["X_train"], split["y_train"].astype(float)
+    X, y = split["X_train"], split["y_train"]
     facts = {
-        "L": smoothness(X),
-        "separable": separable(X, y),
-        "optimum_train_loss": np.nan,
+        "L": smoothness(X, n_classes, weight_decay),
+        "separable": separable(X, y, n_classes),
+        "optimum_train_loss": np.nan,  # the objective at its minimiser, penalty included
         "optimum_grad_norm": np.nan,
     }
-    if not facts["separable"]:
-        fit = SkLogistic(C=np.inf, solver="lbfgs", tol=1e-12, max_iter=100_000).fit(X, y)
-        model = LogisticRegression(X.shape[1], dtype=torch.float64)
-        model.set_parameters(torch.tensor(fit.coef_[0]), torch.tensor(fit.intercept_[0]))
-        Xt, yt = torch.tensor(X), torch.tensor(y)
+    if weight_decay > 0 or not facts["separable"]:
+        # scikit-learn minimises C Σᵢ lossᵢ + ½‖W‖² (the intercept unpenalised), which is
+        # m·C times ours when C = 1 / (λ m); multinomial for more than two classes.
+        C = 1 / (weight_decay * len(X)) if weight_decay > 0 else np.inf
+        fit = SkLogistic(C=C, solver="lbfgs", tol=1e-12, max_iter=100_000).fit(X, y)
+        Xt = torch.tensor(X)
+        if n_classes == 2:
+            yt = torch.tensor(y, dtype=torch.float64)
+            W, b = torch.tensor(fit.coef_[0]), torch.tensor(fit.intercept_[0])
+        else:
+            yt = torch.tensor(y)
+            W, b = torch.tensor(fit.coef_.T), torch.tensor(fit.intercept_)
+        model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)
+        model.set_parameters(W, b)
         grads = model.gradients(Xt, yt)
-        facts["optimum_train_loss"] = float(model.loss(Xt, yt))
+        dW = grads["dw"] + weight_decay * model.w
+        penalty_value = weight_decay / 2 * float(torch.sum(model.w**2))
+        facts["optimum_train_loss"] = float(model.loss(Xt, yt)) + penalty_value
         facts["optimum_grad_norm"] = float(
-            torch.linalg.vector_norm(torch.cat([grads["dw"], grads["db"].reshape(1)]))
+            torch.linalg.vector_norm(torch.cat([dW.flatten(), grads["db"].reshape(-1)]))
         )
     return facts
 
 
 def reference(sweep: Sweep) -> pd.DataFrame:
-    """Each finished run's final training loss against the optimum of the same objective."""
+    """Each finished run's final objective (training loss, plus (λ/2)‖W‖² under weight
+    decay) against the optimum of the same objective."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
     facts = _data_facts(runs)
-    out = runs[["dataset", "device", "dtype", "impl", "lr", "seed", "val_fraction", "run_id"]]
-    out = out.assign(final_train_loss=runs["train/loss"]).merge(
-        facts, on=["dataset", "seed", "val_fraction"]
-    )
+    columns = ["dataset", "device", "dtype", "impl", "optimizer", "lr", "run_id", *SPLIT[1:]]
+    out = runs[list(dict.fromkeys(columns))]
+    w_norm = runs.get("param/w_norm", np.nan)
+    penalty = (runs["weight_decay"] / 2 * w_norm**2).where(runs["weight_decay"] > 0, 0.0)
+    out = out.assign(final_train_loss=runs["train/loss"] + penalty).merge(facts, on=SPLIT)
     out["gap_to_optimum"] = out["final_train_loss"] - out["optimum_train_loss"]
     out["note"] = np.where(
-        out["separable"],
+        out["separable"] & (out["weight_decay"] == 0),
         "training set linearly separable: the loss has infimum 0 and no minimiser",
         "",
     )
@@ -152,17 +204,15 @@ def reference(sweep: Sweep) -> pd.DataFrame:
 def stability(sweep: Sweep) -> pd.DataFrame:
     """lr·L per run: full-batch GD on this loss is stable for lr·L < 2."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
-    facts = _data_facts(runs)[["dataset", "seed", "val_fraction", "L"]]
-    out = runs[["run_id", "dataset", "seed", "val_fraction", "lr"]].merge(
-        facts, on=["dataset", "seed", "val_fraction"]
-    )
+    facts = _data_facts(runs)[[*SPLIT, "L"]]
+    out = runs[["run_id", *SPLIT, "lr"]].merge(facts, on=SPLIT)
     return out.assign(lr_times_L=out["lr"] * out["L"])[["run_id", "L", "lr_times_L"]]
 
 
 def best_lrs(sweep: Sweep) -> pd.DataFrame:
     """Per dataset × impl × device (× dtype): the lr with the lowest mean final validation loss."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
-    group = ["dataset", "impl", "device", "dtype"]
+    group = ["dataset", "impl", "optimizer", "device", "dtype"]
     per_lr = (
         runs.groupby([*group, "lr"])
         .agg(
@@ -180,11 +230,9 @@ def best_lrs(sweep: Sweep) -> pd.DataFrame:
     )
     best = best.rename(columns={"lr": "best_lr"}).drop(columns=["lr_min", "lr_max"])
     # Each implementation at its own best lr, against autograd at its own best.
-    autograd = best[best.impl == "autograd"].set_index(["dataset", "device", "dtype"])
-    joined = best.join(
-        autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"),
-        on=["dataset", "device", "dtype"],
-    )
+    same = ["dataset", "optimizer", "device", "dtype"]
+    autograd = best[best.impl == "autograd"].set_index(same)
+    joined = best.join(autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"), on=same)
     joined["val_loss_vs_autograd"] = joined["val_loss_mean"] - joined["val_loss_mean_autograd"]
     return joined.reset_index(drop=True)
 
@@ -192,7 +240,7 @@ def best_lrs(sweep: Sweep) -> pd.DataFrame:
 def devices(sweep: Sweep) -> pd.DataFrame:
     """Time per step on each device, and how far the same run lands on another device."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
-    keys = ["dataset", "impl", "dtype", "seed", "lr"]
+    keys = ["dataset", "impl", "optimizer", "dtype", "seed", "lr"]
     table = runs.pivot_table(index=keys, columns="device", values="time/step_ms", aggfunc="first")
     table.columns = [f"step_ms_{d}" for d in table.columns]
     table = table.reset_index()

@@ -25,22 +25,40 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2):
     return fig, axes.flat
 
 
+def _rules(runs: pd.DataFrame) -> dict[str, object]:
+    """A color per update rule, when a sweep has several (else the implementations' colors)."""
+    rules = list(dict.fromkeys(runs.optimizer))
+    cmap = matplotlib.colormaps["tab10"]
+    return {rule: cmap(i % 10) for i, rule in enumerate(rules)} if len(rules) > 1 else {}
+
+
 def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
-    """Per dataset, at autograd's best lr and the first seed: the three training-loss curves."""
+    """Per dataset, at autograd's best lr and the first seed: the three training-loss curves
+    (per update rule, each at its own best lr, when the sweep has several)."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
     datasets = list(dict.fromkeys(runs.dataset))
+    rules = _rules(runs)
     fig, axes = _grid(len(datasets))
     for ax, dataset in zip(axes, datasets, strict=False):
-        chosen = best[(best.dataset == dataset) & (best.impl == "autograd")]
-        lr = chosen.best_lr.iloc[0] if len(chosen) else runs[runs.dataset == dataset].lr.iloc[0]
-        pick = runs[(runs.dataset == dataset) & (runs.lr == lr)]
-        pick = pick[(pick.seed == pick.seed.min()) & (pick.device == pick.device.iloc[0])]
-        for impl, style in (("autograd", "-"), ("manual", "--"), ("function", ":")):
-            for run_id in pick[pick.impl == impl].run_id:
-                h = sweep.history(run_id)
-                ax.plot(h.step, h["train/loss"], style, color=COLORS[impl], label=impl, lw=1.6)
-        ax.set(title=f"{dataset} · lr={lr:g}", xlabel="step", ylabel="train loss", yscale="log")
-        ax.legend(fontsize=8)
+        lrs = []
+        for rule in dict.fromkeys(runs[runs.dataset == dataset].optimizer):
+            chosen = best[(best.dataset == dataset) & (best.impl == "autograd")
+                          & (best.optimizer == rule)]  # fmt: skip
+            part = runs[(runs.dataset == dataset) & (runs.optimizer == rule)]
+            lr = chosen.best_lr.iloc[0] if len(chosen) else part.lr.iloc[0]
+            lrs.append(f"{lr:g}")
+            pick = part[part.lr == lr]
+            pick = pick[(pick.seed == pick.seed.min()) & (pick.device == pick.device.iloc[0])]
+            for impl, style in (("autograd", "-"), ("manual", "--"), ("function", ":")):
+                for run_id in pick[pick.impl == impl].run_id:
+                    h = sweep.history(run_id)
+                    label = f"{rule} · lr={lr:g}" if rules and impl == "autograd" else None
+                    color = rules.get(rule, COLORS[impl])
+                    ax.plot(h.step, h["train/loss"], style, color=color, lw=1.6,
+                            label=label if rules else impl)  # fmt: skip
+        title = f"{dataset} · lr={lrs[0]}" if not rules else dataset
+        ax.set(title=title, xlabel="step", ylabel="train loss", yscale="log")
+        ax.legend(fontsize=7)
     fig.suptitle("Training loss, manual and function over autograd (they overlap)")
     fig.tight_layout()
     return fig
@@ -78,15 +96,20 @@ def loss_vs_lr(sweep: Sweep) -> Figure:
     """Final validation loss against lr, mean ± std over seeds, per implementation."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
     datasets = list(dict.fromkeys(runs.dataset))
+    rules = _rules(runs)
     fig, axes = _grid(len(datasets))
     for ax, dataset in zip(axes, datasets, strict=False):
         part = runs[runs.dataset == dataset]
-        stats = part.groupby(["impl", "lr"])["val/loss"].agg(["mean", "std"]).reset_index()
-        for impl, style in (("autograd", "-o"), ("manual", "--s"), ("function", ":^")):
-            s = stats[stats.impl == impl]
-            if len(s):
-                ax.errorbar(s.lr, s["mean"], yerr=s["std"].fillna(0), fmt=style, ms=4,
-                            color=COLORS[impl], label=impl, capsize=2)  # fmt: skip
+        stats = part.groupby(["optimizer", "impl", "lr"])["val/loss"].agg(["mean", "std"])
+        stats = stats.reset_index()
+        for rule in dict.fromkeys(stats.optimizer):
+            for impl, style in (("autograd", "-o"), ("manual", "--s"), ("function", ":^")):
+                s = stats[(stats.impl == impl) & (stats.optimizer == rule)]
+                label = (rule if impl == "autograd" else None) if rules else impl
+                if len(s):
+                    ax.errorbar(s.lr, s["mean"], yerr=s["std"].fillna(0), fmt=style, ms=4,
+                                color=rules.get(rule, COLORS[impl]), label=label,
+                                capsize=2)  # fmt: skip
         ax.set(xscale="log", yscale="log", title=dataset, xlabel="lr", ylabel="final val loss")
         ax.legend(fontsize=8)
     fig.suptitle("Final validation loss against learning rate (mean ± std over seeds)")
@@ -125,5 +148,36 @@ def time_per_step(sweep: Sweep) -> Figure:
     table.plot.bar(ax=ax, color=[COLORS.get(c, "gray") for c in table.columns], rot=30)
     ax.set(ylabel="ms per step (median)", xlabel="dataset, device", yscale="log")
     ax.set_title("Time per step, including per-step metrics and gradient checks")
+    fig.tight_layout()
+    return fig
+
+
+def zero_grad(sweep: Sweep, table: pd.DataFrame) -> Figure:
+    """Per dataset, autograd with and without zero_grad at each lr: the training loss, and the
+    norm of the gradient each step used (the sum of all past ones, without zero_grad)."""
+    runs = sweep.runs[(sweep.runs.status == "FINISHED") & (sweep.runs.impl == "autograd")]
+    datasets = list(dict.fromkeys(table.dataset)) if len(table) else []
+    fig = Figure(figsize=(4.4 * max(len(datasets), 1), 6.2))
+    axes = fig.subplots(2, max(len(datasets), 1), squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    for col, dataset in enumerate(datasets):
+        part = runs[(runs.dataset == dataset) & (runs["optimizer.name"] == "sgd")]
+        lrs = sorted(part.lr.unique())
+        for i, lr in enumerate(lrs):
+            color = cmap(i / max(len(lrs) - 1, 1))
+            for zeroed, style in ((True, "-"), (False, "--")):
+                pick = part[(part.lr == lr) & (part.zero_grad == zeroed)]
+                pick = pick[pick.seed == pick.seed.min()]
+                for run_id in pick.run_id[:1]:
+                    h = sweep.history(run_id)
+                    label = f"lr={lr:g}" + ("" if zeroed else ", no zero_grad")
+                    axes[0, col].plot(h.step, h["train/loss"], style, color=color, label=label)
+                    used = h.iloc[:-1]  # the last row takes no step: its gradient is fresh
+                    axes[1, col].plot(used.step, used["grad/w_norm"], style, color=color)
+        axes[0, col].set(title=dataset, ylabel="train loss", yscale="log")
+        axes[1, col].set(xlabel="step", ylabel="‖gradient the step used‖ (w)", yscale="log")
+        axes[0, col].legend(fontsize=7)
+    fig.suptitle("Without zero_grad the step uses Σ of all past gradients: it overshoots and "
+                 "oscillates")  # fmt: skip
     fig.tight_layout()
     return fig

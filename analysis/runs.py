@@ -27,10 +27,14 @@ PARAM_TYPES = {
     "n_train": int,
     "n_val": int,
     "n_features": int,
+    "optimizer.momentum": float,
+    "optimizer.eps": float,
+    "optimizer.weight_decay": float,
     "check_every_resolved": int,
     "trajectory_every": int,
 }
-KEYS = ["dataset", "device", "dtype", "seed", "lr"]  # what pairs a run with its autograd twin
+# What pairs a run with its autograd twin (the same rule: sgd, adam, no zero_grad, ...).
+KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr"]
 
 
 class AnalysisError(ValueError):
@@ -78,7 +82,9 @@ class Sweep:
         metrics = {c: torch.tensor(rows[c].to_numpy()) for c in rows.columns}
         w = trajectory.filter(regex=r"^w_\d+$").to_numpy()
         dw = trajectory.filter(regex=r"^dw_\d+$").to_numpy()
-        return History(metrics, torch.tensor(w), torch.tensor(dw))
+        classes = self.runs.set_index("run_id")["n_classes"].get(run_id, 2)
+        n_classes = int(classes) if classes > 2 else None
+        return History(metrics, torch.tensor(w), torch.tensor(dw), n_classes=n_classes)
 
 
 def load_sweep(
@@ -140,11 +146,24 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         if column.startswith("params.") and column not in ("params.impl", "params.dataset"):
             name = column.removeprefix("params.")
             cast = PARAM_TYPES.get(name)
-            out[name] = raw[column].map(cast) if cast else raw[column]
+            out[name] = raw[column].map(_or_nan(cast)) if cast else raw[column]
         elif column.startswith("metrics."):
             out[column.removeprefix("metrics.")] = raw[column].astype(float)
     out["dataset_name"] = raw["params.dataset"]
+    # Runs recorded before these params existed: plain SGD, binary.
+    defaults = {"optimizer": "sgd", "optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
+                "optimizer.zero_grad": "True", "n_classes": 2}  # fmt: skip
+    for name, default in defaults.items():
+        out[name] = out[name].fillna(default) if name in out else default
+    out["n_classes"] = pd.to_numeric(out["n_classes"]).fillna(2).astype(int)
+    out["weight_decay"] = out["optimizer.weight_decay"].astype(float)
+    out["zero_grad"] = out["optimizer.zero_grad"].astype(str) == "True"
     return out.sort_values([*KEYS, "impl"]).reset_index(drop=True)
+
+
+def _or_nan(cast):
+    """A param absent from some runs (recorded by an older version) reads as NaN."""
+    return lambda value: float("nan") if value is None or value != value else cast(value)
 
 
 def dataset_config(run: pd.Series):

@@ -88,6 +88,12 @@ def sweep(config, workers, engine, address, restart, overrides, experiment, trac
 @click.option("--lr", required=True, help="learning rate > 0")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
 @click.option("--seed", default="0", show_default=True)
+@click.option(
+    "--optimizer",
+    default="sgd",
+    show_default=True,
+    help="sgd, momentum, nesterov, adam, or YAML: '{name: adam, weight_decay: 0.01}'",
+)
 @click.option("--steps", help="gradient-descent steps [1000]")
 @click.option("--dtype", help="float32 or float64 [float32]")
 @click.option("--val-fraction", help="held-out share [0.25]")
@@ -97,8 +103,9 @@ def sweep(config, workers, engine, address, restart, overrides, experiment, trac
 @click.option("--cuda-graphs", help="replay steps as CUDA graphs on CUDA: true/false [true]")
 @tracking_options
 def train(
-    dataset, impl, lr, device, seed, overrides, experiment, tracking_uri, quiet, **common
-) -> int:
+    dataset, impl, lr, device, seed, optimizer, overrides, experiment, tracking_uri, quiet,
+    **common,
+) -> int:  # fmt: skip
     """Train one run, with the same keys as a sweep config (as options)."""
     data: dict[str, Any] = {
         "name": "train",
@@ -107,6 +114,7 @@ def train(
         "lrs": [lr],
         "devices": [device],
         "seeds": [seed],
+        "optimizers": [parse_overrides([f"optimizer={optimizer}"])["optimizer"]],
         **{k: v for k, v in common.items() if v is not None},
         **parse_overrides(overrides),
     }

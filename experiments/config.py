@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from experiments.datasets import DATASETS
-from manual_models import IMPLEMENTATIONS
+from experiments.datasets import CLASSES, DATASETS
+from manual_models import IMPLEMENTATIONS, Optimizer
 from manual_models._checks import DEVICE_TYPES, device_available
 
 Impl = Literal["manual", "autograd", "function"]
@@ -78,6 +78,18 @@ class DatasetConfig(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _classes_known(self) -> DatasetConfig:
+        classes = self.params.get("classes", "binary")
+        if classes not in CLASSES:
+            raise ValueError(f"classes must be one of {', '.join(CLASSES)}, got {classes!r}")
+        return self
+
+    @property
+    def multiclass(self) -> bool:
+        """``classes: all``: every class, trained by softmax regression."""
+        return self.params.get("classes") == "all"
+
     @property
     def label(self) -> str:
         """``synthetic(n_features=100,n_samples=1000000)``, or just the name."""
@@ -88,6 +100,57 @@ class DatasetConfig(BaseModel):
 
     def __hash__(self) -> int:
         return hash(self.label)
+
+
+class OptimizerConfig(BaseModel):
+    """An update rule: ``sgd``, ``momentum``, ``nesterov``, ``adam``, or a mapping such as
+    ``{name: momentum, momentum: 0.5, weight_decay: 1e-3}``; ``zero_grad: false`` lets the
+    gradients accumulate across steps (the zero_grad ablation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum and nesterov: μ")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    eps: PositiveFloat = 1e-8
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="L2 on weights")
+    zero_grad: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _valid(self) -> OptimizerConfig:
+        self.rule()  # the rule's own checks (momentum > 0 for momentum and nesterov)
+        return self
+
+    def rule(self) -> Optimizer:
+        return Optimizer(**self.model_dump())
+
+    @property
+    def label(self) -> str:
+        return self.rule().label
+
+    def __hash__(self) -> int:
+        return hash(self.label)
+
+
+SGD = OptimizerConfig()
+
+
+def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """A stable hash; keys added since the first release are left out at their default, so
+    runs and sweeps recorded before them keep their keys (and resume)."""
+    for name, default in defaults.items():
+        if dumped.get(name) == default:
+            dumped.pop(name, None)
+    canonical = json.dumps(dumped, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class _Common(BaseModel):
@@ -128,6 +191,9 @@ class SweepConfig(_Common):
     lrs: list[PositiveFloat] = Field(min_length=1)
     devices: list[Literal["auto", "cpu", "cuda", "mps"]] = Field(["auto"], min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+    optimizers: list[OptimizerConfig] = Field(
+        [SGD], min_length=1, description="update rules: sgd, momentum, nesterov, adam, or maps"
+    )
     engine: Literal["local", "dask"] = Field(
         "local", description="where grid points run: this machine, or a Dask cluster"
     )
@@ -159,7 +225,7 @@ class SweepConfig(_Common):
             return [float(f"{start * 10 ** (ratio * k):.6g}") for k in range(int(num))]
         return value
 
-    @field_validator("datasets", "impls", "lrs", "devices", "seeds")
+    @field_validator("datasets", "impls", "lrs", "devices", "seeds", "optimizers")
     @classmethod
     def _no_repeats(cls, values: list) -> list:
         if len(set(values)) != len(values):
@@ -180,8 +246,7 @@ class SweepConfig(_Common):
         """A stable hash of the whole sweep: the same command resumes the same sweep, on any
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
-        canonical = json.dumps(dumped, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _key(dumped, {"optimizers": [SGD.model_dump(mode="json")]})
 
     def resolved_devices(self) -> list[str]:
         """``auto`` becomes every device present, in the order cpu, cuda, mps."""
@@ -197,10 +262,11 @@ class SweepConfig(_Common):
         common = _Common.model_fields
         shared = {k: getattr(self, k) for k in common}
         return [
-            RunConfig(dataset=d, device=dev, seed=s, impl=i, lr=lr, **shared)
+            RunConfig(dataset=d, device=dev, seed=s, optimizer=o, impl=i, lr=lr, **shared)
             for d in self.datasets
             for dev in self.resolved_devices()
             for s in self.seeds
+            for o in self.optimizers
             for i in self.impls
             for lr in self.lrs
         ]
@@ -208,11 +274,12 @@ class SweepConfig(_Common):
 
 def lr_batches(points: list[RunConfig], batch: bool = True) -> list[list[RunConfig]]:
     """The points in groups that can share one pass: same everything but ``lr``, for an
-    implementation that trains several rates at once. Order is kept; others stay alone."""
+    implementation that trains several rates at once (binary models). Order is kept; others
+    stay alone."""
     groups: list[list[RunConfig]] = []
     where: dict[str, int] = {}
     for point in points:
-        if batch and point.impl in BATCHED_IMPLS:
+        if batch and point.impl in BATCHED_IMPLS and not point.dataset.multiclass:
             key = point.model_copy(update={"lr": 1.0}).key
             if key in where:
                 groups[where[key]].append(point)
@@ -230,22 +297,29 @@ class RunConfig(_Common):
     lr: PositiveFloat
     device: Device
     seed: int = Field(0, ge=0)
+    optimizer: OptimizerConfig = SGD
 
     @property
     def key(self) -> str:
         """A stable hash of the whole config: the same key means the same run."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _key(self.model_dump(mode="json"), {"optimizer": SGD.model_dump(mode="json")})
 
     @property
     def name(self) -> str:
-        return f"{self.impl} · {self.dataset.label} · lr={self.lr:g} · {self.device} · s{self.seed}"
+        rule = "" if self.optimizer == SGD else f" · {self.optimizer.label}"
+        return (
+            f"{self.impl} · {self.dataset.label} · lr={self.lr:g}{rule} · {self.device} · "
+            f"s{self.seed}"
+        )
 
     def params(self) -> dict[str, str]:
-        """Flat ``key → str`` for MLflow: ``dataset``, ``dataset.noise``, ``lr``, ..."""
-        flat = {k: v for k, v in self.model_dump().items() if k != "dataset"}
+        """Flat ``key → str`` for MLflow: ``dataset``, ``dataset.noise``, ``lr``,
+        ``optimizer`` (its label), ``optimizer.momentum``, ..."""
+        flat = {k: v for k, v in self.model_dump().items() if k not in ("dataset", "optimizer")}
         flat["dataset"] = self.dataset.name
         flat.update({f"dataset.{k}": v for k, v in self.dataset.params.items()})
+        flat["optimizer"] = self.optimizer.label
+        flat.update({f"optimizer.{k}": v for k, v in self.optimizer.model_dump().items()})
         return {k: _text(v) for k, v in flat.items()}
 
     def command(self) -> str:
@@ -263,6 +337,10 @@ class RunConfig(_Common):
             f"--device {self.device}",
             f"--seed {self.seed}",
         ]
+        if self.optimizer != SGD:
+            given = self.optimizer.model_dump(exclude_defaults=True)
+            text = yaml.safe_dump({"name": self.optimizer.name, **given}, default_flow_style=True)
+            parts.append(f"--optimizer {shlex.quote(text.strip())}")
         for key, field in _Common.model_fields.items():
             value = getattr(self, key)
             if value != field.default:

@@ -1,8 +1,10 @@
-"""scikit-learn's bundled and generated datasets as binary problems, all offline.
+"""scikit-learn's bundled and generated datasets, all offline: binary problems, and with
+``classes=all`` the multiclass ones (iris, wine, digits), which softmax regression trains on.
 
-Each entry returns ``(X, y)`` as float64 / {0, 1} NumPy arrays. :func:`split` makes the seeded,
-stratified train/validation split and standardises both halves with the training statistics
-only, so nothing about the validation rows leaks into training.
+Each entry returns ``(X, y)`` as float64 / int64 NumPy arrays, y in {0, …, C − 1}.
+:func:`split` makes the seeded, stratified train/validation split and standardises both
+halves with the training statistics only, so nothing about the validation rows leaks into
+training.
 """
 
 from __future__ import annotations
@@ -21,20 +23,33 @@ def _breast_cancer():
     return X, y
 
 
-def _iris():
+CLASSES = ("binary", "all")
+
+
+def _check_classes(classes: str) -> None:
+    if classes not in CLASSES:
+        raise ValueError(f"classes must be one of {', '.join(CLASSES)}, got {classes!r}")
+
+
+def _iris(classes: str = "binary"):
+    _check_classes(classes)
     X, y = skd.load_iris(return_X_y=True)
+    if classes == "all":
+        return X, y
     keep = y > 0  # versicolor (1) vs virginica (2): the pair no line separates
     return X[keep], y[keep] - 1
 
 
-def _wine():
+def _wine(classes: str = "binary"):
+    _check_classes(classes)
     X, y = skd.load_wine(return_X_y=True)
-    return X, (y == 0).astype(np.int64)
+    return X, y if classes == "all" else (y == 0).astype(np.int64)
 
 
-def _digits():
+def _digits(classes: str = "binary"):
+    _check_classes(classes)
     X, y = skd.load_digits(return_X_y=True)
-    return X, (y >= 5).astype(np.int64)
+    return X, y if classes == "all" else (y >= 5).astype(np.int64)
 
 
 def _moons(n_samples: int = 1000, noise: float = 0.2, seed: int = 0):
@@ -77,9 +92,18 @@ DATASETS: dict[str, DatasetSpec] = {
         _breast_cancer,
         "569 × 30 tumour measurements, malignant vs benign; linearly separable once standardised",
     ),
-    "iris": DatasetSpec(_iris, "100 × 4, versicolor vs virginica: the non-separable iris pair"),
-    "wine": DatasetSpec(_wine, "178 × 13 chemical analyses, cultivar 0 vs the other two"),
-    "digits": DatasetSpec(_digits, "1797 × 64 8×8 images, digits 0–4 vs 5–9"),
+    "iris": DatasetSpec(
+        _iris,
+        "100 × 4, versicolor vs virginica: the non-separable iris pair; classes=all: 150 × 4, "
+        "3 species",
+    ),
+    "wine": DatasetSpec(
+        _wine,
+        "178 × 13 chemical analyses, cultivar 0 vs the other two; classes=all: 3 cultivars",
+    ),
+    "digits": DatasetSpec(
+        _digits, "1797 × 64 8×8 images, digits 0–4 vs 5–9; classes=all: the 10 digits"
+    ),
     "moons": DatasetSpec(_moons, "make_moons: two interleaved half-circles (n_samples, noise)"),
     "synthetic": DatasetSpec(
         _synthetic, "make_classification (n_samples, n_features, n_informative, class_sep, ...)"
@@ -88,7 +112,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def load(name: str, **params) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, y)``: X float64 of shape (n_samples, n_features), y int64 in {0, 1}."""
+    """``(X, y)``: X float64 of shape (n_samples, n_features), y int64 in {0, …, C − 1}."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]

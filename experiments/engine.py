@@ -18,6 +18,7 @@ import torch
 
 from manual_models import GradientDescentModel
 from manual_models.logistic import column, logits
+from manual_models.softmax import one_hot
 
 # Per-step scalars, named as the tracking UI groups them (prefix/name).
 METRICS = (
@@ -27,11 +28,15 @@ METRICS = (
     "val/accuracy",
     "grad/w_norm",
     "grad/b",
+    "grad/b_norm",
     "param/w_norm",
     "param/b",
+    "param/b_norm",
     "check/grad_rel_err",
     "check/grad_err_vs_terms",
 )
+# A binary model's bias is one number, logged as it is; a softmax model's (C,) by its norm.
+BINARY_ONLY, MULTICLASS_ONLY = ("grad/b", "param/b"), ("grad/b_norm", "param/b_norm")
 
 
 @dataclass(frozen=True)
@@ -44,12 +49,16 @@ class History:
     to (steps + 1,) tensors; ``check/grad_rel_err`` is NaN on rows that were not checked, and
     ``val/*`` and ``check/*`` are present only when asked for. A model with K learning rates
     gives one History with a trailing K axis everywhere; :meth:`split` makes K of them.
+
+    A softmax model (``n_classes`` C) keeps every parameter in ``w``: W (n, C) row by row,
+    then b (C,); ``dw`` likewise, and its metrics have ``*/b_norm`` instead of ``*/b``.
     """
 
     metrics: dict[str, torch.Tensor]
-    w: torch.Tensor  # (steps + 1, n_features)
-    dw: torch.Tensor  # (steps + 1, n_features)
+    w: torch.Tensor  # (steps + 1, n_features), or (steps + 1, (n_features + 1)·C)
+    dw: torch.Tensor  # (steps + 1, n_features), or (steps + 1, (n_features + 1)·C)
     diverged_at: int | None = None  # first row whose loss or parameters are not finite
+    n_classes: int | None = None  # None: the binary model
 
     @property
     def steps(self) -> int:
@@ -61,10 +70,15 @@ class History:
 
     @property
     def b(self) -> torch.Tensor:
+        """(rows,), or (rows, C) for a softmax model."""
+        if self.n_classes is not None:
+            return self.w[:, -self.n_classes :]
         return self.metrics["param/b"]
 
     @property
     def db(self) -> torch.Tensor:
+        if self.n_classes is not None:
+            return self.dw[:, -self.n_classes :]
         return self.metrics["grad/b"]
 
     def split(self) -> list[History]:
@@ -91,7 +105,10 @@ def accuracy(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor)
     return accuracy_from_logits(logits(X, w, b), y)
 
 
-def accuracy_from_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def accuracy_from_logits(z: torch.Tensor, y: torch.Tensor, multiclass: bool = False):
+    """Binary: z > 0 ⇔ class 1 (one column per rate); multiclass: the largest logit's class."""
+    if multiclass:
+        return (z.argmax(1) == y).to(z.dtype).mean()
     return ((z > 0) == (column(y, z) > 0.5)).to(z.dtype).mean(0)
 
 
@@ -150,11 +167,8 @@ def fit(
 def _finite_rows(history: History) -> torch.Tensor:
     """Rows whose loss, b and every w are finite: (rows,), or (rows, K) for K rates."""
     m = history.metrics
-    return (
-        torch.isfinite(m["train/loss"])
-        & torch.isfinite(m["param/b"])
-        & torch.isfinite(history.w).all(dim=1)
-    )
+    finite = torch.isfinite(m["train/loss"]) & torch.isfinite(history.w).all(dim=1)
+    return finite & torch.isfinite(m["param/b"]) if "param/b" in m else finite
 
 
 def _cut_at_divergence(history: History) -> History:
@@ -166,7 +180,7 @@ def _cut_at_divergence(history: History) -> History:
     first = int((~finite).nonzero()[0])
     keep = slice(0, first + 1)
     cut = {name: values[keep] for name, values in history.metrics.items()}
-    return History(cut, history.w[keep], history.dw[keep], diverged_at=first)
+    return History(cut, history.w[keep], history.dw[keep], first, history.n_classes)
 
 
 class _Loop:
@@ -182,13 +196,18 @@ class _Loop:
     def __init__(self, model, X, y, X_val, y_val, reference, check_every, batch):
         self.model, self.X, self.y, self.X_val, self.y_val = model, X, y, X_val, y_val
         self.reference, self.check_every, self.batch = reference, check_every, batch
+        self.n_classes = getattr(model, "n_classes", None)
+        self.multiclass = self.n_classes is not None
+        skip = BINARY_ONLY if self.multiclass else MULTICLASS_ONLY
         self.names = [
             name
             for name in METRICS
             if (X_val is not None or not name.startswith("val/"))
             and (reference is not None or not name.startswith("check/"))
+            and name not in skip
         ]
-        self.n = model.n_features
+        # Values per row for w (and for dw): w (n,), or W and b of a softmax model, flat.
+        self.n = model.n_features * (self.n_classes or 1) + (self.n_classes or 0)
 
     def checked(self, t: int, steps: int) -> bool:
         return self.reference is not None and (t % self.check_every == 0 or t == steps)
@@ -224,15 +243,21 @@ class _Loop:
     def row(self, *, step: bool, checked: bool) -> torch.Tensor:
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}."""
         model, X, y = self.model, self.X, self.y
+        multiclass = self.multiclass
         w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
-        values = {"param/b": b, "param/w_norm": torch.linalg.vector_norm(w, dim=0)}
+        values = {"param/w_norm": _norm(w, multiclass)}
+        if multiclass:
+            values["param/b_norm"] = torch.linalg.vector_norm(b)
+        else:
+            values["param/b"] = b
         if self.X_val is not None:
             values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)
-            values["val/accuracy"] = accuracy(self.X_val, self.y_val, w, b)
+            z_val = logits(self.X_val, w, b)
+            values["val/accuracy"] = accuracy_from_logits(z_val, self.y_val, multiclass)
         if checked:
             self.reference.set_parameters(w, b)
             expected = self.reference.gradients(X, y, check=False)
-            terms = _summand_size(X, y, w, b)
+            terms = _summand_size(X, y, w, b, multiclass)
         z = None
         if step:
             if hasattr(model, "last_logits"):
@@ -243,25 +268,33 @@ class _Loop:
         else:
             values["train/loss"] = model.loss(X, y, check=False)
             grads = model.gradients(X, y, check=False)
-        values["train/accuracy"] = accuracy(X, y, w, b) if z is None else accuracy_from_logits(z, y)
-        values["grad/b"] = grads["db"]
-        values["grad/w_norm"] = torch.linalg.vector_norm(grads["dw"], dim=0)
+        if z is None:
+            z = logits(X, w, b)
+        values["train/accuracy"] = accuracy_from_logits(z, y, multiclass)
+        if multiclass:
+            values["grad/b_norm"] = torch.linalg.vector_norm(grads["db"])
+        else:
+            values["grad/b"] = grads["db"]
+        values["grad/w_norm"] = _norm(grads["dw"], multiclass)
         if self.reference is not None:  # NaN on the rows not checked
             nan = torch.full(self.batch, math.nan, device=model.device, dtype=model.dtype)
             values["check/grad_rel_err"] = values["check/grad_err_vs_terms"] = nan
         if checked:
-            g, g_ref = _flat(grads), _flat(expected)
+            g, g_ref = _flat(grads, multiclass), _flat(expected, multiclass)
             diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
             reference = torch.linalg.vector_norm(g_ref.double(), dim=0)
             values["check/grad_rel_err"] = torch.where(diff == 0, 0.0, diff / reference)
             values["check/grad_err_vs_terms"] = diff / torch.linalg.vector_norm(terms, dim=0)
         metrics = torch.stack([values[name].to(model.dtype) for name in self.names])
+        if multiclass:  # every parameter, flat: W row by row, then b
+            return torch.cat([metrics, w.flatten(), b, grads["dw"].flatten(), grads["db"]])
         return torch.cat([metrics, w, grads["dw"]])
 
     def unpack(self, packed: torch.Tensor) -> History:
         k = len(self.names)
         metrics = {name: packed[:, i].contiguous() for i, name in enumerate(self.names)}
-        return History(metrics, packed[:, k : k + self.n], packed[:, k + self.n :])
+        w, dw = packed[:, k : k + self.n], packed[:, k + self.n :]
+        return History(metrics, w, dw, n_classes=self.n_classes)
 
 
 @contextlib.contextmanager
@@ -277,14 +310,25 @@ def _sync_allowed():
         torch.cuda.set_sync_debug_mode(mode)
 
 
-def _summand_size(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|): the gradient's sums taken over absolute values."""
+def _norm(w: torch.Tensor, multiclass: bool) -> torch.Tensor:
+    """‖w‖ per rate (one column each), or ‖W‖ over all of a softmax model's W."""
+    return torch.linalg.vector_norm(w) if multiclass else torch.linalg.vector_norm(w, dim=0)
+
+
+def _summand_size(X, y, w, b, multiclass: bool = False) -> torch.Tensor:
+    """(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|): the gradient's sums taken over absolute values (with
+    P − Y in place of ŷ − y for a softmax model), in the layout of :func:`_flat`."""
     z = logits(X, w, b)
+    if multiclass:
+        residual = (torch.softmax(z, dim=1) - one_hot(y, z)).abs()
+        return _flat({"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}, True)
     residual = (torch.sigmoid(z) - column(y, z)).abs()
     return torch.cat([X.abs().T @ residual / X.shape[0], residual.mean(0).unsqueeze(0)])
 
 
-def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+def _flat(grads: dict[str, torch.Tensor], multiclass: bool = False) -> torch.Tensor:
+    if multiclass:
+        return torch.cat([grads["dw"].flatten(), grads["db"]])
     return torch.cat([grads["dw"], grads["db"].unsqueeze(0)])
 
 

@@ -27,6 +27,7 @@ from experiments import datasets
 from experiments.config import RunConfig, SweepConfig, lr_batches
 from experiments.engine import History, fit
 from experiments.executors import Engine
+from experiments.interrupts import shielded
 from experiments.tracking import Tracker, device_name, digest
 from manual_models import make_model
 
@@ -64,15 +65,22 @@ def train_group(configs: list[RunConfig]) -> list[RunResult]:
         raise ValueError("a group's runs must differ in lr only")
     split = load_split(config.dataset, config.seed, config.val_fraction)
     dtype = getattr(torch, config.dtype)
+    # Binary labels in the model's dtype; class indices (int64) for softmax regression.
+    label = torch.int64 if config.dataset.multiclass else dtype
     X, y, X_val, y_val = (
-        torch.tensor(split[k], dtype=dtype, device=config.device)
+        torch.tensor(split[k], dtype=dtype if k.startswith("X") else label, device=config.device)
         for k in ("X_train", "y_train", "X_val", "y_val")
     )
     n_features = X.shape[1]
+    n_classes = int(split["y_train"].max()) + 1 if config.dataset.multiclass else 2
     lr = config.lr if len(configs) == 1 else [c.lr for c in configs]
-    new = {"dtype": dtype, "device": config.device, "seed": config.seed}
+    new = {"dtype": dtype, "device": config.device, "seed": config.seed, "n_classes": n_classes,
+           "optimizer": config.optimizer.rule()}  # fmt: skip
     model = make_model(config.impl, n_features, lr, **new)
-    reference = None if config.impl == "autograd" else make_model("autograd", n_features, lr, **new)
+    # The check compares each step's gradient with autograd's at the same point. Without
+    # zero_grad the step uses the sum of all past gradients by design: nothing to check.
+    checked = config.impl != "autograd" and config.optimizer.zero_grad
+    reference = make_model("autograd", n_features, lr, **new) if checked else None
     check_every = config.check_every_for(X.numel())
     start = time.perf_counter()
     histories = fit(
@@ -89,7 +97,8 @@ def train_group(configs: list[RunConfig]) -> list[RunResult]:
     seconds = time.perf_counter() - start  # fit() ends by copying to the host: work is done
     if len(configs) == 1:
         histories = [histories]
-    shape = {"n_train": X.shape[0], "n_val": X_val.shape[0], "n_features": n_features}
+    shape = {"n_train": X.shape[0], "n_val": X_val.shape[0], "n_features": n_features,
+             "n_classes": n_classes}  # fmt: skip
     share = seconds / len(configs)
     return [
         RunResult(c, h, share, shape, check_every, len(configs))
@@ -133,6 +142,7 @@ def mlflow_version() -> str:
 
 
 def run_tags(config: RunConfig) -> dict[str, str]:
+    model = "softmax" if config.dataset.multiclass else "logistic"
     return {
         "impl": config.impl,
         "dataset": config.dataset.label,
@@ -140,14 +150,16 @@ def run_tags(config: RunConfig) -> dict[str, str]:
         "lr": str(config.lr),
         "seed": str(config.seed),
         "dtype": config.dtype,
+        "optimizer": config.optimizer.label,
         "config_key": config.key,
         "device_name": device_name(config.device),
         **environment_tags(),
         "mlflow.note.content": (
-            f"Full-batch gradient descent, {config.steps} steps, of the **{config.impl}** "
-            f"logistic regression on `{config.dataset.label}` (lr {config.lr}, {config.dtype}, "
-            f"{config.device}, seed {config.seed}). Per-step history: `history.parquet`; w and "
-            f"dw per step: `trajectory.parquet`.\n\nReproduce:\n\n    {config.command()}"
+            f"Full-batch {config.optimizer.label}, {config.steps} steps, of the "
+            f"**{config.impl}** {model} regression on `{config.dataset.label}` (lr {config.lr}, "
+            f"{config.dtype}, {config.device}, seed {config.seed}). Per-step history: "
+            f"`history.parquet`; w and dw per step: `trajectory.parquet`.\n\nReproduce:\n\n"
+            f"    {config.command()}"
         ),
     }
 
@@ -186,7 +198,8 @@ def run_grid(
     start = time.perf_counter()
     parent_id, finished = None, set()
     if nested:
-        parent_id, finished = open_parent(tracker, experiment_id, config, command, restart)
+        with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
+            parent_id, finished = open_parent(tracker, experiment_id, config, command, restart)
     todo = [point for point in grid if point.key not in finished]
     groups = lr_batches(todo, config.batch_lrs)
     in_flight: dict[str, RunConfig] = {}  # run id → config, for runs started and not ended
@@ -196,10 +209,11 @@ def run_grid(
     def start_runs(group: list[RunConfig]) -> list[str]:
         run_ids = []
         for point in group:
-            run_id = tracker.start_run(
-                experiment_id, point.name, tags=run_tags(point), parent_id=parent_id
-            )
-            in_flight[run_id] = point
+            with shielded():  # the run exists in the store only together with in_flight
+                run_id = tracker.start_run(
+                    experiment_id, point.name, tags=run_tags(point), parent_id=parent_id
+                )
+                in_flight[run_id] = point
             started.append(run_id)
             run_ids.append(run_id)
         return run_ids
@@ -239,7 +253,8 @@ def run_grid(
         # Ctrl-C, SIGTERM, or a failure of the tracking itself: nothing is left RUNNING.
         for run_id in [*in_flight, *([parent_id] if parent_id else [])]:
             with contextlib.suppress(Exception):
-                tracker.finish(run_id, "KILLED")
+                if tracker.status(run_id) == "RUNNING":  # a worker may have ended it already
+                    tracker.finish(run_id, "KILLED")
         raise
     runs = sweep_runs(tracker, experiment_id, parent_id, started)
     seconds = time.perf_counter() - start
@@ -371,6 +386,7 @@ def sweep_runs(
                 "dataset": tags.get("dataset"),
                 "device": tags.get("device"),
                 "impl": tags.get("impl"),
+                "optimizer": tags.get("optimizer", "sgd"),
                 "lr": float(tags.get("lr", "nan")),
                 "seed": int(tags.get("seed", -1)),
                 "status": run.info.status,
@@ -387,7 +403,7 @@ def sweep_runs(
                 "start_time": run.info.start_time,
             }
         )
-    columns = ["dataset", "device", "impl", "lr", "seed"]
+    columns = ["dataset", "device", "optimizer", "impl", "lr", "seed"]
     frame = pd.DataFrame(rows)
     return frame.sort_values([*columns, "start_time"]).reset_index(drop=True) if rows else frame
 
@@ -466,9 +482,9 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset × device × impl: the lr with the lowest mean final validation loss, and the
-    largest gradient disagreement over all its runs."""
-    group = ["dataset", "device", "impl"]
+    """Per dataset × device × optimizer × impl: the lr with the lowest mean final validation
+    loss, and the largest gradient disagreement over all its runs."""
+    group = ["dataset", "device", "optimizer", "impl"]
     by_lr = (
         runs.groupby([*group, "lr"], sort=False)
         .agg(

@@ -1,33 +1,55 @@
-"""Logistic regression differentiated by hand, and its two autograd twins.
+"""Logistic and softmax regression differentiated by hand, their autograd twins, and the
+update rules (SGD, momentum, Nesterov, Adam, L2 weight decay) written by hand.
 
-All three share one interface (:class:`GradientDescentModel`), so one training loop drives
-them, and the same ``seed`` gives all three the same initial parameters:
+All implementations share one interface (:class:`GradientDescentModel`), so one training loop
+drives them, and the same ``seed`` gives all three the same initial parameters:
 
-- ``LogisticRegression``: the hand-written forward / backward / optimize; no autograd inside.
-- ``AutogradLogisticRegression``: nn.Linear + BCEWithLogitsLoss + torch.optim.SGD (the reference).
-- ``FunctionLogisticRegression``: a torch.autograd.Function with the hand-written backward,
-  stepped by torch.optim.SGD.
+- ``LogisticRegression`` / ``SoftmaxRegression``: hand-written forward / backward / optimize;
+  no autograd inside, the update rule from :mod:`manual_models.optimizers`.
+- ``AutogradLogisticRegression`` / ``AutogradSoftmaxRegression``: nn.Linear + BCEWithLogitsLoss
+  or CrossEntropyLoss + torch.optim (the reference).
+- ``FunctionLogisticRegression`` / ``FunctionSoftmaxRegression``: a torch.autograd.Function
+  with the hand-written backward, stepped by torch.optim.
 """
 
 from manual_models.compare import Comparison, compare, relative_error
 from manual_models.interface import GradientDescentModel
 from manual_models.logistic import LogisticRegression, bce_from_logits, bce_gradients, logits
-from manual_models.twins import AutogradLogisticRegression, FunctionLogisticRegression, LogisticLoss
+from manual_models.optimizers import RULES, HandOptimizer, Optimizer
+from manual_models.softmax import SoftmaxRegression, cross_entropy_from_logits, softmax_gradients
+from manual_models.twins import (
+    AutogradLogisticRegression,
+    AutogradSoftmaxRegression,
+    FunctionLogisticRegression,
+    FunctionSoftmaxRegression,
+    LogisticLoss,
+    SoftmaxLoss,
+)
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "MULTICLASS",
+    "RULES",
     "AutogradLogisticRegression",
+    "AutogradSoftmaxRegression",
     "Comparison",
     "FunctionLogisticRegression",
+    "FunctionSoftmaxRegression",
     "GradientDescentModel",
+    "HandOptimizer",
     "LogisticLoss",
     "LogisticRegression",
+    "Optimizer",
+    "SoftmaxLoss",
+    "SoftmaxRegression",
     "bce_from_logits",
     "bce_gradients",
     "compare",
+    "cross_entropy_from_logits",
     "logits",
     "make_model",
     "relative_error",
+    "softmax_gradients",
 ]
 
 IMPLEMENTATIONS: dict[str, type[GradientDescentModel]] = {
@@ -37,9 +59,21 @@ IMPLEMENTATIONS: dict[str, type[GradientDescentModel]] = {
 }
 
 
-def make_model(impl: str, n_features: int, lr: float = 0.01, **kwargs) -> GradientDescentModel:
-    """Build an implementation by its short name: ``manual``, ``autograd`` or ``function``."""
+MULTICLASS: dict[str, type[GradientDescentModel]] = {
+    "manual": SoftmaxRegression,
+    "autograd": AutogradSoftmaxRegression,
+    "function": FunctionSoftmaxRegression,
+}
+
+
+def make_model(
+    impl: str, n_features: int, lr: float = 0.01, *, n_classes: int = 2, **kwargs
+) -> GradientDescentModel:
+    """Build an implementation by its short name: ``manual``, ``autograd`` or ``function``;
+    logistic regression for two classes, softmax regression for more."""
     if impl not in IMPLEMENTATIONS:
         choices = ", ".join(IMPLEMENTATIONS)
         raise ValueError(f"unknown implementation {impl!r}; choose one of {choices}")
-    return IMPLEMENTATIONS[impl](n_features, lr, **kwargs)
+    if n_classes == 2:
+        return IMPLEMENTATIONS[impl](n_features, lr, **kwargs)
+    return MULTICLASS[impl](n_features, n_classes, lr, **kwargs)

@@ -43,6 +43,17 @@ def check_lrs(lr: object) -> tuple[float | tuple[float, ...], tuple[float, ...]]
     return single, (single,)
 
 
+def check_rule(optimizer: object):
+    """The update rule: ``None`` is plain SGD."""
+    from manual_models.optimizers import SGD, Optimizer
+
+    if optimizer is None:
+        return SGD
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a manual_models.Optimizer, got {optimizer!r}")
+    return optimizer
+
+
 def check_dtype(dtype: object) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
@@ -109,6 +120,22 @@ def check_y(y: object, n_samples: int, device: torch.device, dtype: torch.dtype,
     return y if y.dtype == dtype else y.to(dtype)
 
 
+def check_labels(y: object, n_samples: int, device: torch.device, n_classes: int, *,
+                 values: bool) -> torch.Tensor:  # fmt: skip
+    """Class indices of shape (n_samples,) in {0, …, n_classes − 1}, returned as int64."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.shape != (n_samples,):
+        raise ValueError(f"y must have shape ({n_samples},) to match X, got {tuple(y.shape)}")
+    if y.device != device:
+        raise ValueError(f"y is on {y.device} but the model is on {device}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"y must hold class indices (an integer tensor), got dtype {y.dtype}")
+    if values and y.device.type != "meta" and not bool(((y >= 0) & (y < n_classes)).all()):
+        raise ValueError(f"y must hold class indices in 0..{n_classes - 1}")
+    return y if y.dtype == torch.int64 else y.long()
+
+
 def init_parameters(
     n_features: int, seed: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,14 +144,23 @@ def init_parameters(
     Drawn on the CPU in float64 and then cast, so the same seed gives the same parameters on
     every device, and float32 parameters are the float64 ones rounded.
     """
+    weight, bias = init_linear(n_features, 1, seed, device, dtype)
+    return weight[0].clone(), bias[0].clone()
+
+
+def init_linear(
+    n_features: int, n_outputs: int, seed: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same draw for ``nn.Linear(n_features, n_outputs)``: weight (n_outputs, n_features)
+    row by row, then bias (n_outputs,). One output is the binary model's w and b."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     generator = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(n_features)
-    draws = torch.rand(n_features + 1, generator=generator, dtype=torch.float64)
-    draws = (2 * draws - 1) * bound
-    draws = draws.to(device=device, dtype=dtype)
-    return draws[:n_features].clone(), draws[n_features].clone()
+    count = n_outputs * n_features
+    draws = torch.rand(count + n_outputs, generator=generator, dtype=torch.float64)
+    draws = ((2 * draws - 1) * bound).to(device=device, dtype=dtype)
+    return draws[:count].view(n_outputs, n_features).clone(), draws[count:].clone()
 
 
 class CheckedModel:
@@ -137,6 +173,8 @@ class CheckedModel:
     device: torch.device
     dtype: torch.dtype
 
+    n_classes: int | None = None  # None: the binary model (one logit per sample)
+
     def _check_args(self, n_features, lr, device, dtype) -> None:
         self.n_features = check_n_features(n_features)
         self.lr, self.lrs = check_lrs(lr)
@@ -144,8 +182,27 @@ class CheckedModel:
         self.device = resolve_device(device)
         self.dtype = check_dtype(dtype)
 
+    def _check_multiclass_args(self, n_features, n_classes, lr, device, dtype) -> None:
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        if isinstance(lr, list | tuple) or (isinstance(lr, torch.Tensor) and lr.ndim):
+            raise ValueError("several learning rates at once is for the binary model; give one")
+        self._check_args(n_features, lr, device, dtype)
+        self.n_classes = n_classes
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        """(n,), (n, K) for K rates, or (n, C) for C classes."""
+        if self.n_classes is not None:
+            return (self.n_features, self.n_classes)
+        return (self.n_features, *self.batch_shape)
+
     def _initial_parameters(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The seeded draw; with K rates every column starts from the same one."""
+        if self.n_classes is not None:
+            weight, b = init_linear(self.n_features, self.n_classes, seed, self.device,
+                                    self.dtype)  # fmt: skip
+            return weight.T.contiguous(), b  # W = nn.Linear's weight transposed
         w, b = init_parameters(self.n_features, seed, self.device, self.dtype)
         if self.batch_shape:
             k = self.batch_shape[0]
@@ -156,10 +213,13 @@ class CheckedModel:
         return check_X(X, self.n_features, self.device, self.dtype)
 
     def _y(self, y: torch.Tensor, X: torch.Tensor, check: bool) -> torch.Tensor:
+        if self.n_classes is not None:
+            return check_labels(y, X.shape[0], self.device, self.n_classes, values=check)
         return check_y(y, X.shape[0], self.device, self.dtype, values=check)
 
     def __repr__(self) -> str:
+        classes = "" if self.n_classes is None else f", n_classes={self.n_classes}"
         return (
-            f"{type(self).__name__}(n_features={self.n_features}, lr={self.lr}, "
+            f"{type(self).__name__}(n_features={self.n_features}{classes}, lr={self.lr}, "
             f"device={str(self.device)!r}, dtype={self.dtype})"
         )

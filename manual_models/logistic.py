@@ -35,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from manual_models import _checks
+from manual_models.optimizers import HandOptimizer, Optimizer
 
 # Rows of X above this many bytes are processed in blocks on the CPU (see _blocked_step).
 BLOCK_BYTES = 32 << 20  # measured best of 2, 8 and 32 MiB on a 2-core Xeon (300 MiB L3)
@@ -115,11 +116,14 @@ class LogisticRegression(_checks.CheckedModel):
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        optimizer: Optimizer | None = None,
     ) -> None:
         self._check_args(n_features, lr, device, dtype)
         self.w, self.b = self._initial_parameters(seed)
         if self.batch_shape:
             self._lr_row = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)
+        self.rule = _checks.check_rule(optimizer)
+        self.optimizer = HandOptimizer(self.rule)
         self.grads: dict[str, torch.Tensor] = {}
         self.last_logits: torch.Tensor | None = None
 
@@ -131,28 +135,34 @@ class LogisticRegression(_checks.CheckedModel):
     def backward(
         self, X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
-        """dw = Xᵀ(ŷ − y)/m, db = mean(ŷ − y); kept in ``self.grads`` for :meth:`optimize`."""
+        """dw = Xᵀ(ŷ − y)/m, db = mean(ŷ − y); kept in ``self.grads`` for :meth:`optimize`.
+
+        With ``optimizer=Optimizer(zero_grad=False)`` they are added to the ones kept, as
+        autograd adds into ``.grad`` when nothing zeroes it (the zero_grad ablation)."""
         X = self._X(X)
         y = self._y(y, X, check)
         expected = (*y.shape, *self.batch_shape)
         if not isinstance(y_hat, torch.Tensor) or y_hat.shape != expected:
             raise ValueError(f"y_hat must be a tensor of shape {expected}")
-        self.grads = bce_gradients(X, y_hat, y)
-        return self.grads
+        return self._keep(bce_gradients(X, y_hat, y))
 
     def optimize(self) -> None:
-        """w ← w − lr·dw, b ← b − lr·db, in place (the parameters keep their storage)."""
+        """θ ← θ − lr·dθ for plain SGD (momentum, Nesterov, Adam: see ``optimizers``), in
+        place (the parameters keep their storage); column k of w moves by its own rate."""
         if not self.grads:
             raise RuntimeError("optimize() needs gradients: call backward() first")
         if self.w.is_inference() and not torch.is_inference_mode_enabled():
             # Made under inference_mode, updated outside it: move to ordinary tensors once.
             self.w, self.b = self.w.clone(), self.b.clone()
-        if self.batch_shape:  # column k moves by its own rate: lr_k · dw[:, k]
-            self.w.sub_(self.grads["dw"] * self._lr_row)
-            self.b.sub_(self.grads["db"] * self._lr_row)
-        else:
-            self.w.sub_(self.grads["dw"], alpha=self.lr)
-            self.b.sub_(self.grads["db"], alpha=self.lr)
+        lr = self._lr_row if self.batch_shape else self.lr
+        grads = [self.grads["dw"], self.grads["db"]]
+        self.optimizer.step([self.w, self.b], grads, lr, decays=(True, False))
+
+    def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.rule.zero_grad and self.grads:  # accumulate, as .grad does
+            grads = {name: self.grads[name] + g for name, g in grads.items()}
+        self.grads = grads
+        return grads
 
     # --- the interface shared with the autograd twins ---------------------------------
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -177,11 +187,12 @@ class LogisticRegression(_checks.CheckedModel):
         y = self._y(y, X, check)
         if X.device.type == "cpu" and X.numel() * X.element_size() > BLOCKED_ABOVE:
             rows = max(1, BLOCK_BYTES // (X.shape[1] * X.element_size()))
-            loss, self.grads, z = blocked_step(X, y, self.w, self.b, rows)
+            loss, grads, z = blocked_step(X, y, self.w, self.b, rows)
         else:
             z = logits(X, self.w, self.b)
             loss = bce_from_logits(z, y)
-            self.grads = bce_gradients(X, torch.sigmoid(z), y)
+            grads = bce_gradients(X, torch.sigmoid(z), y)
+        self._keep(grads)
         self.last_logits = z
         self.optimize()
         return loss

@@ -16,6 +16,8 @@ from torch import nn
 
 from manual_models import _checks
 from manual_models.logistic import bce_from_logits, bce_gradients, column, logits
+from manual_models.optimizers import Optimizer
+from manual_models.softmax import cross_entropy_from_logits, one_hot, softmax_gradients
 
 
 class LogisticLoss(torch.autograd.Function):
@@ -59,7 +61,8 @@ class LogisticLoss(torch.autograd.Function):
 
 
 class _TorchOptimModel(_checks.CheckedModel, nn.Module):
-    """The shared half of the twins: parameters as nn.Parameters, trained by torch.optim.SGD.
+    """The shared half of the twins: parameters as nn.Parameters, trained by ``torch.optim``
+    (``SGD``, with momentum or Nesterov, or ``Adam``: the ``optimizer`` rule).
 
     With ``lr`` a list of K rates the twin is K independent models, each with its own
     parameters in its own ``SGD`` param group at its own rate, evaluated in one pass: the
@@ -75,16 +78,18 @@ class _TorchOptimModel(_checks.CheckedModel, nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        optimizer: Optimizer | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self._check_args(n_features, lr, device, dtype)
+        self.rule = _checks.check_rule(optimizer)
         self.grads: dict[str, torch.Tensor] = {}
         self.last_logits: torch.Tensor | None = None
         w, b = _checks.init_parameters(self.n_features, seed, self.device, self.dtype)
         self._build(w, b)
         pairs = zip(self._pairs(), self.lrs, strict=True)
         groups = [{"params": list(pair), "lr": lr} for pair, lr in pairs]
-        self.optimizer = torch.optim.SGD(groups, lr=self.lrs[0])
+        self.optimizer = self.rule.torch_optimizer(groups, self.device)
 
     # Each twin says how it holds w and b and how it computes the loss with a graph.
     def _build(self, w: torch.Tensor, b: torch.Tensor) -> None:
@@ -153,12 +158,14 @@ class _TorchOptimModel(_checks.CheckedModel, nn.Module):
         return self._grads([dw], [db])
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """The post's loop: zero_grad → forward → loss → backward → step. Returns the loss."""
+        """The post's loop: zero_grad → forward → loss → backward → step. Returns the loss.
+        (Without zero_grad when the rule says so: then ``.grad`` sums every step's gradient.)"""
         X = self._X(X)
         y = self._y(y, X, check)
         self._require_autograd()
         with torch.enable_grad():
-            self.optimizer.zero_grad()
+            if self.rule.zero_grad:
+                self.optimizer.zero_grad()
             loss = self.objective(X, y)
             (loss.sum() if self.batch_shape else loss).backward()  # K models: each its own
             self.optimizer.step()
@@ -266,3 +273,152 @@ class FunctionLogisticRegression(_TorchOptimModel):
 
     def objective_at(self, X, y, w, b):
         return LogisticLoss.apply(X, w, b, y)
+
+
+# --- softmax regression's twins ----------------------------------------------------------------
+class SoftmaxLoss(torch.autograd.Function):
+    """J(X, W, b, y) = mean(log Σ_k e^{Z_k} − Z_y), Z = X W + b, with the hand-written backward.
+
+    backward (g = ∂output/∂J):
+        ∂J/∂W = g Xᵀ(P − Y)/m     ∂J/∂b = g mean(P − Y)     ∂J/∂X = g (P − Y) Wᵀ/m
+    y holds class indices: no gradient. The backward is written in differentiable ops, so
+    double backward works (it rebuilds Z from the inputs when grad mode is on).
+    """
+
+    @staticmethod
+    def forward(ctx, X, W, b, y):
+        Z = logits(X, W, b)
+        ctx.save_for_backward(X, W, b, y)
+        ctx.Z = Z
+        return cross_entropy_from_logits(Z, y)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        X, W, b, y = ctx.saved_tensors
+        Z = logits(X, W, b) if torch.is_grad_enabled() else ctx.Z
+        P = torch.softmax(Z, dim=1)
+        need_X, need_W, need_b, _ = ctx.needs_input_grad
+        dX = dW = db = None
+        if need_W or need_b:
+            grads = softmax_gradients(X, P, y)
+            dW = grad_output * grads["dw"] if need_W else None
+            db = grad_output * grads["db"] if need_b else None
+        if need_X:
+            dX = grad_output * (P - one_hot(y, P)) @ W.T / X.shape[0]
+        return dX, dW, db, None
+
+
+class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
+    """The shared half of the softmax twins: (weight, bias) as nn.Parameters, stepped by
+    ``torch.optim``; ``w`` is W (n, C) and ``b`` (C,), as for :class:`SoftmaxRegression`."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        lr: float = 0.01,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        optimizer: Optimizer | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self._check_multiclass_args(n_features, n_classes, lr, device, dtype)
+        self.rule = _checks.check_rule(optimizer)
+        self.grads: dict[str, torch.Tensor] = {}
+        self.last_logits: torch.Tensor | None = None
+        W, b = self._initial_parameters(seed)
+        self._build(W, b)
+        group = {"params": [self.weight, self.bias], "lr": self.lr}
+        self.optimizer = self.rule.torch_optimizer([group], self.device)
+
+    # Each twin says how it holds W and how it computes the loss with a graph.
+    def _build(self, W: torch.Tensor, b: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _as_W(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    def objective(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def w(self) -> torch.Tensor:
+        return self._as_W(self.weight.detach())
+
+    @property
+    def b(self) -> torch.Tensor:
+        return self.bias.detach()
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits(self._X(X), self.w, self.b), dim=1)
+
+    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        X = self._X(X)
+        y = self._y(y, X, check)
+        with torch.no_grad():
+            return self.objective(X, y)
+
+    def gradients(self, X, y, *, check: bool = True) -> dict[str, torch.Tensor]:
+        X = self._X(X)
+        y = self._y(y, X, check)
+        _TorchOptimModel._require_autograd(self)
+        with torch.enable_grad():
+            dweight, db = torch.autograd.grad(self.objective(X, y), (self.weight, self.bias))
+        return {"dw": self._as_W(dweight), "db": db}
+
+    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """zero_grad → forward → loss → backward → step (zero_grad skipped if the rule says)."""
+        X = self._X(X)
+        y = self._y(y, X, check)
+        _TorchOptimModel._require_autograd(self)
+        with torch.enable_grad():
+            if self.rule.zero_grad:
+                self.optimizer.zero_grad()
+            loss = self.objective(X, y)
+            loss.backward()
+            self.optimizer.step()
+        self.grads = {"dw": self._as_W(self.weight.grad), "db": self.bias.grad}
+        return loss.detach()
+
+    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        new = {"device": self.device, "dtype": self.dtype}
+        W = torch.as_tensor(w).to(**new).reshape(self.w_shape)
+        with torch.no_grad():
+            self._as_W(self.weight).copy_(W)
+            self.bias.copy_(torch.as_tensor(b).to(**new).reshape(self.n_classes))
+
+
+class AutogradSoftmaxRegression(_SoftmaxTwin):
+    """The reference: ``nn.Linear(n_features, n_classes)`` + ``nn.CrossEntropyLoss`` +
+    ``torch.optim``; its weight (C, n) is Wᵀ."""
+
+    def _build(self, W, b):
+        self.linear = nn.utils.skip_init(
+            nn.Linear, self.n_features, self.n_classes, device=self.device, dtype=self.dtype
+        )
+        with torch.no_grad():
+            self.linear.weight.copy_(W.T)
+            self.linear.bias.copy_(b)
+        self.weight, self.bias = self.linear.weight, self.linear.bias
+        self.criterion = nn.CrossEntropyLoss()
+
+    def _as_W(self, weight):
+        return weight.T
+
+    def objective(self, X, y):
+        outputs = self.linear(X)
+        self.last_logits = outputs.detach()
+        return self.criterion(outputs, y)
+
+
+class FunctionSoftmaxRegression(_SoftmaxTwin):
+    """Parameters ``weight`` (n, C) and ``bias`` (C,); the loss through :class:`SoftmaxLoss`."""
+
+    def _build(self, W, b):
+        self.weight = nn.Parameter(W)
+        self.bias = nn.Parameter(b)
+
+    def objective(self, X, y):
+        return SoftmaxLoss.apply(X, self.weight, self.bias, y)

@@ -18,7 +18,9 @@ class MemorySweep(Sweep):
     def __init__(self, runs: list[dict], histories: dict, trajectories: dict):
         frame = pd.DataFrame(runs)
         defaults = {"status": "FINISHED", "device": "cpu", "dtype": "float64", "seed": 0,
-                    "dataset": "iris", "dataset_name": "iris", "val_fraction": 0.25}  # fmt: skip
+                    "dataset": "iris", "dataset_name": "iris", "val_fraction": 0.25,
+                    "optimizer": "sgd", "optimizer.name": "sgd", "weight_decay": 0.0,
+                    "zero_grad": True, "n_classes": 2}  # fmt: skip
         for key, value in defaults.items():
             frame[key] = frame[key].fillna(value) if key in frame else value
         frame["run_name"] = frame["run_id"]
@@ -141,6 +143,36 @@ def test_reference_gap_is_measured_from_a_true_optimum_and_refused_without_one()
     cancer = table.loc["bc-run"]
     assert cancer.separable and np.isnan(cancer.optimum_train_loss)
     assert np.isnan(cancer.gap_to_optimum) and "no minimiser" in cancer.note
+
+
+def test_weight_decay_gives_separable_data_an_optimum_and_multiclass_data_has_one():
+    """With L2 (λ = 0.01 on W) breast_cancer's objective has a minimiser; softmax on all of
+    iris has one without it. The run's objective includes (λ/2)‖W‖² from param/w_norm."""
+    runs = [
+        {"run_id": "bc-wd", "impl": "manual", "lr": 0.1, "train/loss": 0.1, "param/w_norm": 2.0,
+         "val/loss": 0.1, "val/accuracy": 0.9, "dataset": "breast_cancer",
+         "dataset_name": "breast_cancer", "weight_decay": 0.01, "optimizer": "sgd+wd(0.01)"},
+        {"run_id": "iris3", "impl": "manual", "lr": 0.1, "train/loss": 0.3, "val/loss": 0.3,
+         "val/accuracy": 0.9, "dataset": "iris(classes=all)", "dataset.classes": "all",
+         "n_classes": 3},
+    ]  # fmt: skip
+    table = compare.reference(MemorySweep(runs, {}, {})).set_index("run_id")
+    cancer = table.loc["bc-wd"]
+    assert cancer.separable and cancer.note == "" and cancer.optimum_grad_norm < 1e-6
+    assert cancer.final_train_loss == pytest.approx(0.1 + 0.01 / 2 * 2.0**2)
+    assert 0 < cancer.optimum_train_loss < cancer.final_train_loss
+    assert cancer.gap_to_optimum == pytest.approx(0.12 - cancer.optimum_train_loss)
+    iris = table.loc["iris3"]
+    assert not iris.separable and iris.optimum_grad_norm < 1e-6
+    assert 0 < iris.optimum_train_loss < 0.3
+
+
+def test_multiclass_separability_is_decided_exactly():
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert compare.separable(X, np.array([0, 1, 2]), 3)  # three points, three classes
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    assert not compare.separable(X, np.array([0, 1, 0, 2]), 3)  # class 0 on both sides of 1
+    assert compare.separable(X, np.array([0, 1, 1, 2]), 3)  # ordered on a line: separable
 
 
 def test_smoothness_sets_the_stable_learning_rate():

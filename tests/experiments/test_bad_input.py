@@ -18,7 +18,9 @@ def bad_file(tmp_path, text):
 
 CASES = {
     "unknown dataset": (["--set", "datasets=[mnist]"], "unknown dataset 'mnist'; choose one of"),
-    "unknown dataset param": (["--set", "datasets=[{name: iris, noise: 1}]"], "parameters: none"),
+    "unknown dataset param": (
+        ["--set", "datasets=[{name: iris, noise: 1}]"], "its parameters: classes"
+    ),
     "unknown impl": (["--set", "impls=[numpy]"], "'manual', 'autograd' or 'function'"),
     "unknown device": (["--set", "devices=[tpu]"], "'auto', 'cpu', 'cuda' or 'mps'"),
     "unknown dtype": (["--set", "dtype=float16"], "'float32' or 'float64'"),

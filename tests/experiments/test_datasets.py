@@ -53,5 +53,5 @@ def test_bad_names_and_parameters():
         load("mnist")
     with pytest.raises(ValueError, match="allowed: n_samples, noise, seed"):
         load("moons", n_features=3)
-    with pytest.raises(ValueError, match="allowed: none"):
+    with pytest.raises(ValueError, match="allowed: classes"):
         load("iris", n_samples=3)
