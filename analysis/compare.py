@@ -5,9 +5,10 @@
   measured tolerance for the dtype.
 - :func:`best_lrs`: per dataset × implementation × device, the lr with the lowest mean final
   validation loss over seeds, flagged when it sits on the edge of the grid.
-- :func:`reference`: each run's final training loss against the true optimum of the same
-  objective (scikit-learn's lbfgs, tight tolerance), where one exists: on a linearly separable
-  training set the unpenalised loss has no minimiser, and the table says so instead.
+- :func:`reference`: each run's final objective against the true optimum of the same
+  objective (scikit-learn's lbfgs, tight tolerance; binary or multinomial, with the run's L2
+  weight decay), where one exists: on a linearly separable training set the unpenalised loss
+  has no minimiser, and the table says so instead.
 - :func:`devices`: the same run on different devices: agreement and time per step.
 """
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -29,13 +30,30 @@ class Report:
 
 
 def verdicts(pairs: pd.DataFrame) -> pd.Series:
-    """Say why a pair disagrees when GD itself was unstable (lr·L ≥ 2 amplifies rounding)."""
+    """Say why a pair disagrees when its steps, not its gradient, are to blame.
+
+    Plain GD with lr·L ≥ 2 oscillates and amplifies rounding. Adam (or momentum) can too at
+    any lr·L: its step does not shrink with the gradient, so the iterates keep bouncing around
+    the optimum. Either way the gradients at the same parameters still agree to the dtype's
+    tolerance of the summed terms (``max_grad_err_vs_terms``); a wrong gradient does not."""
     unstable = pairs["lr_times_L"] >= 2
+    rule = pairs.get("optimizer", pd.Series("sgd", index=pairs.index)).astype(str)
+    plain = rule.str.startswith("sgd")
+    terms = pairs.get("max_grad_err_vs_terms", pd.Series(np.nan, index=pairs.index))
+    tolerance = pairs.get("tolerance", pd.Series(np.nan, index=pairs.index))
+    gradients_agree = terms <= tolerance
+
+    def verdict(ok, bad, sgd, grads):
+        if ok:
+            return "agrees"
+        if bad and sgd:
+            return "disagrees (unstable lr: lr·L ≥ 2)"
+        if grads and not sgd:
+            return "disagrees (the rule's steps amplify rounding; the gradients agree)"
+        return "DISAGREES"
+
     return pd.Series(
-        [
-            "agrees" if ok else "disagrees (unstable lr: lr·L ≥ 2)" if bad else "DISAGREES"
-            for ok, bad in zip(pairs["agrees"], unstable, strict=True)
-        ],
+        [verdict(*v) for v in zip(pairs["agrees"], unstable, plain, gradients_agree, strict=True)],
         index=pairs.index,
     )
 

@@ -14,9 +14,14 @@ def notebooks() -> list[Path]:
 
 
 def execute(
-    experiment: str, tracking_uri: str | None, out: str | Path, timeout: int = 600
+    experiment: str,
+    tracking_uri: str | None,
+    out: str | Path,
+    timeout: int = 600,
+    only: list[Path] | None = None,
 ) -> list[Path]:
-    """Run every notebook top to bottom on the latest sweep of ``experiment``."""
+    """Run every notebook (or those in ``only``) top to bottom on the latest sweep of
+    ``experiment``."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -32,7 +37,7 @@ def execute(
     os.environ["MLFLOW_TRACKING_URI"] = resolve_uri(tracking_uri)
     written = []
     try:
-        for path in notebooks():
+        for path in only or notebooks():
             book = nbformat.read(path, as_version=4)
             NotebookClient(
                 book, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": "."}}

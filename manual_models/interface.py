@@ -19,6 +19,11 @@ class GradientDescentModel(Protocol):
     model holding K learning rates side by side, whose ``w`` is (n_features, K), ``b`` (K,) and
     losses (K,) — and ``last_logits``, the logits the last ``train_step`` computed (so the loop
     need not compute them again for the accuracy).
+
+    A softmax model has ``n_classes`` (C): ``w`` is then W (n_features, C) and ``b`` (C,);
+    labels are class indices. Every model has ``rule``, its update rule
+    (:class:`manual_models.Optimizer`); with ``rule.zero_grad`` false, ``grads`` holds the sum
+    of every gradient so far, as ``.grad`` does when nothing zeroes it.
     """
 
     n_features: int

@@ -159,8 +159,12 @@ class LogisticRegression(_checks.CheckedModel):
         self.optimizer.step([self.w, self.b], grads, lr, decays=(True, False))
 
     def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.rule.zero_grad and self.grads:  # accumulate, as .grad does
-            grads = {name: self.grads[name] + g for name, g in grads.items()}
+        if not self.rule.zero_grad and self.grads:
+            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
+            # buffer it captured).
+            for name, g in grads.items():
+                self.grads[name].add_(g)
+            return self.grads
         self.grads = grads
         return grads
 

@@ -108,7 +108,11 @@ class SoftmaxRegression(_checks.CheckedModel):
 
     def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.rule.zero_grad and self.grads:
-            grads = {name: self.grads[name] + g for name, g in grads.items()}
+            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
+            # buffer it captured).
+            for name, g in grads.items():
+                self.grads[name].add_(g)
+            return self.grads
         self.grads = grads
         return grads
 

@@ -92,6 +92,21 @@ def test_verdict_explains_an_unstable_learning_rate():
     assert verdicts(pairs).tolist() == ["agrees", "DISAGREES", "disagrees (unstable lr: lr·L ≥ 2)"]
 
 
+def test_verdict_blames_an_adaptive_rule_only_when_the_gradients_agree():
+    """Adam at lr 1 bounces around the optimum at any lr·L; its gradients still agree. With a
+    gradient off by more than the tolerance, it is a real disagreement."""
+    pairs = pd.DataFrame({
+        "agrees": [False, False, False], "lr_times_L": [0.7, 0.7, 0.7],
+        "optimizer": ["adam+wd(0.01)", "adam", "sgd"],
+        "max_grad_err_vs_terms": [5e-16, 1e-3, 5e-16], "tolerance": [1e-12] * 3,
+    })  # fmt: skip
+    assert verdicts(pairs).tolist() == [
+        "disagrees (the rule's steps amplify rounding; the gradients agree)",
+        "DISAGREES",
+        "DISAGREES",
+    ]
+
+
 def grid_sweep(val_losses: dict[tuple[str, float, int], float]):
     runs = [
         {"run_id": f"{impl}-{lr}-{seed}", "impl": impl, "lr": lr, "seed": seed,

@@ -117,7 +117,8 @@ def test_an_experiment_without_a_sweep_is_refused(tmp_path, capsys):
 
 def test_stored_notebooks_have_no_outputs():
     assert [p.name for p in notebooks()] == [
-        "01-manual-vs-autograd.ipynb", "02-learning-rates.ipynb", "03-devices.ipynb"
+        "01-manual-vs-autograd.ipynb", "02-learning-rates.ipynb", "03-devices.ipynb",
+        "04-zero-grad-and-optimizers.ipynb",
     ]  # fmt: skip
     for path in notebooks():
         for cell in json.loads(path.read_text())["cells"]:
@@ -128,7 +129,7 @@ def test_stored_notebooks_have_no_outputs():
 def test_notebooks_execute_against_a_sweep(broken_sweep, tmp_path):
     uri, _ = broken_sweep
     written = execute("quick", uri, tmp_path)
-    assert len(written) == 3
+    assert len(written) == 4
     for path in written:
         book = json.loads(path.read_text())
         outputs = [o for c in book["cells"] if c["cell_type"] == "code" for o in c["outputs"]]

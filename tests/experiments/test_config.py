@@ -90,3 +90,68 @@ def test_logspace_shorthand():
     assert config.lrs == [0.01, 0.1, 1.0]
     with pytest.raises(ConfigError, match="logspace"):
         load_sweep(CONFIGS / "quick.yaml", {"lrs": {"logspace": [0, 1, 3]}})
+
+
+def test_optimizers_key_multiplies_the_grid_and_names_each_rule():
+    config = load_sweep(
+        CONFIGS / "quick.yaml",
+        {"optimizers": ["sgd", {"name": "adam", "weight_decay": 0.01},
+                        {"name": "sgd", "zero_grad": False}]},
+    )  # fmt: skip
+    grid = config.grid()
+    assert len(grid) == 3 * 12
+    labels = {point.optimizer.label for point in grid}
+    assert labels == {"sgd", "adam+wd(0.01)", "sgd, no zero_grad"}
+    adam = next(p for p in grid if p.optimizer.name == "adam")
+    assert adam.params()["optimizer"] == "adam+wd(0.01)"
+    assert adam.params()["optimizer.weight_decay"] == "0.01"
+    assert "--optimizer '{name: adam, weight_decay: 0.01}'" in adam.command()
+    assert "adam+wd(0.01)" in adam.name
+
+
+def test_keys_recorded_before_the_optimizer_key_are_unchanged():
+    """A run or sweep at the default (plain SGD) hashes as it did before the key existed, so
+    sweeps recorded then still resume."""
+    import hashlib
+    import json
+
+    def old_key(dumped):
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+
+    config = load_sweep(CONFIGS / "quick.yaml", {})
+    point = config.grid()[0]
+    assert point.key == old_key(point.model_dump(mode="json", exclude={"optimizer"}))
+    dumped = config.model_dump(mode="json", exclude={"engine", "address", "optimizers"})
+    assert config.key == old_key(dumped)
+    other = load_sweep(CONFIGS / "quick.yaml", {"optimizers": ["adam"]})
+    assert other.key != config.key and other.grid()[0].key != point.key
+
+
+def test_multiclass_datasets_are_chosen_by_classes_all_and_never_batched():
+    from experiments.config import lr_batches
+
+    config = load_sweep(CONFIGS / "quick.yaml",
+                        {"datasets": [{"name": "wine", "classes": "all"}, "wine"]})  # fmt: skip
+    multi, binary = config.datasets
+    assert multi.multiclass and not binary.multiclass and multi.label == "wine(classes=all)"
+    groups = lr_batches(config.grid())
+    sizes = {(g[0].dataset.label, g[0].impl): len(g) for g in groups}
+    assert sizes[("wine(classes=all)", "manual")] == 1  # one model per softmax run
+    assert sizes[("wine", "manual")] == 2  # the binary runs' two rates share a pass
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"optimizers": ["rmsprop"]}, "optimizers.0.name"),
+        ({"optimizers": [{"name": "momentum", "momentum": 0}]}, "needs momentum > 0"),
+        ({"optimizers": [{"name": "sgd", "weight_decay": -1}]}, "weight_decay"),
+        ({"optimizers": [{"name": "sgd", "lr": 1}]}, "optimizers.0.lr"),
+        ({"optimizers": ["sgd", "sgd"]}, "repeated entry"),
+        ({"datasets": [{"name": "iris", "classes": "three"}]}, "classes must be one of"),
+    ],
+)
+def test_bad_optimizers_and_classes_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_sweep(CONFIGS / "quick.yaml", override)
+    assert "\n" not in str(err.value)

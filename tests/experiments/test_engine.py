@@ -9,7 +9,7 @@ import torch
 import manual_models.logistic
 from analysis import TOLERANCES, trajectory_gap
 from experiments import datasets, engine, fit
-from manual_models import make_model
+from manual_models import Optimizer, make_model
 
 STEPS, LR = 1000, 0.1
 
@@ -202,3 +202,39 @@ def test_cuda_graphs_replay_the_same_steps(impl, breast_cancer_np):
         torch.testing.assert_close(graphs.metrics[name], values, rtol=1e-12, atol=1e-15,
                                    equal_nan=True, msg=name)  # fmt: skip
     torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
+@pytest.mark.parametrize(
+    ("n_classes", "rule"),
+    [(2, Optimizer("adam", weight_decay=0.01)), (2, Optimizer("nesterov")),
+     (3, Optimizer()), (3, Optimizer("momentum", zero_grad=False))],
+    ids=["adam+wd", "nesterov", "softmax", "softmax-momentum-no-zero_grad"],
+)  # fmt: skip
+def test_rules_and_softmax_replay_as_graphs_without_host_syncs(impl, n_classes, rule):
+    """Stateful rules (Adam's step count, momentum buffers) and softmax stay on the device:
+    no host sync in any step, and the captured steps replay the eager trajectory."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 6, generator=g, dtype=torch.float64).cuda()
+    y = torch.randint(0, n_classes, (200,), generator=g).cuda()
+    y = y if n_classes > 2 else y.double()
+    new = {"n_classes": n_classes, "device": "cuda", "dtype": torch.float64, "optimizer": rule}
+
+    def run(graphs):
+        model = make_model(impl, 6, 0.05, **new)
+        reference = None if impl == "autograd" else make_model("autograd", 6, 0.05, **new)
+        model.loss(X, y)
+        loop = engine._Loop(model, X, y, X, y, reference, 1, ())
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            packed = loop.run(40, graphs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return loop.unpack(packed.cpu())
+
+    eager, graphs = run(False), run(True)
+    torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(graphs.loss, eager.loss, rtol=1e-12, atol=1e-15)
