@@ -105,14 +105,18 @@ def check_X(X: object, n_features: int, device: torch.device, dtype: torch.dtype
     return X
 
 
-def check_y(y: object, n_samples: int, device: torch.device, dtype: torch.dtype, *, values: bool):
-    """Labels of shape (n_samples,) in {0, 1}, returned in the model's dtype."""
+def _check_label_tensor(y: object, n_samples: int, device: torch.device) -> None:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},) to match X, got {tuple(y.shape)}")
     if y.device != device:
         raise ValueError(f"y is on {y.device} but the model is on {device}")
+
+
+def check_y(y: object, n_samples: int, device: torch.device, dtype: torch.dtype, *, values: bool):
+    """Labels of shape (n_samples,) in {0, 1}, returned in the model's dtype."""
+    _check_label_tensor(y, n_samples, device)
     if y.is_complex():
         raise ValueError(f"y must hold real labels in {{0, 1}}, got dtype {y.dtype}")
     if values and y.device.type != "meta" and not bool(((y == 0) | (y == 1)).all()):
@@ -123,12 +127,7 @@ def check_y(y: object, n_samples: int, device: torch.device, dtype: torch.dtype,
 def check_labels(y: object, n_samples: int, device: torch.device, n_classes: int, *,
                  values: bool) -> torch.Tensor:  # fmt: skip
     """Class indices of shape (n_samples,) in {0, …, n_classes − 1}, returned as int64."""
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    if y.shape != (n_samples,):
-        raise ValueError(f"y must have shape ({n_samples},) to match X, got {tuple(y.shape)}")
-    if y.device != device:
-        raise ValueError(f"y is on {y.device} but the model is on {device}")
+    _check_label_tensor(y, n_samples, device)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise ValueError(f"y must hold class indices (an integer tensor), got dtype {y.dtype}")
     if values and y.device.type != "meta" and not bool(((y >= 0) & (y < n_classes)).all()):

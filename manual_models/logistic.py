@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from manual_models import _checks
-from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.optimizers import HandStepped, Optimizer
 
 # Rows of X above this many bytes are processed in blocks on the CPU (see _blocked_step).
 BLOCK_BYTES = 32 << 20  # measured best of 2, 8 and 32 MiB on a 2-core Xeon (300 MiB L3)
@@ -95,7 +95,7 @@ def blocked_step(X, y, w, b, block_rows):
     return total / m, {"dw": dw / m, "db": residual_sum / m}, z
 
 
-class LogisticRegression(_checks.CheckedModel):
+class LogisticRegression(HandStepped, _checks.CheckedModel):
     """The post's logistic regression, differentiated by hand.
 
     ``forward`` → ``backward`` → ``optimize`` is the manual version of autograd's
@@ -122,9 +122,7 @@ class LogisticRegression(_checks.CheckedModel):
         self.w, self.b = self._initial_parameters(seed)
         if self.batch_shape:
             self._lr_row = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)
-        self.rule = _checks.check_rule(optimizer)
-        self.optimizer = HandOptimizer(self.rule)
-        self.grads: dict[str, torch.Tensor] = {}
+        self._init_rule(optimizer)  # optimize() and the kept gradients: HandStepped
         self.last_logits: torch.Tensor | None = None
 
     # --- the post's three methods -------------------------------------------------------
@@ -147,26 +145,10 @@ class LogisticRegression(_checks.CheckedModel):
         return self._keep(bce_gradients(X, y_hat, y))
 
     def optimize(self) -> None:
-        """θ ← θ − lr·dθ for plain SGD (momentum, Nesterov, Adam: see ``optimizers``), in
-        place (the parameters keep their storage); column k of w moves by its own rate."""
-        if not self.grads:
-            raise RuntimeError("optimize() needs gradients: call backward() first")
-        if self.w.is_inference() and not torch.is_inference_mode_enabled():
-            # Made under inference_mode, updated outside it: move to ordinary tensors once.
-            self.w, self.b = self.w.clone(), self.b.clone()
-        lr = self._lr_row if self.batch_shape else self.lr
-        grads = [self.grads["dw"], self.grads["db"]]
-        self.optimizer.step([self.w, self.b], grads, lr, decays=(True, False))
-
-    def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.rule.zero_grad and self.grads:
-            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
-            # buffer it captured).
-            for name, g in grads.items():
-                self.grads[name].add_(g)
-            return self.grads
-        self.grads = grads
-        return grads
+        """w ← w − lr·dw, b ← b − lr·db, in place: plain SGD, the post's update (momentum,
+        Nesterov, Adam and weight decay are the same call with another ``optimizer`` rule;
+        they live in :mod:`manual_models.optimizers`)."""
+        super().optimize()
 
     # --- the interface shared with the autograd twins ---------------------------------
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:

@@ -144,3 +144,38 @@ class HandOptimizer:
                 theta.sub_(direction * lr)  # column k by its own rate
             else:
                 theta.sub_(direction, alpha=lr)
+
+
+class HandStepped:
+    """The update half of a hand-differentiated model (``w``, ``b``, ``grads``, ``lr``): the
+    post's ``optimize``, and gradients kept the way ``.grad`` keeps them."""
+
+    def _init_rule(self, optimizer: Optimizer | None) -> None:
+        from manual_models._checks import check_rule
+
+        self.rule = check_rule(optimizer)
+        self.optimizer = HandOptimizer(self.rule)
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def optimize(self) -> None:
+        """θ ← θ − lr·dθ for plain SGD (momentum, Nesterov, Adam: the rule's update), in place
+        (the parameters keep their storage); with K rates column k moves by its own rate."""
+        if not self.grads:
+            raise RuntimeError("optimize() needs gradients: call backward() first")
+        if self.w.is_inference() and not torch.is_inference_mode_enabled():
+            # Made under inference_mode, updated outside it: move to ordinary tensors once.
+            self.w, self.b = self.w.clone(), self.b.clone()
+        lr = self._lr_row if self.batch_shape else self.lr
+        grads = [self.grads["dw"], self.grads["db"]]
+        self.optimizer.step([self.w, self.b], grads, lr, decays=(True, False))
+
+    def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This step's gradients; added to the kept ones when the rule has no zero_grad."""
+        if not self.rule.zero_grad and self.grads:
+            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
+            # buffer it captured).
+            for name, g in grads.items():
+                self.grads[name].add_(g)
+            return self.grads
+        self.grads = grads
+        return grads

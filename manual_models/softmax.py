@@ -23,7 +23,7 @@ import torch
 
 from manual_models import _checks
 from manual_models.logistic import logits
-from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.optimizers import HandStepped, Optimizer
 
 
 def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def softmax_gradients(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict
     return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
 
 
-class SoftmaxRegression(_checks.CheckedModel):
+class SoftmaxRegression(HandStepped, _checks.CheckedModel):
     """Multinomial logistic regression, differentiated by hand, with the binary model's methods.
 
     ``W`` (also ``w``) is (n_features, n_classes) and ``b`` (n_classes,), drawn like
@@ -71,9 +71,7 @@ class SoftmaxRegression(_checks.CheckedModel):
     ) -> None:
         self._check_multiclass_args(n_features, n_classes, lr, device, dtype)
         self.w, self.b = self._initial_parameters(seed)
-        self.rule = _checks.check_rule(optimizer)
-        self.optimizer = HandOptimizer(self.rule)
-        self.grads: dict[str, torch.Tensor] = {}
+        self._init_rule(optimizer)  # optimize() and the kept gradients: HandStepped
         self.last_logits: torch.Tensor | None = None
 
     @property
@@ -96,25 +94,6 @@ class SoftmaxRegression(_checks.CheckedModel):
         if not isinstance(P, torch.Tensor) or P.shape != expected:
             raise ValueError(f"P must be a tensor of shape {expected}")
         return self._keep(softmax_gradients(X, P, y))
-
-    def optimize(self) -> None:
-        """θ ← θ − lr·dθ (or the rule's update), in place."""
-        if not self.grads:
-            raise RuntimeError("optimize() needs gradients: call backward() first")
-        if self.w.is_inference() and not torch.is_inference_mode_enabled():
-            self.w, self.b = self.w.clone(), self.b.clone()
-        grads = [self.grads["dw"], self.grads["db"]]
-        self.optimizer.step([self.w, self.b], grads, self.lr, decays=(True, False))
-
-    def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.rule.zero_grad and self.grads:
-            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
-            # buffer it captured).
-            for name, g in grads.items():
-                self.grads[name].add_(g)
-            return self.grads
-        self.grads = grads
-        return grads
 
     # --- the shared interface ---------------------------------------------------------------
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
