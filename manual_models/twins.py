@@ -192,11 +192,15 @@ class _TorchOptimModel(_checks.CheckedModel, nn.Module):
             )
 
     def _require_autograd(self) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} needs autograd, which torch.inference_mode() turns off; "
-                "the manual LogisticRegression runs there"
-            )
+        _require_autograd(self)
+
+
+def _require_autograd(model) -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{type(model).__name__} needs autograd, which torch.inference_mode() turns off; "
+            "the manual models (LogisticRegression, SoftmaxRegression) run there"
+        )
 
 
 class AutogradLogisticRegression(_TorchOptimModel):
@@ -363,7 +367,7 @@ class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
     def gradients(self, X, y, *, check: bool = True) -> dict[str, torch.Tensor]:
         X = self._X(X)
         y = self._y(y, X, check)
-        _TorchOptimModel._require_autograd(self)
+        _require_autograd(self)
         with torch.enable_grad():
             dweight, db = torch.autograd.grad(self.objective(X, y), (self.weight, self.bias))
         return {"dw": self._as_W(dweight), "db": db}
@@ -372,7 +376,7 @@ class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
         """zero_grad → forward → loss → backward → step (zero_grad skipped if the rule says)."""
         X = self._X(X)
         y = self._y(y, X, check)
-        _TorchOptimModel._require_autograd(self)
+        _require_autograd(self)
         with torch.enable_grad():
             if self.rule.zero_grad:
                 self.optimizer.zero_grad()
