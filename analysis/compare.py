@@ -100,10 +100,7 @@ def separable(X: np.ndarray, y: np.ndarray, n_classes: int = 2) -> bool:
     from scipy.optimize import linprog
 
     Xb = np.hstack([X, np.ones((len(X), 1))])
-    if n_classes == 2:
-        A = -(2.0 * y - 1.0)[:, None] * Xb
-        result = linprog(np.zeros(A.shape[1]), A_ub=A, b_ub=-np.ones(len(X)), bounds=(None, None))
-        return result.status == 0
+    y = np.asarray(y).astype(np.int64)  # with two classes: w = w₁ − w₀ is the binary w
     d = Xb.shape[1]
     i, c = np.nonzero(np.arange(n_classes)[None, :] != y[:, None])  # one row per (i, c ≠ yᵢ)
     r = np.arange(len(i))[:, None].repeat(d, 1)

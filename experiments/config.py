@@ -28,6 +28,7 @@ from pydantic import (
 from experiments.datasets import CLASSES, DATASETS
 from manual_models import IMPLEMENTATIONS, Optimizer
 from manual_models._checks import DEVICE_TYPES, device_available
+from manual_models.optimizers import Rule
 
 Impl = Literal["manual", "autograd", "function"]
 Device = Literal["cpu", "cuda", "mps"]
@@ -109,15 +110,13 @@ class OptimizerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum and nesterov: μ")
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
-        0.9,
-        0.999,
-    )
-    eps: PositiveFloat = 1e-8
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="L2 on weights")
-    zero_grad: bool = True
+    # The rule's own fields and defaults; their ranges are checked by the rule (``_valid``).
+    name: Rule = Optimizer.name
+    momentum: float = Field(Optimizer.momentum, description="momentum and nesterov: μ")
+    betas: tuple[float, float] = Optimizer.betas
+    eps: float = Optimizer.eps
+    weight_decay: float = Field(Optimizer.weight_decay, description="λ: L2 on the weights")
+    zero_grad: bool = Optimizer.zero_grad
 
     @model_validator(mode="before")
     @classmethod
@@ -126,7 +125,7 @@ class OptimizerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> OptimizerConfig:
-        self.rule()  # the rule's own checks (momentum > 0 for momentum and nesterov)
+        self.rule()  # the rule's checks: ranges, finiteness, momentum > 0 where it is used
         return self
 
     def rule(self) -> Optimizer:

@@ -100,13 +100,9 @@ class History:
         ]
 
 
-def accuracy(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples on the right side of the boundary: σ(z) > ½ ⇔ z > 0."""
-    return accuracy_from_logits(logits(X, w, b), y)
-
-
 def accuracy_from_logits(z: torch.Tensor, y: torch.Tensor, multiclass: bool = False):
-    """Binary: z > 0 ⇔ class 1 (one column per rate); multiclass: the largest logit's class."""
+    """The fraction classified right. Binary: σ(z) > ½ ⇔ z > 0 ⇔ class 1 (one column per
+    rate); multiclass: the largest logit's class."""
     if multiclass:
         return (z.argmax(1) == y).to(z.dtype).mean()
     return ((z > 0) == (column(y, z) > 0.5)).to(z.dtype).mean(0)
@@ -321,9 +317,9 @@ def _summand_size(X, y, w, b, multiclass: bool = False) -> torch.Tensor:
     z = logits(X, w, b)
     if multiclass:
         residual = (torch.softmax(z, dim=1) - one_hot(y, z)).abs()
-        return _flat({"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}, True)
-    residual = (torch.sigmoid(z) - column(y, z)).abs()
-    return torch.cat([X.abs().T @ residual / X.shape[0], residual.mean(0).unsqueeze(0)])
+    else:
+        residual = (torch.sigmoid(z) - column(y, z)).abs()
+    return _flat({"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}, multiclass)
 
 
 def _flat(grads: dict[str, torch.Tensor], multiclass: bool = False) -> torch.Tensor:

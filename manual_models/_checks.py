@@ -43,17 +43,6 @@ def check_lrs(lr: object) -> tuple[float | tuple[float, ...], tuple[float, ...]]
     return single, (single,)
 
 
-def check_rule(optimizer: object):
-    """The update rule: ``None`` is plain SGD."""
-    from manual_models.optimizers import SGD, Optimizer
-
-    if optimizer is None:
-        return SGD
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a manual_models.Optimizer, got {optimizer!r}")
-    return optimizer
-
-
 def check_dtype(dtype: object) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-RULES = ("sgd", "momentum", "nesterov", "adam")
+Rule = Literal["sgd", "momentum", "nesterov", "adam"]
+RULES: tuple[str, ...] = get_args(Rule)
 
 
 @dataclass(frozen=True)
 class Optimizer:
     """Which update rule and its hyperparameters; the learning rate is the model's ``lr``."""
 
-    name: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
+    name: Rule = "sgd"
     momentum: float = 0.9  # momentum and nesterov
     betas: tuple[float, float] = (0.9, 0.999)  # adam
     eps: float = 1e-8  # adam
@@ -48,8 +49,8 @@ class Optimizer:
         if self.name not in RULES:
             raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(RULES)}")
         checks = {
-            "momentum": 0 <= self.momentum < 1 or (self.name not in ("momentum", "nesterov")),
-            "betas": all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2,
+            "momentum": 0 <= self.momentum < 1,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "eps": self.eps > 0,
             "weight_decay": self.weight_decay >= 0,
         }
@@ -98,6 +99,15 @@ def _numbers(value) -> tuple[float, ...]:
 
 
 SGD = Optimizer()
+
+
+def check_rule(optimizer: object) -> Optimizer:
+    """A model's update rule: ``None`` is plain SGD."""
+    if optimizer is None:
+        return SGD
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a manual_models.Optimizer, got {optimizer!r}")
+    return optimizer
 
 
 class HandOptimizer:
@@ -151,8 +161,6 @@ class HandStepped:
     post's ``optimize``, and gradients kept the way ``.grad`` keeps them."""
 
     def _init_rule(self, optimizer: Optimizer | None) -> None:
-        from manual_models._checks import check_rule
-
         self.rule = check_rule(optimizer)
         self.optimizer = HandOptimizer(self.rule)
         self.grads: dict[str, torch.Tensor] = {}

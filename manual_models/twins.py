@@ -16,7 +16,7 @@ from torch import nn
 
 from manual_models import _checks
 from manual_models.logistic import bce_from_logits, bce_gradients, column, logits
-from manual_models.optimizers import Optimizer
+from manual_models.optimizers import Optimizer, check_rule
 from manual_models.softmax import cross_entropy_from_logits, one_hot, softmax_gradients
 
 
@@ -82,7 +82,7 @@ class _TorchOptimModel(_checks.CheckedModel, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         self._check_args(n_features, lr, device, dtype)
-        self.rule = _checks.check_rule(optimizer)
+        self.rule = check_rule(optimizer)
         self.grads: dict[str, torch.Tensor] = {}
         self.last_logits: torch.Tensor | None = None
         w, b = _checks.init_parameters(self.n_features, seed, self.device, self.dtype)
@@ -329,7 +329,7 @@ class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         self._check_multiclass_args(n_features, n_classes, lr, device, dtype)
-        self.rule = _checks.check_rule(optimizer)
+        self.rule = check_rule(optimizer)
         self.grads: dict[str, torch.Tensor] = {}
         self.last_logits: torch.Tensor | None = None
         W, b = self._initial_parameters(seed)
