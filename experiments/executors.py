@@ -35,6 +35,9 @@ class Engine:
     # Whether workers must check that the driver has not ended a run before they finish it:
     # true where the engine cannot stop a task that is already running.
     guard = False
+    # Whether a lost worker breaks the executor for everyone (then it is renewed once the work
+    # in flight has failed).
+    breaks = False
 
     def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
         raise NotImplementedError
@@ -68,6 +71,7 @@ class LocalEngine(Engine):
     """``workers`` spawned processes on this machine (one torch thread each)."""
 
     name = "local"
+    breaks = True  # ProcessPoolExecutor: one dead process fails the pool
 
     def __init__(self, workers: int) -> None:
         self.workers = workers

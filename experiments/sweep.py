@@ -219,6 +219,8 @@ def run_grid(
         return run_ids
 
     def failed(run_id: str, reason: str) -> None:
+        if tracker.status(run_id) != "RUNNING":  # ended before its group failed: it stands
+            return
         tracker.log(run_id, tags={"failure": "error", "failure_reason": reason[:500]})
         tracker.finish(run_id, "FAILED")
 
@@ -315,27 +317,41 @@ def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, in
 
     The driver creates the runs before handing a group out, so a group whose worker raises, or
     whose process dies, is marked FAILED here and the sweep goes on (a resume runs it again).
+    An engine that a dead worker breaks (the local pool: every future still pending fails, and
+    so does a submit) takes no new group until those futures are in; then it is renewed, and a
+    group it refused goes to the new one under the runs already created for it.
     """
     from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, futures, train_seconds = list(groups), {}, 0.0
+    held: list[tuple[list[RunConfig], list[str]]] = []  # runs created, not taken by the engine
+    lost = False  # the engine broke: submit nothing until the work in flight has drained
     try:
-        while pending or futures:
-            while pending and len(futures) < engine.capacity():
-                group = pending.pop(0)
-                run_ids = start_runs(group)
+        while pending or held or futures:
+            while (held or pending) and not lost and len(futures) < engine.capacity():
+                if held:
+                    group, run_ids = held.pop(0)
+                else:
+                    group = pending.pop(0)
+                    run_ids = start_runs(group)
                 args = (tracker.uri, run_ids, group, inputs, engine.guard)
-                future = engine.submit(_work, *args, gpu=group[0].device == "cuda")
+                try:
+                    future = engine.submit(_work, *args, gpu=group[0].device == "cuda")
+                except Exception as err:  # the engine broke after the last wait returned
+                    if not engine.lost_worker(err):
+                        raise
+                    held.insert(0, (group, run_ids))  # its runs wait for the renewed engine
+                    lost = True
+                    break
                 futures[future] = run_ids
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
-            lost = False
+            done = wait(futures, return_when=FIRST_COMPLETED).done if futures else set()
             for future in done:
                 run_ids = futures.pop(future)
                 try:
                     train_seconds += future.result()
                 except Exception as err:
                     died = engine.lost_worker(err)
-                    lost = lost or died
+                    lost = lost or (died and engine.breaks)
                     reason = "its worker process died" if died else _first_line(err)
                     for run_id in run_ids:
                         failed(run_id, reason)
@@ -345,6 +361,7 @@ def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, in
                     shown.update(len(run_ids))
             if lost and not futures:
                 engine.renew()
+                lost = False
     except BaseException:
         engine.stop()  # before the driver marks the runs in flight KILLED
         raise

@@ -11,7 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -20,6 +24,8 @@ from mlflow import MlflowClient
 
 from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
+from experiments.executors import Engine
+from experiments.sweep import _on_engine
 
 QUICK = CONFIGS / "quick.yaml"
 # 6 runs of ~0.5 s: slow enough to stop in the middle, quick enough for `make test`.
@@ -280,3 +286,54 @@ def test_an_interrupt_waits_for_the_tracking_call_and_a_second_one_forces(tmp_pa
         os.kill(os.getpid(), signal.SIGINT)  # ...and the second goes through at once
         time.sleep(1)
         pytest.fail("the second interrupt was held too")
+
+
+class BreakingPool(Engine):
+    """A local pool in miniature: the second group's worker dies while the first group's
+    result is already in, so the driver's next submit meets a broken pool (the race CI hit)."""
+
+    breaks = True
+
+    def __init__(self):
+        self.submitted, self.renewed, self.broken = [], 0, False
+
+    def submit(self, fn, *args, gpu=False):
+        if self.broken:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        future = Future()
+        self.submitted.append(args[1])  # the run ids
+        if len(self.submitted) == 2:  # this worker dies; its future fails a moment later
+            self.broken = True
+            threading.Timer(0.2, future.set_exception, [BrokenProcessPool("died")]).start()
+        else:
+            future.set_result(1.0)
+        return future
+
+    def capacity(self):
+        return 2
+
+    def lost_worker(self, err):
+        return isinstance(err, BrokenProcessPool)
+
+    def renew(self):
+        self.renewed += 1
+        self.broken = False
+
+
+def test_a_group_refused_by_a_broken_pool_goes_to_the_renewed_one_under_its_runs():
+    engine, created, outcome = BreakingPool(), [], {}
+
+    def start_runs(group):
+        ids = [f"run{len(created) + i}" for i in range(len(group))]
+        created.extend(ids)
+        return ids
+
+    groups = [[SimpleNamespace(device="cpu")] for _ in range(4)]
+    seconds = _on_engine(engine, SimpleNamespace(uri="sqlite://"), groups, start_runs,
+                         lambda run_id, reason: outcome.update({run_id: reason}), {}, None,
+                         False)  # fmt: skip
+    assert created == ["run0", "run1", "run2", "run3"]  # one run per grid point, never two
+    assert engine.submitted == [["run0"], ["run1"], ["run2"], ["run3"]]  # run2 was refused once
+    assert outcome == {"run1": "its worker process died"}
+    assert engine.renewed == 1
+    assert seconds == 3.0
