@@ -324,13 +324,13 @@ def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, in
     from concurrent.futures import FIRST_COMPLETED, wait
 
     pending, futures, train_seconds = list(groups), {}, 0.0
-    held: list[tuple[list[RunConfig], list[str]]] = []  # runs created, not taken by the engine
+    refused = None  # (group, run ids): runs created that the broken engine would not take
     lost = False  # the engine broke: submit nothing until the work in flight has drained
     try:
-        while pending or held or futures:
-            while (held or pending) and not lost and len(futures) < engine.capacity():
-                if held:
-                    group, run_ids = held.pop(0)
+        while pending or refused or futures:
+            while (refused or pending) and not lost and len(futures) < engine.capacity():
+                if refused:
+                    (group, run_ids), refused = refused, None
                 else:
                     group = pending.pop(0)
                     run_ids = start_runs(group)
@@ -340,7 +340,7 @@ def _on_engine(engine, tracker, groups, start_runs, failed, in_flight, shown, in
                 except Exception as err:  # the engine broke after the last wait returned
                     if not engine.lost_worker(err):
                         raise
-                    held.insert(0, (group, run_ids))  # its runs wait for the renewed engine
+                    refused = group, run_ids  # its runs wait for the renewed engine
                     lost = True
                     break
                 futures[future] = run_ids

@@ -154,6 +154,17 @@ def test_gradient_checks_near_an_optimum(monkeypatch):
     assert checked_run()["check/grad_err_vs_terms"].max() > 1e-4
 
 
+def run_without_host_syncs(loop, steps, graphs):
+    """``loop.run`` with any device-to-host synchronisation an error; the history, unpacked."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        packed = loop.run(steps, graphs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return loop.unpack(packed.cpu())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
@@ -171,13 +182,7 @@ def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_canc
     model.loss(X, y)  # the one label check, outside the loop (as fit() does)
     batch = model.batch_shape
     loop = engine._Loop(model, X, y, X, y, reference, 2, batch)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        packed = loop.run(50, graphs)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    history = loop.unpack(packed.cpu())
+    history = run_without_host_syncs(loop, 50, graphs)
     assert torch.isfinite(history.loss).all() and (history.loss[-1] < history.loss[0]).all()
     if reference is not None:  # checked rows (even, and the last) and only those
         checked = ~torch.isnan(history.metrics["check/grad_rel_err"])
@@ -227,13 +232,7 @@ def test_rules_and_softmax_replay_as_graphs_without_host_syncs(impl, n_classes, 
         reference = None if impl == "autograd" else make_model("autograd", 6, 0.05, **new)
         model.loss(X, y)
         loop = engine._Loop(model, X, y, X, y, reference, 1, ())
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            packed = loop.run(40, graphs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return loop.unpack(packed.cpu())
+        return run_without_host_syncs(loop, 40, graphs)
 
     eager, graphs = run(False), run(True)
     torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)
