@@ -72,9 +72,10 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
     if n_classes == 2:
         y = y.double()
     model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)
-    n_w = X.shape[1] * (n_classes if n_classes > 2 else 1)
-    w = history.w[:, :n_w].double()  # the weights (W row by row for softmax)
+    rows = history.steps + 1
+    w = history.w.reshape(rows, -1).double()  # the weights (W row by row for softmax)
     b = history.b.double()
+    n_w = w.shape[1]
     fresh = []
     for t in range(history.steps):  # g_s at every logged θ_s a step was taken from
         model.set_parameters(w[t], b[t])
@@ -82,7 +83,7 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
         fresh.append(torch.cat([g["dw"].flatten(), g["db"].reshape(-1)]))
     g = torch.stack(fresh)
     G = torch.cumsum(g, dim=0)  # G_t = g_0 + … + g_t
-    logged = torch.cat([history.dw[:, :n_w].double(), history.db.double().reshape(len(w), -1)], 1)
+    logged = torch.cat([history.dw.reshape(rows, -1), history.db.reshape(rows, -1)], 1).double()
     # The accumulated gradient the run logged at rows 0..T−1, against Σ g_s.
     summed = torch.cumsum(g.norm(dim=1), 0)  # Σ‖g_s‖: the size of what was added up
     err_G = ((logged[:-1] - G).norm(dim=1) / summed).max().item()

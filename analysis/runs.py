@@ -80,11 +80,16 @@ class Sweep:
         frame, trajectory = self.history(run_id), self.trajectory(run_id)
         rows = frame.set_index("step").loc[trajectory["step"]]
         metrics = {c: torch.tensor(rows[c].to_numpy()) for c in rows.columns}
-        w = trajectory.filter(regex=r"^w_\d+$").to_numpy()
-        dw = trajectory.filter(regex=r"^dw_\d+$").to_numpy()
-        classes = self.runs.set_index("run_id")["n_classes"].get(run_id, 2)
-        n_classes = int(classes) if classes > 2 else None
-        return History(metrics, torch.tensor(w), torch.tensor(dw), n_classes=n_classes)
+        w = torch.tensor(trajectory.filter(regex=r"^w_\d+$").to_numpy())
+        dw = torch.tensor(trajectory.filter(regex=r"^dw_\d+$").to_numpy())
+        run = self.runs.set_index("run_id").loc[run_id]
+        classes = int(run["n_classes"])
+        if classes == 2:  # w in the trajectory, b as the param/b series
+            return History(metrics, w, metrics["param/b"], dw, metrics["grad/b"])
+        shape = (len(w), int(run["n_features"]), classes)  # W row by row, then b
+        W, b = w[:, :-classes].reshape(shape), w[:, -classes:]
+        dW, db = dw[:, :-classes].reshape(shape), dw[:, -classes:]
+        return History(metrics, W, b, dW, db)
 
 
 def load_sweep(

@@ -28,6 +28,7 @@ import torch
 
 from experiments.config import RunConfig, build
 from experiments.engine import fit
+from experiments.lr_batch import LrBatch
 from manual_models import logistic, make_model
 
 SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
@@ -168,7 +169,7 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
             for k in ks:
                 times = timer.interleaved({
                     "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
-                    "K": stepper(make_model(impl, n, rates(k), device=device), X, y),
+                    "K": stepper(LrBatch(impl, n, rates(k), device=device), X, y),
                 })  # fmt: skip
                 rows.append(batch_row("step", impl, m, n, k, times["one"], times["K"]))
     m, n = sizes[0]
@@ -176,14 +177,17 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
     X_val, y_val = problem(max(m // 4, 1), n, device, seed=1)
     whole_runs = Timer(device, 3, min_s=0)
 
-    def run(impl, lr):
-        model = make_model(impl, n, lr, device=device)
-        reference = make_model("autograd", n, lr, device=device)
+    def run(model, reference):
         return lambda: fit(model, X, y, run_steps, X_val=X_val, y_val=y_val, reference=reference)
 
     for impl in ("manual", "function"):
         for k in ks:
-            times = whole_runs.interleaved({"one": run(impl, 1e-3), "K": run(impl, rates(k))})
+            one = run(make_model(impl, n, 1e-3, device=device),
+                      make_model("autograd", n, 1e-3, device=device))  # fmt: skip
+            lrs = rates(k)
+            batch = run(LrBatch(impl, n, lrs, device=device),
+                        LrBatch("autograd", n, lrs, device=device))  # fmt: skip
+            times = whole_runs.interleaved({"one": one, "K": batch})
             what = f"run ({run_steps} steps, checked)"
             rows.append(batch_row(what, impl, m, n, k, times["one"], times["K"]))
     return rows

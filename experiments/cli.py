@@ -158,7 +158,7 @@ def ui(tracking_uri, host, port) -> None:
 def bench(quick, device, out, tracking_uri) -> None:
     """Step time against the memory floor, K learning rates against K runs, and tracking
     against MLflow's floor: medians and ratios, side by side (experiments/bench.py)."""
-    from manual_models._checks import resolve_device
+    from manual_models.validation import resolve_device
 
     try:
         resolve_device(device)

@@ -27,16 +27,14 @@ from pydantic import (
 
 from experiments.datasets import CLASSES, DATASETS
 from manual_models import IMPLEMENTATIONS, Optimizer
-from manual_models._checks import DEVICE_TYPES, device_available
 from manual_models.optimizers import Rule
+from manual_models.validation import DEVICE_TYPES, device_available
 
 Impl = Literal["manual", "autograd", "function"]
 Device = Literal["cpu", "cuda", "mps"]
 Dtype = Literal["float32", "float64"]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 assert set(Impl.__args__) == set(IMPLEMENTATIONS)  # the registry and the config agree
-# Batched in sweeps; autograd, the reference, stays the textbook one-model-per-run loop.
-BATCHED_IMPLS = ("manual", "function")
 
 
 class ConfigError(ValueError):
@@ -269,23 +267,6 @@ class SweepConfig(_Common):
             for i in self.impls
             for lr in self.lrs
         ]
-
-
-def lr_batches(points: list[RunConfig], batch: bool = True) -> list[list[RunConfig]]:
-    """The points in groups that can share one pass: same everything but ``lr``, for an
-    implementation that trains several rates at once (binary models). Order is kept; others
-    stay alone."""
-    groups: list[list[RunConfig]] = []
-    where: dict[str, int] = {}
-    for point in points:
-        if batch and point.impl in BATCHED_IMPLS and not point.dataset.multiclass:
-            key = point.model_copy(update={"lr": 1.0}).key
-            if key in where:
-                groups[where[key]].append(point)
-                continue
-            where[key] = len(groups)
-        groups.append([point])
-    return groups
 
 
 class RunConfig(_Common):

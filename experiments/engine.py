@@ -1,11 +1,17 @@
-"""The training loop: one loop for every implementation, plain PyTorch, no tracking.
+"""The training loop: one loop for every model, plain PyTorch, no tracking.
 
-It drives any :class:`manual_models.GradientDescentModel` and returns what happened as a
-:class:`History`; writing it anywhere (MLflow, files) is the tracking layer's job.
+It drives any :class:`manual_models.GradientDescentModel` through the model's own methods, and
+never asks which model it holds. What happened comes back as a :class:`History`; writing it
+anywhere (MLflow, files) is the tracking layer's job.
 
 The history is preallocated on the model's device and filled by tensor copies, never with
 ``.item()``, so on a GPU the loop queues work without waiting for the host; it crosses to the
 CPU once, at the end.
+
+A model may train several runs side by side (``experiments.lr_batch``): then its loss, and
+every value it returns, has a trailing axis with one entry per run, and so does the history
+(:meth:`History.runs` takes it apart). The loop reads that axis off the loss and needs nothing
+else to know about it.
 """
 
 from __future__ import annotations
@@ -13,14 +19,15 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from manual_models import GradientDescentModel
-from manual_models.logistic import column, logits
-from manual_models.softmax import one_hot
+from manual_models.validation import check_count
 
-# Per-step scalars, named as the tracking UI groups them (prefix/name).
+# Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
+# per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
 METRICS = (
     "train/loss",
     "val/loss",
@@ -35,8 +42,6 @@ METRICS = (
     "check/grad_rel_err",
     "check/grad_err_vs_terms",
 )
-# A binary model's bias is one number, logged as it is; a softmax model's (C,) by its norm.
-BINARY_ONLY, MULTICLASS_ONLY = ("grad/b", "param/b"), ("grad/b_norm", "param/b_norm")
 
 
 @dataclass(frozen=True)
@@ -44,21 +49,18 @@ class History:
     """What happened at every step of full-batch gradient descent, on the CPU.
 
     Row t (0 ≤ t ≤ steps) describes the parameters θ_t: the loss and accuracies there, the
-    gradient g_t there, and θ_t itself. For t < steps, θ_{t+1} = θ_t − lr·g_t; the last row
-    is the final state, where no step was taken. ``metrics`` maps the names in :data:`METRICS`
-    to (steps + 1,) tensors; ``check/grad_rel_err`` is NaN on rows that were not checked, and
-    ``val/*`` and ``check/*`` are present only when asked for. A model with K learning rates
-    gives one History with a trailing K axis everywhere; :meth:`split` makes K of them.
-
-    A softmax model (``n_classes`` C) keeps every parameter in ``w``: W (n, C) row by row,
-    then b (C,); ``dw`` likewise, and its metrics have ``*/b_norm`` instead of ``*/b``.
+    gradient g_t there, and θ_t itself. For t < steps, θ_{t+1} = θ_t − lr·g_t (plain SGD); the
+    last row is the final state, where no step was taken. ``metrics`` maps names in
+    :data:`METRICS` to (steps + 1,) tensors; ``check/*`` is NaN on rows that were not checked;
+    ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``, ``dw`` and ``db``
+    hold the parameters and gradients in the model's shapes, one row per step.
     """
 
     metrics: dict[str, torch.Tensor]
-    w: torch.Tensor  # (steps + 1, n_features), or (steps + 1, (n_features + 1)·C)
-    dw: torch.Tensor  # (steps + 1, n_features), or (steps + 1, (n_features + 1)·C)
-    diverged_at: int | None = None  # first row whose loss or parameters are not finite
-    n_classes: int | None = None  # None: the binary model
+    w: torch.Tensor  # (steps + 1, n_features), or (steps + 1, n_features, C)
+    b: torch.Tensor  # (steps + 1,), or (steps + 1, C)
+    dw: torch.Tensor
+    db: torch.Tensor
 
     @property
     def steps(self) -> int:
@@ -68,44 +70,38 @@ class History:
     def loss(self) -> torch.Tensor:
         return self.metrics["train/loss"]
 
-    @property
-    def b(self) -> torch.Tensor:
-        """(rows,), or (rows, C) for a softmax model."""
-        if self.n_classes is not None:
-            return self.w[:, -self.n_classes :]
-        return self.metrics["param/b"]
+    @cached_property
+    def diverged_at(self) -> int | None:
+        """The first row whose loss or parameters are not finite, or None (one run)."""
+        rows = self.w.shape[0]
+        finite = (
+            torch.isfinite(self.loss)
+            & torch.isfinite(self.w.reshape(rows, -1)).all(1)
+            & torch.isfinite(self.b.reshape(rows, -1)).all(1)
+        )
+        return None if bool(finite.all()) else int((~finite).nonzero()[0])
 
-    @property
-    def db(self) -> torch.Tensor:
-        if self.n_classes is not None:
-            return self.dw[:, -self.n_classes :]
-        return self.metrics["grad/b"]
+    def cut(self) -> History:
+        """The rows up to and including the first that is not finite: what a run that
+        diverged did (checked once, on the host, after the loop)."""
+        if self.diverged_at is None:
+            return self
+        return self._rows(slice(0, self.diverged_at + 1))
 
-    def split(self) -> list[History]:
-        """One History per learning rate of a batched run, each cut at its own divergence
-        (views into this one: nothing is copied)."""
-        if self.w.ndim != 3:
-            raise ValueError("split() is for the history of a model with several rates")
-        rows, k = self.w.shape[0], self.w.shape[2]
-        bad = ~_finite_rows(self)  # (rows, K), found for all columns at once
-        first = torch.where(bad.any(0), bad.to(torch.int8).argmax(0), rows).tolist()
-        return [
-            History(
-                {name: v[: first[j] + 1, j] for name, v in self.metrics.items()},
-                self.w[: first[j] + 1, :, j],
-                self.dw[: first[j] + 1, :, j],
-                diverged_at=first[j] if first[j] < rows else None,
-            )
-            for j in range(k)
-        ]
+    def runs(self) -> list[History]:
+        """The runs this pass trained, each cut where it diverged: this one, or one per entry
+        of the trailing axis of models trained side by side (views: nothing is copied)."""
+        if self.loss.ndim == 1:
+            return [self.cut()]
+        return [self._column(k).cut() for k in range(self.loss.shape[1])]
 
+    def _rows(self, rows: slice) -> History:
+        metrics = {name: v[rows] for name, v in self.metrics.items()}
+        return History(metrics, self.w[rows], self.b[rows], self.dw[rows], self.db[rows])
 
-def accuracy_from_logits(z: torch.Tensor, y: torch.Tensor, multiclass: bool = False):
-    """The fraction classified right. Binary: σ(z) > ½ ⇔ z > 0 ⇔ class 1 (one column per
-    rate); multiclass: the largest logit's class."""
-    if multiclass:
-        return (z.argmax(1) == y).to(z.dtype).mean()
-    return ((z > 0) == (column(y, z) > 0.5)).to(z.dtype).mean(0)
+    def _column(self, k: int) -> History:
+        metrics = {name: v[:, k] for name, v in self.metrics.items()}
+        return History(metrics, self.w[..., k], self.b[..., k], self.dw[..., k], self.db[..., k])
 
 
 def fit(
@@ -119,16 +115,13 @@ def fit(
     reference: GradientDescentModel | None = None,
     check_every: int = 1,
     cuda_graphs: bool | None = None,
-) -> History | list[History]:
-    """Run ``steps`` full-batch gradient-descent steps of ``model`` on ``(X, y)``.
-
-    Returns a :class:`History`, or for a model holding K learning rates (``lr`` given as a
-    list) a list of K, one per rate, each exactly what a run at that rate alone records
-    (up to rounding: the products are batched).
+) -> History:
+    """Run ``steps`` full-batch gradient-descent steps of ``model`` on ``(X, y)``; return
+    every row (:meth:`History.runs` gives each run cut where it diverged).
 
     With ``X_val, y_val`` it also records validation loss and accuracy. With a ``reference``
-    (the autograd model, with the same rates), every ``check_every``-th row and the last one
-    compare the gradient g = (dw, db) with the reference's g_ref, taken at the same parameters:
+    (the autograd model, with the model's shapes), every ``check_every``-th row and the last
+    one compare the gradient g = (dw, db) with the reference's g_ref at the same parameters:
 
     - ``check/grad_rel_err`` = ‖g − g_ref‖ / ‖g_ref‖. Near an optimum ‖g_ref‖ → 0 while the
       rounding in Xᵀ(ŷ − y) does not, so this ratio grows (to O(1) in float32 at ‖g‖ ~ 1e-8)
@@ -141,156 +134,146 @@ def fit(
     three ordinary ones and replays it: one launch a step instead of dozens, which is most of
     a step's time on small data. Nothing in a step waits for the host either way.
     """
-    _check_count("steps", steps)
-    _check_count("check_every", check_every)
+    check_count("steps", steps)
+    check_count("check_every", check_every)
     if (X_val is None) != (y_val is None):
         raise ValueError("give both X_val and y_val, or neither")
-    batch = tuple(getattr(model, "batch_shape", ()))
-    if reference is not None and tuple(getattr(reference, "batch_shape", ())) != batch:
-        raise ValueError("the reference must hold as many learning rates as the model")
+    if reference is not None and reference.w.shape != model.w.shape:
+        raise ValueError("the reference must hold as many learning rates (and classes) as the "
+                         "model: the same parameter shapes")  # fmt: skip
     # Check inputs and labels once, here: checking labels every step would sync a GPU each time.
-    model.loss(X, y)
+    runs = model.loss(X, y).shape  # one loss per run the model trains
     if X_val is not None:
         model.loss(X_val, y_val)
-    if cuda_graphs is None:
-        cuda_graphs = model.device.type == "cuda"
-    loop = _Loop(model, X, y, X_val, y_val, reference, check_every, batch)
-    packed = loop.run(steps, cuda_graphs and model.device.type == "cuda").cpu()
-    history = loop.unpack(packed)
-    return history.split() if batch else _cut_at_divergence(history)
-
-
-def _finite_rows(history: History) -> torch.Tensor:
-    """Rows whose loss, b and every w are finite: (rows,), or (rows, K) for K rates."""
-    m = history.metrics
-    finite = torch.isfinite(m["train/loss"]) & torch.isfinite(history.w).all(dim=1)
-    return finite & torch.isfinite(m["param/b"]) if "param/b" in m else finite
-
-
-def _cut_at_divergence(history: History) -> History:
-    """Checked once, on the host, after the loop: if the loss or the parameters stopped being
-    finite, keep the rows up to and including the first such row, and say where it was."""
-    finite = _finite_rows(history)
-    if bool(finite.all()):
-        return history
-    first = int((~finite).nonzero()[0])
-    keep = slice(0, first + 1)
-    cut = {name: values[keep] for name, values in history.metrics.items()}
-    return History(cut, history.w[keep], history.dw[keep], first, history.n_classes)
+    graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
+    loop = _Loop(model, X, y, X_val, y_val, reference, check_every, runs)
+    return loop.unpack(loop.run(steps, graphs).cpu())
 
 
 class _Loop:
     """The steps themselves: device work only, no host synchronisation.
 
-    Each row is computed as one packed vector (the metrics, then w, then dw), so recording it
-    is a single copy into a preallocated (steps + 1, width, *K) buffer, and one step, row
-    included, can be captured and replayed as a CUDA graph.
+    Each row is computed as one packed vector (the metrics, then w, b, dw and db, flat), so
+    recording it is a single copy into a preallocated (steps + 1, width, *runs) buffer, and
+    one step, row included, can be captured and replayed as a CUDA graph.
     """
 
     WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
 
-    def __init__(self, model, X, y, X_val, y_val, reference, check_every, batch):
+    def __init__(self, model, X, y, X_val, y_val, reference, check_every, runs):
         self.model, self.X, self.y, self.X_val, self.y_val = model, X, y, X_val, y_val
-        self.reference, self.check_every, self.batch = reference, check_every, batch
-        self.n_classes = getattr(model, "n_classes", None)
-        self.multiclass = self.n_classes is not None
-        skip = BINARY_ONLY if self.multiclass else MULTICLASS_ONLY
+        self.reference, self.check_every, self.runs = reference, check_every, runs
+        bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
         self.names = [
             name
             for name in METRICS
             if (X_val is not None or not name.startswith("val/"))
             and (reference is not None or not name.startswith("check/"))
-            and name not in skip
+            and (not name.endswith(("/b", "/b_norm")) or name.endswith(f"/{bias}"))
         ]
-        # Values per row for w (and for dw): w (n,), or W and b of a softmax model, flat.
-        self.n = model.n_features * (self.n_classes or 1) + (self.n_classes or 0)
+        shapes = [model.w.shape, model.b.shape] * 2  # w, b, dw, db
+        self.shapes, self.sizes = shapes, [math.prod(s) // math.prod(runs) for s in shapes]
+        self.nan = torch.full(runs, math.nan, device=model.device, dtype=model.dtype)
 
     def checked(self, t: int, steps: int) -> bool:
         return self.reference is not None and (t % self.check_every == 0 or t == steps)
 
     def run(self, steps: int, graphs: bool) -> torch.Tensor:
         model = self.model
-        width = len(self.names) + 2 * self.n
-        buffer = torch.empty(steps + 1, width, *self.batch, device=model.device, dtype=model.dtype)
-        first_eager = 0
+        width = len(self.names) + sum(self.sizes)
+        buffer = torch.empty(steps + 1, width, *self.runs, device=model.device, dtype=model.dtype)
+        eager = range(steps + 1)
         if graphs and steps > self.WARMUP:
-            side = torch.cuda.Stream(model.device)
-            side.wait_stream(torch.cuda.current_stream(model.device))
-            with torch.cuda.stream(side):
-                for t in range(self.WARMUP):
-                    buffer[t] = self.row(step=True, checked=self.checked(t, steps))
-            torch.cuda.current_stream(model.device).wait_stream(side)
-            captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-            for t in range(self.WARMUP, steps):
-                checked = self.checked(t, steps)
-                if checked not in captured:
-                    graph = torch.cuda.CUDAGraph()
-                    with _sync_allowed(), torch.cuda.graph(graph):
-                        out = self.row(step=True, checked=checked)
-                    captured[checked] = graph, out
-                graph, out = captured[checked]
-                graph.replay()
-                buffer[t].copy_(out)
-            first_eager = steps
-        for t in range(first_eager, steps + 1):
+            self.replay(buffer, steps)
+            eager = range(steps, steps + 1)
+        for t in eager:
             buffer[t] = self.row(step=t < steps, checked=self.checked(t, steps))
         return buffer
+
+    def replay(self, buffer: torch.Tensor, steps: int) -> None:
+        """Rows 0 … steps − 1 on CUDA: three warm-up steps on a side stream, then one captured
+        graph per kind of row (checked or not), replayed."""
+        device = self.model.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for t in range(self.WARMUP):
+                buffer[t] = self.row(step=True, checked=self.checked(t, steps))
+        torch.cuda.current_stream(device).wait_stream(side)
+        captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        for t in range(self.WARMUP, steps):
+            checked = self.checked(t, steps)
+            if checked not in captured:
+                graph = torch.cuda.CUDAGraph()
+                with _sync_allowed(), torch.cuda.graph(graph):
+                    out = self.row(step=True, checked=checked)
+                captured[checked] = graph, out
+            graph, out = captured[checked]
+            graph.replay()
+            buffer[t].copy_(out)
 
     def row(self, *, step: bool, checked: bool) -> torch.Tensor:
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}."""
         model, X, y = self.model, self.X, self.y
-        multiclass = self.multiclass
         w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
-        values = {"param/w_norm": _norm(w, multiclass)}
-        if multiclass:
-            values["param/b_norm"] = torch.linalg.vector_norm(b)
-        else:
-            values["param/b"] = b
-        if self.X_val is not None:
-            values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)
-            z_val = logits(self.X_val, w, b)
-            values["val/accuracy"] = accuracy_from_logits(z_val, self.y_val, multiclass)
-        if checked:
-            self.reference.set_parameters(w, b)
-            expected = self.reference.gradients(X, y, check=False)
-            terms = _summand_size(X, y, w, b, multiclass)
-        z = None
+        values = self.describe("param", w, b)
+        if self.X_val is not None:  # at θ_t, before the step
+            with torch.no_grad():
+                values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)
+                values["val/accuracy"] = model.accuracy(model.logits(self.X_val), self.y_val)
         if step:
-            if hasattr(model, "last_logits"):
-                model.last_logits = None
-            values["train/loss"] = model.train_step(X, y, check=False)
+            values["train/loss"], z = model.train_step(X, y, check=False)
             grads = model.grads
-            z = getattr(model, "last_logits", None)  # the step's own X w + b, if it keeps it
-        else:
+        else:  # the final state: no step taken
             values["train/loss"] = model.loss(X, y, check=False)
             grads = model.gradients(X, y, check=False)
-        if z is None:
-            z = logits(X, w, b)
-        values["train/accuracy"] = accuracy_from_logits(z, y, multiclass)
-        if multiclass:
-            values["grad/b_norm"] = torch.linalg.vector_norm(grads["db"])
+            with torch.no_grad():
+                z = model.logits(X)
+        values["train/accuracy"] = model.accuracy(z, y)
+        values.update(self.describe("grad", grads["dw"], grads["db"]))
+        if self.reference is not None:
+            values.update(self.check(w, b, grads) if checked else self.unchecked())
+        metrics = torch.stack([values[name] for name in self.names])
+        parameters = (t.reshape(-1, *self.runs) for t in (w, b, grads["dw"], grads["db"]))
+        return torch.cat([metrics, *parameters])
+
+    def describe(self, prefix: str, w: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """‖w‖ per run (Frobenius for a matrix W), and b itself, or its norm for a vector."""
+        values = {f"{prefix}/w_norm": torch.linalg.vector_norm(self.flat(w), dim=0)}
+        if b.shape == self.runs:
+            values[f"{prefix}/b"] = b
         else:
-            values["grad/b"] = grads["db"]
-        values["grad/w_norm"] = _norm(grads["dw"], multiclass)
-        if self.reference is not None:  # NaN on the rows not checked
-            nan = torch.full(self.batch, math.nan, device=model.device, dtype=model.dtype)
-            values["check/grad_rel_err"] = values["check/grad_err_vs_terms"] = nan
-        if checked:
-            g, g_ref = _flat(grads, multiclass), _flat(expected, multiclass)
-            diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
-            reference = torch.linalg.vector_norm(g_ref.double(), dim=0)
-            values["check/grad_rel_err"] = torch.where(diff == 0, 0.0, diff / reference)
-            values["check/grad_err_vs_terms"] = diff / torch.linalg.vector_norm(terms, dim=0)
-        metrics = torch.stack([values[name].to(model.dtype) for name in self.names])
-        if multiclass:  # every parameter, flat: W row by row, then b
-            return torch.cat([metrics, w.flatten(), b, grads["dw"].flatten(), grads["db"]])
-        return torch.cat([metrics, w, grads["dw"]])
+            values[f"{prefix}/b_norm"] = torch.linalg.vector_norm(self.flat(b), dim=0)
+        return values
+
+    def check(self, w, b, grads) -> dict[str, torch.Tensor]:
+        """The step's gradient against the reference's at the same parameters θ_t."""
+        self.reference.set_parameters(w, b)
+        expected = self.reference.gradients(self.X, self.y, check=False)
+        terms = self.reference.summands(self.X, self.y)
+        g, g_ref, size = (self.flat(d["dw"], d["db"]) for d in (grads, expected, terms))
+        diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
+        reference = torch.linalg.vector_norm(g_ref.double(), dim=0)
+        dtype = self.model.dtype  # measured in float64, recorded beside the other metrics
+        return {
+            "check/grad_rel_err": torch.where(diff == 0, 0.0, diff / reference).to(dtype),
+            "check/grad_err_vs_terms": (diff / torch.linalg.vector_norm(size, dim=0)).to(dtype),
+        }
+
+    def unchecked(self) -> dict[str, torch.Tensor]:
+        return {"check/grad_rel_err": self.nan, "check/grad_err_vs_terms": self.nan}
+
+    def flat(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """Tensors as one column per run: (values, *runs)."""
+        parts = [t.reshape(-1, *self.runs) for t in tensors]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def unpack(self, packed: torch.Tensor) -> History:
         k = len(self.names)
         metrics = {name: packed[:, i].contiguous() for i, name in enumerate(self.names)}
-        w, dw = packed[:, k : k + self.n], packed[:, k + self.n :]
-        return History(metrics, w, dw, n_classes=self.n_classes)
+        parts = packed[:, k:].split(self.sizes, dim=1)
+        w, b, dw, db = (p.reshape(len(packed), *s) for p, s in zip(parts, self.shapes, strict=True))
+        return History(metrics, w, b, dw, db)
 
 
 @contextlib.contextmanager
@@ -304,30 +287,3 @@ def _sync_allowed():
         yield
     finally:
         torch.cuda.set_sync_debug_mode(mode)
-
-
-def _norm(w: torch.Tensor, multiclass: bool) -> torch.Tensor:
-    """‖w‖ per rate (one column each), or ‖W‖ over all of a softmax model's W."""
-    return torch.linalg.vector_norm(w) if multiclass else torch.linalg.vector_norm(w, dim=0)
-
-
-def _summand_size(X, y, w, b, multiclass: bool = False) -> torch.Tensor:
-    """(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|): the gradient's sums taken over absolute values (with
-    P − Y in place of ŷ − y for a softmax model), in the layout of :func:`_flat`."""
-    z = logits(X, w, b)
-    if multiclass:
-        residual = (torch.softmax(z, dim=1) - one_hot(y, z)).abs()
-    else:
-        residual = (torch.sigmoid(z) - column(y, z)).abs()
-    return _flat({"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}, multiclass)
-
-
-def _flat(grads: dict[str, torch.Tensor], multiclass: bool = False) -> torch.Tensor:
-    if multiclass:
-        return torch.cat([grads["dw"].flatten(), grads["db"]])
-    return torch.cat([grads["dw"], grads["db"].unsqueeze(0)])
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from experiments import datasets
-from experiments.config import RunConfig, SweepConfig, lr_batches
+from experiments import datasets, lr_batch
+from experiments.config import RunConfig, SweepConfig
 from experiments.engine import History, fit
 from experiments.executors import Engine
 from experiments.interrupts import shielded
 from experiments.tracking import Tracker, device_name, digest
-from manual_models import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +60,7 @@ def train_group(configs: list[RunConfig]) -> list[RunResult]:
     """Train grid points that differ only in ``lr`` in one pass (one model with K rates);
     a group of one is an ordinary run. Each gets its own result."""
     config = configs[0]
-    if any(c.model_copy(update={"lr": config.lr}) != config for c in configs):
+    if any(c.model_dump(exclude={"lr"}) != config.model_dump(exclude={"lr"}) for c in configs):
         raise ValueError("a group's runs must differ in lr only")
     split = load_split(config.dataset, config.seed, config.val_fraction)
     dtype = getattr(torch, config.dtype)
@@ -73,17 +72,17 @@ def train_group(configs: list[RunConfig]) -> list[RunResult]:
     )
     n_features = X.shape[1]
     n_classes = int(split["y_train"].max()) + 1 if config.dataset.multiclass else 2
-    lr = config.lr if len(configs) == 1 else [c.lr for c in configs]
+    lrs = [c.lr for c in configs]
     new = {"dtype": dtype, "device": config.device, "seed": config.seed, "n_classes": n_classes,
            "optimizer": config.optimizer.rule()}  # fmt: skip
-    model = make_model(config.impl, n_features, lr, **new)
+    model = lr_batch.build(config.impl, n_features, lrs, **new)
     # The check compares each step's gradient with autograd's at the same point. Without
     # zero_grad the step uses the sum of all past gradients by design: nothing to check.
     checked = config.impl != "autograd" and config.optimizer.zero_grad
-    reference = make_model("autograd", n_features, lr, **new) if checked else None
+    reference = lr_batch.build("autograd", n_features, lrs, **new) if checked else None
     check_every = config.check_every_for(X.numel())
     start = time.perf_counter()
-    histories = fit(
+    history = fit(
         model,
         X,
         y,
@@ -95,14 +94,12 @@ def train_group(configs: list[RunConfig]) -> list[RunResult]:
         cuda_graphs=config.cuda_graphs,
     )
     seconds = time.perf_counter() - start  # fit() ends by copying to the host: work is done
-    if len(configs) == 1:
-        histories = [histories]
     shape = {"n_train": X.shape[0], "n_val": X_val.shape[0], "n_features": n_features,
              "n_classes": n_classes}  # fmt: skip
     share = seconds / len(configs)
     return [
         RunResult(c, h, share, shape, check_every, len(configs))
-        for c, h in zip(configs, histories, strict=True)
+        for c, h in zip(configs, history.runs(), strict=True)
     ]
 
 
@@ -201,7 +198,7 @@ def run_grid(
         with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
             parent_id, finished = open_parent(tracker, experiment_id, config, command, restart)
     todo = [point for point in grid if point.key not in finished]
-    groups = lr_batches(todo, config.batch_lrs)
+    groups = lr_batch.passes(todo, config.batch_lrs)
     in_flight: dict[str, RunConfig] = {}  # run id → config, for runs started and not ended
     started: list[str] = []
     train_seconds = 0.0

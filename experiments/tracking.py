@@ -107,15 +107,22 @@ def history_table(history: History):
 
 
 def trajectory_table(history: History, max_values: int):
-    """Per-step w and dw as columns ``w_0 … w_{n-1}, dw_0 …``; every k-th step above a size."""
+    """Per-step parameters and gradients as columns ``w_0 …, dw_0 …``; every k-th step above
+    a size. The columns are w (logistic regression, whose one-number b is the ``param/b``
+    series), or W row by row and then b (softmax regression)."""
     import pyarrow as pa
 
-    rows, n = history.w.shape
+    rows = history.w.shape[0]
+    parts = (history.w, history.dw) if history.b.ndim == 1 else (
+        torch.cat([history.w.reshape(rows, -1), history.b], 1),
+        torch.cat([history.dw.reshape(rows, -1), history.db], 1),
+    )  # fmt: skip
+    w, dw = (t.reshape(rows, -1).double().numpy() for t in parts)
+    n = w.shape[1]
     every = max(1, -(-rows * 2 * n // max_values))  # ceil: keep rows·2n ≤ max_values
     keep = np.unique(np.append(np.arange(0, rows, every), rows - 1))
-    w, dw = history.w.double().numpy()[keep], history.dw.double().numpy()[keep]
     names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
-    arrays = [keep, *w.T, *dw.T]
+    arrays = [keep, *w[keep].T, *dw[keep].T]
     return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names), every
 
 

@@ -13,7 +13,7 @@ drives them, and the same ``seed`` gives all three the same initial parameters:
 """
 
 from manual_models.compare import Comparison, compare, relative_error
-from manual_models.interface import GradientDescentModel
+from manual_models.interface import GradientDescentModel, Step
 from manual_models.logistic import LogisticRegression, bce_from_logits, bce_gradients, logits
 from manual_models.optimizers import RULES, HandOptimizer, Optimizer
 from manual_models.softmax import SoftmaxRegression, cross_entropy_from_logits, softmax_gradients
@@ -42,6 +42,7 @@ __all__ = [
     "Optimizer",
     "SoftmaxLoss",
     "SoftmaxRegression",
+    "Step",
     "bce_from_logits",
     "bce_gradients",
     "compare",
@@ -57,8 +58,6 @@ IMPLEMENTATIONS: dict[str, type[GradientDescentModel]] = {
     "autograd": AutogradLogisticRegression,
     "function": FunctionLogisticRegression,
 }
-
-
 MULTICLASS: dict[str, type[GradientDescentModel]] = {
     "manual": SoftmaxRegression,
     "autograd": AutogradSoftmaxRegression,

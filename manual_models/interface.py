@@ -1,33 +1,38 @@
-"""The one interface every implementation offers."""
+"""The one contract between the training loop and every model, and what a step returns."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 
+class Step(NamedTuple):
+    """What one training step returns: the loss at the parameters before the step, and the
+    logits it computed there (so the loop reads the training accuracy off them)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
 @runtime_checkable
 class GradientDescentModel(Protocol):
-    """What a training loop may rely on, whoever computes the gradient.
+    """Everything a training loop may rely on, whoever computes the gradient.
 
-    ``w`` (n_features,) and ``b`` (0-d) are the current parameters as plain tensors (no graph);
-    ``grads`` holds ``{"dw", "db"}`` from the last step. ``check=False`` skips the one check
-    that reads data (labels in {0, 1}), which would synchronise a GPU with the host.
+    ``w`` and ``b`` are the current parameters as plain tensors (no graph): w (n_features,) and
+    b () for logistic regression, W (n_features, C) and b (C,) for softmax regression.
+    ``grads`` holds ``{"dw", "db"}`` in the same shapes, from the last step; with
+    ``rule.zero_grad`` false it is the sum of every gradient so far, as ``.grad`` is when
+    nothing zeroes it. ``check=False`` skips the one check that reads data (the labels' values),
+    which would synchronise a GPU with the host.
 
-    Optional, and used by the training loop where present: ``batch_shape`` — ``(K,)`` for a
-    model holding K learning rates side by side, whose ``w`` is (n_features, K), ``b`` (K,) and
-    losses (K,) — and ``last_logits``, the logits the last ``train_step`` computed (so the loop
-    need not compute them again for the accuracy).
-
-    A softmax model has ``n_classes`` (C): ``w`` is then W (n_features, C) and ``b`` (C,);
-    labels are class indices. Every model has ``rule``, its update rule
-    (:class:`manual_models.Optimizer`); with ``rule.zero_grad`` false, ``grads`` holds the sum
-    of every gradient so far, as ``.grad`` does when nothing zeroes it.
+    Each model answers in its own terms: its logits and its accuracy, and ``summands``, the
+    size of the terms each gradient sums (``|X|ᵀ|ŷ − y|/m`` and ``mean|ŷ − y|``), which is what
+    rounding in a correct gradient is relative to. Every value is per model; a set of models
+    trained side by side returns each with a trailing axis, one entry per model.
     """
 
     n_features: int
-    lr: float
     device: torch.device
     dtype: torch.dtype
     grads: dict[str, torch.Tensor]
@@ -40,14 +45,18 @@ class GradientDescentModel(Protocol):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor: ...
 
+    def logits(self, X: torch.Tensor) -> torch.Tensor: ...
+
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor: ...
 
     def gradients(
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]: ...
 
-    def train_step(
-        self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
-    ) -> torch.Tensor: ...
+    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step: ...
+
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def summands(self, X: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None: ...

@@ -18,26 +18,26 @@ Derivation of the gradient, one line at a time:
 
 and gradient descent, θ ← θ − α ∂J/∂θ.
 
-The pure functions below are the math; :class:`LogisticRegression` is the post's class around
-them, corrected (its ``init`` is ``__init__``, and its ``forward`` adds ``b``).
+The pure functions below are the math; :class:`Logistic` is what the three implementations of
+the binary model share, and :class:`LogisticRegression` is the post's class around them,
+corrected (its ``init`` is ``__init__``, and its ``forward`` adds ``b``).
 
-Several learning rates at once: give ``lr`` as a list of K rates and w becomes (n, K), b (K,),
-one column per rate. The same formulas then read X once per step for all K models: X w is one
-matrix product instead of K matrix-vector products, and Xᵀ(Ŷ − y) likewise. Every column is
-exactly the model its own rate would train (the columns never mix).
+Every function takes the parameters as arguments and reduces over the samples (dim 0) only, so
+w may carry a trailing axis: w (n, K) and b (K,) are K models side by side, each column exactly
+the model it would be alone (the columns never mix), and X is read once for all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch.nn import functional as F
 
-from manual_models import _checks
-from manual_models.optimizers import HandStepped, Optimizer
+from manual_models.base import Evaluation, HandStepped, Model
+from manual_models.initialisation import init_linear
+from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.validation import check_binary_labels
 
-# Rows of X above this many bytes are processed in blocks on the CPU (see _blocked_step).
+# Rows of X above this many bytes are processed in blocks on the CPU (see blocked_step).
 BLOCK_BYTES = 32 << 20  # measured best of 2, 8 and 32 MiB on a 2-core Xeon (300 MiB L3)
 BLOCKED_ABOVE = 128 << 20
 
@@ -74,6 +74,18 @@ def bce_gradients(X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> dict
     return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
 
 
+def accuracy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fraction classified right: σ(z) > ½ ⇔ z > 0 ⇔ class 1."""
+    return ((z > 0) == (column(y, z) > 0.5)).to(z.dtype).mean(0)
+
+
+def summand_sizes(X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|): the gradient's sums taken over absolute values, the size
+    that rounding in a correct gradient is relative to (however much the terms cancel)."""
+    residual = (y_hat - column(y, y_hat)).abs()
+    return {"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}
+
+
 def blocked_step(X, y, w, b, block_rows):
     """Loss, gradients and logits as above, in row blocks: X read from memory once a step.
 
@@ -92,10 +104,60 @@ def blocked_step(X, y, w, b, block_rows):
         residual = torch.sigmoid(zb).sub_(column(yb, zb))
         (dw.addmv_ if w.ndim == 1 else dw.addmm_)(Xb.T, residual)  # dw += Xᵀ(ŷ − y)
         residual_sum += residual.sum(0)
-    return total / m, {"dw": dw / m, "db": residual_sum / m}, z
+    return Evaluation(total / m, {"dw": dw / m, "db": residual_sum / m}, z)
 
 
-class LogisticRegression(HandStepped, _checks.CheckedModel):
+def loss_and_gradients(X, y, w, b) -> Evaluation:
+    """J, (dw, db) and z at (w, b), by hand. A large X on the CPU goes in row blocks
+    (:func:`blocked_step`), so it is read from memory once per step instead of twice."""
+    if X.device.type == "cpu" and X.numel() * X.element_size() > BLOCKED_ABOVE:
+        rows = max(1, BLOCK_BYTES // (X.shape[1] * X.element_size()))
+        return blocked_step(X, y, w, b, rows)
+    z = logits(X, w, b)
+    return Evaluation(bce_from_logits(z, y), bce_gradients(X, torch.sigmoid(z), y), z)
+
+
+class Logistic(Model):
+    """What the three logistic regressions share: labels in {0, 1}, the seeded start w (n,)
+    and b (), the link σ, and the kind's math as functions of the parameters."""
+
+    n_classes = 2
+
+    def _start(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """nn.Linear(n, 1)'s init from ``seed``: its weight row is w, its bias b."""
+        weight, bias = init_linear(self.n_features, 1, seed, self.device, self.dtype)
+        return weight[0], bias[0]
+
+    def _y(self, y, n_samples, check):
+        return check_binary_labels(y, n_samples, self.device, self.dtype, values=check)
+
+    @staticmethod
+    def from_linear(weight, bias):
+        """w and b as views of ``nn.Linear(n, 1)``'s weight (1, n) and bias (1,)."""
+        return weight[0], bias[0]
+
+    @staticmethod
+    def link(z):
+        return torch.sigmoid(z)
+
+    @staticmethod
+    def logits_at(X, w, b):
+        return logits(X, w, b)
+
+    @staticmethod
+    def loss_at(X, y, w, b):
+        return bce_from_logits(logits(X, w, b), y)
+
+    @staticmethod
+    def accuracy(logits, y):
+        return accuracy(logits, y)
+
+    @staticmethod
+    def summands_at(X, y, w, b):
+        return summand_sizes(X, torch.sigmoid(logits(X, w, b)), y)
+
+
+class LogisticRegression(HandStepped, Logistic):
     """The post's logistic regression, differentiated by hand.
 
     ``forward`` → ``backward`` → ``optimize`` is the manual version of autograd's
@@ -104,30 +166,25 @@ class LogisticRegression(HandStepped, _checks.CheckedModel):
 
     Parameters ``w`` (n_features,) and ``b`` (0-d) start from nn.Linear's default
     distribution drawn with ``seed``, so a twin built with the same seed starts identically.
-    With ``lr`` a list of K rates they are (n_features, K) and (K,), every column starting
-    from that same draw, and each method returns one value per column.
     """
 
     def __init__(
         self,
         n_features: int,
-        lr: float | Sequence[float] = 0.01,
+        lr: float = 0.01,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         optimizer: Optimizer | None = None,
     ) -> None:
-        self._check_args(n_features, lr, device, dtype)
-        self.w, self.b = self._initial_parameters(seed)
-        if self.batch_shape:
-            self._lr_row = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)
-        self._init_rule(optimizer)  # optimize() and the kept gradients: HandStepped
-        self.last_logits: torch.Tensor | None = None
+        self._setup(n_features, lr, device, dtype, optimizer)
+        self.w, self.b = self._start(seed)
+        self.optimizer = HandOptimizer(self.rule)  # plain SGD unless told otherwise
 
     # --- the post's three methods -------------------------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """ŷ = σ(X w + b), shape (n_samples,), or (n_samples, K)."""
+        """ŷ = σ(X w + b), shape (n_samples,)."""
         return torch.sigmoid(logits(self._X(X), self.w, self.b))
 
     def backward(
@@ -137,11 +194,9 @@ class LogisticRegression(HandStepped, _checks.CheckedModel):
 
         With ``optimizer=Optimizer(zero_grad=False)`` they are added to the ones kept, as
         autograd adds into ``.grad`` when nothing zeroes it (the zero_grad ablation)."""
-        X = self._X(X)
-        y = self._y(y, X, check)
-        expected = (*y.shape, *self.batch_shape)
-        if not isinstance(y_hat, torch.Tensor) or y_hat.shape != expected:
-            raise ValueError(f"y_hat must be a tensor of shape {expected}")
+        X, y = self._inputs(X, y, check)
+        if not isinstance(y_hat, torch.Tensor) or y_hat.shape != y.shape:
+            raise ValueError(f"y_hat must be a tensor of shape {tuple(y.shape)}")
         return self._keep(bce_gradients(X, y_hat, y))
 
     def optimize(self) -> None:
@@ -150,41 +205,7 @@ class LogisticRegression(HandStepped, _checks.CheckedModel):
         they live in :mod:`manual_models.optimizers`)."""
         super().optimize()
 
-    # --- the interface shared with the autograd twins ---------------------------------
-    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """Mean binary cross-entropy, computed stably from the logits."""
-        X = self._X(X)
-        return bce_from_logits(logits(X, self.w, self.b), self._y(y, X, check))
-
-    def gradients(
-        self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """∂J/∂w and ∂J/∂b at the current parameters, without updating anything."""
-        X = self._X(X)
-        return bce_gradients(X, torch.sigmoid(logits(X, self.w, self.b)), self._y(y, X, check))
-
-    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """One full-batch GD step; returns the loss at the parameters before the step.
-
-        A large X on the CPU is processed in row blocks (:func:`blocked_step`), so it is read
-        from memory once per step instead of twice; the arithmetic is the same.
-        """
-        X = self._X(X)
-        y = self._y(y, X, check)
-        if X.device.type == "cpu" and X.numel() * X.element_size() > BLOCKED_ABOVE:
-            rows = max(1, BLOCK_BYTES // (X.shape[1] * X.element_size()))
-            loss, grads, z = blocked_step(X, y, self.w, self.b, rows)
-        else:
-            z = logits(X, self.w, self.b)
-            loss = bce_from_logits(z, y)
-            grads = bce_gradients(X, torch.sigmoid(z), y)
-        self._keep(grads)
-        self.last_logits = z
-        self.optimize()
-        return loss
-
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        """Copy ``w`` and ``b`` in (e.g. to evaluate two models at the same point)."""
-        shape = (self.n_features, *self.batch_shape)
-        self.w = torch.as_tensor(w).to(self.device, self.dtype).reshape(shape).clone()
-        self.b = torch.as_tensor(b).to(self.device, self.dtype).reshape(self.batch_shape).clone()
+    # --- where the gradient comes from: the derivation above -----------------------------
+    @staticmethod
+    def loss_and_gradients(X, y, w, b) -> Evaluation:
+        return loss_and_gradients(X, y, w, b)

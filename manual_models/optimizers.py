@@ -75,23 +75,25 @@ class Optimizer:
             text += ", no zero_grad"
         return text
 
-    def torch_optimizer(self, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-        """The same rule from ``torch.optim``. ``groups`` hold (weights, bias) pairs as
-        ``{"params": [w, b], "lr": lr}``; weight decay is put on the weights only."""
-        split = groups
+    def torch_optimizer(
+        self, weight: torch.Tensor, bias: torch.Tensor, lr: float, device: torch.device
+    ) -> torch.optim.Optimizer:
+        """The same rule from ``torch.optim``, for one model's weights and bias; weight decay
+        goes on the weights only (the bias sits in a param group of its own)."""
+        groups = [{"params": [weight, bias]}]
         if self.weight_decay:
-            split = []
-            for group in groups:
-                w, b = group["params"]
-                split.append({**group, "params": [w], "weight_decay": self.weight_decay})
-                split.append({**group, "params": [b], "weight_decay": 0.0})
-        lr = groups[0]["lr"]
+            groups = [
+                {"params": [weight], "weight_decay": self.weight_decay},
+                {"params": [bias], "weight_decay": 0.0},
+            ]
         if self.name == "adam":
             # capturable: the step count stays on the GPU, so a CUDA graph can replay a step.
-            return torch.optim.Adam(split, lr=lr, betas=self.betas, eps=self.eps,
-                                    capturable=device.type == "cuda")  # fmt: skip
+            capturable = device.type == "cuda"
+            return torch.optim.Adam(
+                groups, lr=lr, betas=self.betas, eps=self.eps, capturable=capturable
+            )
         momentum = 0.0 if self.name == "sgd" else self.momentum
-        return torch.optim.SGD(split, lr=lr, momentum=momentum, nesterov=self.name == "nesterov")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=self.name == "nesterov")
 
 
 def _numbers(value) -> tuple[float, ...]:
@@ -112,78 +114,48 @@ def check_rule(optimizer: object) -> Optimizer:
 
 class HandOptimizer:
     """The rules above for a hand-differentiated model: ``step(params, grads, lr)`` updates
-    the parameters in place. ``lr`` is a number, or a (K,) row for K models side by side
-    (their columns never mix). The state (v, or m, s and t) lives on the parameters' device
-    as tensors, so a captured CUDA graph replays a step, bias correction included."""
+    the parameters in place. The state (v, or m, s and t) lives on the parameters' device as
+    tensors, so a captured CUDA graph replays a step, bias correction included."""
 
     def __init__(self, spec: Optimizer) -> None:
         self.spec = spec
         self.state: list[dict[str, torch.Tensor]] = []
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr, decays) -> None:
-        """``decays[i]``: whether weight decay applies to ``params[i]`` (the weights)."""
-        spec = self.spec
+        """θ ← θ − lr·direction for each parameter; ``decays[i]``: whether weight decay
+        applies to ``params[i]`` (the weights, not the bias). ``lr`` is a number, or a row of
+        rates broadcast against a trailing axis of models side by side (columns never mix)."""
         if not self.state:
             self.state = [{} for _ in params]
         for theta, g, decay, state in zip(params, grads, decays, self.state, strict=True):
-            if decay and spec.weight_decay:
-                g = g + spec.weight_decay * theta  # ∂/∂θ of (λ/2)‖θ‖²
-            if spec.name == "sgd":
-                direction = g
-            elif spec.name in ("momentum", "nesterov"):
-                if "v" not in state:
-                    state["v"] = g.clone()  # v₁ = g₁
-                else:
-                    state["v"].mul_(spec.momentum).add_(g)  # v ← μ v + g
-                v = state["v"]
-                direction = g + spec.momentum * v if spec.name == "nesterov" else v
-            else:  # adam
-                beta1, beta2 = spec.betas
-                if "m" not in state:
-                    state["m"] = torch.zeros_like(theta)
-                    state["s"] = torch.zeros_like(theta)
-                    state["t"] = torch.zeros((), device=theta.device, dtype=theta.dtype)
-                m, s, t = state["m"], state["s"], state["t"]
-                t.add_(1)
-                m.mul_(beta1).add_(g, alpha=1 - beta1)  # m ← β₁ m + (1 − β₁) g
-                s.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # s ← β₂ s + (1 − β₂) g²
-                m_hat = m / (1 - torch.pow(beta1, t))
-                s_hat = s / (1 - torch.pow(beta2, t))
-                direction = m_hat / (s_hat.sqrt() + spec.eps)
+            if decay and self.spec.weight_decay:
+                g = g + self.spec.weight_decay * theta  # ∂/∂θ of (λ/2)‖θ‖²
+            direction = self._direction(theta, g, state)
             if isinstance(lr, torch.Tensor):
-                theta.sub_(direction * lr)  # column k by its own rate
-            else:
+                theta.sub_(direction * lr)
+            else:  # torch.optim's own form: one rounding, θ − α·d fused
                 theta.sub_(direction, alpha=lr)
 
-
-class HandStepped:
-    """The update half of a hand-differentiated model (``w``, ``b``, ``grads``, ``lr``): the
-    post's ``optimize``, and gradients kept the way ``.grad`` keeps them."""
-
-    def _init_rule(self, optimizer: Optimizer | None) -> None:
-        self.rule = check_rule(optimizer)
-        self.optimizer = HandOptimizer(self.rule)
-        self.grads: dict[str, torch.Tensor] = {}
-
-    def optimize(self) -> None:
-        """θ ← θ − lr·dθ for plain SGD (momentum, Nesterov, Adam: the rule's update), in place
-        (the parameters keep their storage); with K rates column k moves by its own rate."""
-        if not self.grads:
-            raise RuntimeError("optimize() needs gradients: call backward() first")
-        if self.w.is_inference() and not torch.is_inference_mode_enabled():
-            # Made under inference_mode, updated outside it: move to ordinary tensors once.
-            self.w, self.b = self.w.clone(), self.b.clone()
-        lr = self._lr_row if self.batch_shape else self.lr
-        grads = [self.grads["dw"], self.grads["db"]]
-        self.optimizer.step([self.w, self.b], grads, lr, decays=(True, False))
-
-    def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """This step's gradients; added to the kept ones when the rule has no zero_grad."""
-        if not self.rule.zero_grad and self.grads:
-            # Accumulate in place, as .grad does (and so a replayed CUDA graph adds into the
-            # buffer it captured).
-            for name, g in grads.items():
-                self.grads[name].add_(g)
-            return self.grads
-        self.grads = grads
-        return grads
+    def _direction(self, theta, g, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        spec = self.spec
+        if spec.name == "sgd":
+            return g
+        if spec.name in ("momentum", "nesterov"):
+            if "v" not in state:
+                state["v"] = g.clone()  # v₁ = g₁
+            else:
+                state["v"].mul_(spec.momentum).add_(g)  # v ← μ v + g
+            v = state["v"]
+            return g + spec.momentum * v if spec.name == "nesterov" else v
+        beta1, beta2 = spec.betas  # adam
+        if "m" not in state:
+            state["m"] = torch.zeros_like(theta)
+            state["s"] = torch.zeros_like(theta)
+            state["t"] = torch.zeros((), device=theta.device, dtype=theta.dtype)
+        m, s, t = state["m"], state["s"], state["t"]
+        t.add_(1)
+        m.mul_(beta1).add_(g, alpha=1 - beta1)  # m ← β₁ m + (1 − β₁) g
+        s.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # s ← β₂ s + (1 − β₂) g²
+        m_hat = m / (1 - torch.pow(beta1, t))
+        s_hat = s / (1 - torch.pow(beta2, t))
+        return m_hat / (s_hat.sqrt() + spec.eps)

@@ -14,16 +14,18 @@ Derivation of the gradient, one line at a time:
     ∂J/∂b     = (1/m) Σᵢ (P − Y)ᵢ     = mean(P − Y)   (∂Z_ic/∂b_c = 1)
 
 With C = 2 and one column fixed at 0 this is the binary model: softmax([z, 0]) = (σ(z), 1 − σ(z)).
-The update rules are the binary model's (``optimizers``); one learning rate per model here.
+The update rules are the binary model's (``optimizers``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from manual_models import _checks
+from manual_models.base import Evaluation, HandStepped, Model
+from manual_models.initialisation import init_linear
 from manual_models.logistic import logits
-from manual_models.optimizers import HandStepped, Optimizer
+from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.validation import check_class_labels, check_count
 
 
 def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,7 +38,7 @@ def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     top, at = Z.max(dim=1, keepdim=True)
     e = torch.exp(Z - top).scatter(1, at, 0.0)  # every term but the largest, which is e⁰ = 1
     per_sample = (top - Z.gather(1, y.unsqueeze(1))).squeeze(1) + torch.log1p(e.sum(1))
-    return per_sample.mean()
+    return per_sample.mean(0)
 
 
 def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,66 @@ def softmax_gradients(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict
     return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
 
 
-class SoftmaxRegression(HandStepped, _checks.CheckedModel):
+def accuracy(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fraction whose largest logit is their own class."""
+    return (Z.argmax(1) == y).to(Z.dtype).mean(0)
+
+
+def summand_sizes(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(|X|ᵀ|P − Y|/m, mean|P − Y|): the sizes of the gradient's terms (see the binary model)."""
+    residual = (P - one_hot(y, P)).abs()
+    return {"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}
+
+
+def loss_and_gradients(X, y, W, b) -> Evaluation:
+    """J, (dW, db) and Z at (W, b), by hand."""
+    Z = logits(X, W, b)
+    loss = cross_entropy_from_logits(Z, y)
+    return Evaluation(loss, softmax_gradients(X, torch.softmax(Z, dim=1), y), Z)
+
+
+class Softmax(Model):
+    """What the three softmax regressions share: class-index labels, the seeded start W (n, C)
+    and b (C,) (``nn.Linear(n, C)``'s draw, its weight is Wᵀ), the link softmax, and the kind's
+    math as functions of the parameters."""
+
+    def _setup_classes(self, n_classes: object) -> None:
+        self.n_classes = check_count("n_classes", n_classes, least=2)
+
+    def _start(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = init_linear(self.n_features, self.n_classes, seed, self.device, self.dtype)
+        return weight.T.contiguous(), bias
+
+    def _y(self, y, n_samples, check):
+        return check_class_labels(y, n_samples, self.device, self.n_classes, values=check)
+
+    @staticmethod
+    def from_linear(weight, bias):
+        """W and b as views of ``nn.Linear(n, C)``'s weight (C, n), which is Wᵀ, and bias."""
+        return weight.T, bias
+
+    @staticmethod
+    def link(Z):
+        return torch.softmax(Z, dim=1)
+
+    @staticmethod
+    def logits_at(X, W, b):
+        return logits(X, W, b)
+
+    @staticmethod
+    def loss_at(X, y, W, b):
+        return cross_entropy_from_logits(logits(X, W, b), y)
+
+    @staticmethod
+    def accuracy(logits, y):
+        return accuracy(logits, y)
+
+    @staticmethod
+    def summands_at(X, y, W, b):
+        return summand_sizes(X, torch.softmax(logits(X, W, b), 1), y)
+
+
+class SoftmaxRegression(HandStepped, Softmax):
     """Multinomial logistic regression, differentiated by hand, with the binary model's methods.
 
     ``W`` (also ``w``) is (n_features, n_classes) and ``b`` (n_classes,), drawn like
@@ -69,10 +130,10 @@ class SoftmaxRegression(HandStepped, _checks.CheckedModel):
         seed: int = 0,
         optimizer: Optimizer | None = None,
     ) -> None:
-        self._check_multiclass_args(n_features, n_classes, lr, device, dtype)
-        self.w, self.b = self._initial_parameters(seed)
-        self._init_rule(optimizer)  # optimize() and the kept gradients: HandStepped
-        self.last_logits: torch.Tensor | None = None
+        self._setup(n_features, lr, device, dtype, optimizer)
+        self._setup_classes(n_classes)
+        self.w, self.b = self._start(seed)
+        self.optimizer = HandOptimizer(self.rule)
 
     @property
     def W(self) -> torch.Tensor:
@@ -88,37 +149,15 @@ class SoftmaxRegression(HandStepped, _checks.CheckedModel):
     ) -> dict[str, torch.Tensor]:
         """dW = Xᵀ(P − Y)/m, db = mean(P − Y); kept in ``self.grads`` (added to the kept ones
         when the rule has ``zero_grad=False``)."""
-        X = self._X(X)
-        y = self._y(y, X, check)
+        X, y = self._inputs(X, y, check)
         expected = (X.shape[0], self.n_classes)
         if not isinstance(P, torch.Tensor) or P.shape != expected:
             raise ValueError(f"P must be a tensor of shape {expected}")
         return self._keep(softmax_gradients(X, P, y))
 
-    # --- the shared interface ---------------------------------------------------------------
-    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """Mean cross-entropy, computed stably from the logits."""
-        X = self._X(X)
-        return cross_entropy_from_logits(logits(X, self.w, self.b), self._y(y, X, check))
+    # optimize(): the binary model's, θ ← θ − lr·dθ by the rule (HandStepped)
 
-    def gradients(
-        self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
-    ) -> dict[str, torch.Tensor]:
-        X = self._X(X)
-        P = torch.softmax(logits(X, self.w, self.b), dim=1)
-        return softmax_gradients(X, P, self._y(y, X, check))
-
-    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """One full-batch step; returns the loss at the parameters before it."""
-        X = self._X(X)
-        y = self._y(y, X, check)
-        Z = logits(X, self.w, self.b)
-        loss = cross_entropy_from_logits(Z, y)
-        self._keep(softmax_gradients(X, torch.softmax(Z, dim=1), y))
-        self.last_logits = Z
-        self.optimize()
-        return loss
-
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        self.w = torch.as_tensor(w).to(self.device, self.dtype).reshape(self.w_shape).clone()
-        self.b = torch.as_tensor(b).to(self.device, self.dtype).reshape(self.n_classes).clone()
+    # --- where the gradient comes from: the derivation above -----------------------------
+    @staticmethod
+    def loss_and_gradients(X, y, W, b) -> Evaluation:
+        return loss_and_gradients(X, y, W, b)

@@ -1,23 +1,33 @@
-"""The autograd twins of :class:`manual_models.LogisticRegression`: same interface, same init.
+"""The autograd twins of the hand-differentiated models: the same interface, the same seeded
+start, the gradient from PyTorch. Each reads like d2l's concise version beside its scratch one.
 
-- :class:`AutogradLogisticRegression` is the reference: ``nn.Linear`` + ``BCEWithLogitsLoss`` +
-  ``torch.optim.SGD``, trained by the post's loop ``zero_grad → forward → loss → backward → step``.
-- :class:`FunctionLogisticRegression` is what "overriding backward" means in PyTorch: the loss is
-  a ``torch.autograd.Function`` (:class:`LogisticLoss`) whose ``backward`` is the hand derivation,
-  and ``torch.optim.SGD`` applies it.
+- ``Autograd*`` is the reference: ``nn.Linear`` + ``nn.BCEWithLogitsLoss`` (two classes) or
+  ``nn.CrossEntropyLoss`` (C classes) + ``torch.optim``, trained by the post's loop
+  ``zero_grad → forward → loss → backward → step``.
+- ``Function*`` is what "overriding backward" means in PyTorch: the loss is a
+  ``torch.autograd.Function`` (:class:`LogisticLoss`, :class:`SoftmaxLoss`) whose ``backward``
+  is the hand derivation, and ``torch.optim`` applies it.
+
+Both are one :class:`Twin`, parametrised by the loss; the kind of model (``Logistic``,
+``Softmax``) brings the labels, the start and the link.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from manual_models import _checks
-from manual_models.logistic import bce_from_logits, bce_gradients, column, logits
-from manual_models.optimizers import Optimizer, check_rule
-from manual_models.softmax import cross_entropy_from_logits, one_hot, softmax_gradients
+from manual_models.base import Evaluation, Model
+from manual_models.interface import Step
+from manual_models.logistic import Logistic, bce_from_logits, bce_gradients, column, logits
+from manual_models.optimizers import Optimizer
+from manual_models.softmax import (
+    Softmax,
+    cross_entropy_from_logits,
+    one_hot,
+    softmax_gradients,
+)
 
 
 class LogisticLoss(torch.autograd.Function):
@@ -60,226 +70,6 @@ class LogisticLoss(torch.autograd.Function):
         return dX, dw, db, dy
 
 
-class _TorchOptimModel(_checks.CheckedModel, nn.Module):
-    """The shared half of the twins: parameters as nn.Parameters, trained by ``torch.optim``
-    (``SGD``, with momentum or Nesterov, or ``Adam``: the ``optimizer`` rule).
-
-    With ``lr`` a list of K rates the twin is K independent models, each with its own
-    parameters in its own ``SGD`` param group at its own rate, evaluated in one pass: the
-    loss is their K losses, and ``loss.sum().backward()`` gives each model exactly its own
-    gradient (no model's loss depends on another's parameters).
-    """
-
-    def __init__(
-        self,
-        n_features: int,
-        lr: float | Sequence[float] = 0.01,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-        seed: int = 0,
-        optimizer: Optimizer | None = None,
-    ) -> None:
-        nn.Module.__init__(self)
-        self._check_args(n_features, lr, device, dtype)
-        self.rule = check_rule(optimizer)
-        self.grads: dict[str, torch.Tensor] = {}
-        self.last_logits: torch.Tensor | None = None
-        w, b = _checks.init_parameters(self.n_features, seed, self.device, self.dtype)
-        self._build(w, b)
-        pairs = zip(self._pairs(), self.lrs, strict=True)
-        groups = [{"params": list(pair), "lr": lr} for pair, lr in pairs]
-        self.optimizer = self.rule.torch_optimizer(groups, self.device)
-
-    # Each twin says how it holds w and b and how it computes the loss with a graph.
-    def _build(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        """(weight, bias) of each model, in the order of ``lrs``."""
-        raise NotImplementedError
-
-    def objective(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss with its autograd graph (inputs already checked); (K,) for K models."""
-        raise NotImplementedError
-
-    def objective_at(self, X, y, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The K models' losses at w (n, K) and b (K,), stacked from their parameters."""
-        raise NotImplementedError
-
-    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = self._pairs()
-        return (
-            self._stack([w for w, _ in pairs], (self.n_features,)),
-            self._stack([b for _, b in pairs], ()),
-        )
-
-    def _stack(self, tensors: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
-        if not self.batch_shape:
-            return tensors[0].view(shape)
-        return torch.stack([t.view(shape) for t in tensors], dim=-1)
-
-    # --- the common interface -----------------------------------------------------------
-    @property
-    def w(self) -> torch.Tensor:
-        """(n,) — a live view of the parameter — or (n, K), a stacked copy."""
-        return self._stack([w.detach() for w, _ in self._pairs()], (self.n_features,))
-
-    @property
-    def b(self) -> torch.Tensor:
-        return self._stack([b.detach() for _, b in self._pairs()], ())
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """ŷ = σ(X w + b), shape (n_samples,), or (n_samples, K)."""
-        return torch.sigmoid(self.logits(self._X(X)))
-
-    def logits(self, X: torch.Tensor) -> torch.Tensor:
-        return logits(X, *self._stacked())
-
-    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        X = self._X(X)
-        y = self._y(y, X, check)
-        with torch.no_grad():
-            return self.objective(X, y)
-
-    def gradients(
-        self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """∂J/∂w and ∂J/∂b by autograd at the current parameters; ``.grad`` is left alone."""
-        X = self._X(X)
-        y = self._y(y, X, check)
-        self._require_autograd()
-        with torch.enable_grad():
-            if self.batch_shape:  # differentiate at the stacked (n, K) and (K,) directly
-                w, b = self._stacked()
-                dw, db = torch.autograd.grad(self.objective_at(X, y, w, b).sum(), (w, b))
-                return {"dw": dw, "db": db}
-            dw, db = torch.autograd.grad(self.objective(X, y), self._pairs()[0])
-        return self._grads([dw], [db])
-
-    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """The post's loop: zero_grad → forward → loss → backward → step. Returns the loss.
-        (Without zero_grad when the rule says so: then ``.grad`` sums every step's gradient.)"""
-        X = self._X(X)
-        y = self._y(y, X, check)
-        self._require_autograd()
-        with torch.enable_grad():
-            if self.rule.zero_grad:
-                self.optimizer.zero_grad()
-            loss = self.objective(X, y)
-            (loss.sum() if self.batch_shape else loss).backward()  # K models: each its own
-            self.optimizer.step()
-        pairs = self._pairs()
-        self.grads = self._grads([w.grad for w, _ in pairs], [b.grad for _, b in pairs])
-        return loss.detach()
-
-    def _grads(self, dws, dbs) -> dict[str, torch.Tensor]:
-        return {"dw": self._stack(list(dws), (self.n_features,)), "db": self._stack(list(dbs), ())}
-
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        new = {"device": self.device, "dtype": self.dtype}
-        w = torch.as_tensor(w).to(**new).reshape(self.n_features, *self.batch_shape)
-        b = torch.as_tensor(b).to(**new).reshape(self.batch_shape)
-        pairs = self._pairs()
-        targets = [p for pair in pairs for p in pair]
-        if self.batch_shape:
-            sources = [t for k in range(len(pairs)) for t in (w[:, k], b[k])]
-        else:
-            sources = [w, b]
-        with torch.no_grad():  # one fused copy for all K models (a step's check does this)
-            torch._foreach_copy_(
-                targets, [s.reshape(t.shape) for s, t in zip(sources, targets, strict=True)]
-            )
-
-    def _require_autograd(self) -> None:
-        _require_autograd(self)
-
-
-def _require_autograd(model) -> None:
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{type(model).__name__} needs autograd, which torch.inference_mode() turns off; "
-            "the manual models (LogisticRegression, SoftmaxRegression) run there"
-        )
-
-
-class AutogradLogisticRegression(_TorchOptimModel):
-    """The reference: ``nn.Linear(n_features, 1)`` + ``nn.BCEWithLogitsLoss`` + ``optim.SGD``.
-
-    With K rates: K ``nn.Linear`` models whose outputs are computed by one ``F.linear`` on
-    their stacked weights, each scored by ``BCEWithLogitsLoss`` on its own column.
-    """
-
-    def _build(self, w, b):
-        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
-        def linear():
-            layer = nn.utils.skip_init(
-                nn.Linear, self.n_features, 1, device=self.device, dtype=self.dtype
-            )
-            with torch.no_grad():
-                layer.weight.copy_(w.view(1, -1))
-                layer.bias.copy_(b.view(1))
-            return layer
-
-        if self.batch_shape:
-            self.linears = nn.ModuleList(linear() for _ in self.lrs)
-            self.criterion = nn.BCEWithLogitsLoss(reduction="none")
-        else:
-            self.linear = linear()
-            self.criterion = nn.BCEWithLogitsLoss()
-
-    def _pairs(self):
-        layers = self.linears if self.batch_shape else [self.linear]
-        return [(layer.weight, layer.bias) for layer in layers]
-
-    def logits(self, X):
-        if self.batch_shape:
-            return super().logits(X)
-        return self.linear(X).squeeze(-1)
-
-    def objective(self, X, y):
-        if self.batch_shape:
-            return self.objective_at(X, y, *self._stacked())
-        outputs = self.logits(X)
-        self.last_logits = outputs.detach()  # the engine reads the accuracy off these
-        return self.criterion(outputs, y)
-
-    def objective_at(self, X, y, w, b):
-        outputs = nn.functional.linear(X, w.T, b)  # the K nn.Linear layers side by side
-        self.last_logits = outputs.detach()
-        return self.criterion(outputs, y.unsqueeze(1).expand_as(outputs)).mean(0)
-
-
-class FunctionLogisticRegression(_TorchOptimModel):
-    """Parameters ``weight`` (n,) and ``bias`` (), the loss through :class:`LogisticLoss`.
-
-    With K rates: K (weight, bias) pairs, stacked into w (n, K), b (K,) for one
-    :class:`LogisticLoss` call, whose backward hands each pair its own gradient.
-    """
-
-    def _build(self, w, b):
-        if self.batch_shape:
-            self.weights = nn.ParameterList(nn.Parameter(w.clone()) for _ in self.lrs)
-            self.biases = nn.ParameterList(nn.Parameter(b.clone()) for _ in self.lrs)
-        else:
-            self.weight = nn.Parameter(w)
-            self.bias = nn.Parameter(b)
-
-    def _pairs(self):
-        if self.batch_shape:
-            return list(zip(self.weights, self.biases, strict=True))
-        return [(self.weight, self.bias)]
-
-    def objective(self, X, y):
-        if self.batch_shape:
-            return self.objective_at(X, y, *self._stacked())
-        return LogisticLoss.apply(X, self.weight, self.bias, y)
-
-    def objective_at(self, X, y, w, b):
-        return LogisticLoss.apply(X, w, b, y)
-
-
-# --- softmax regression's twins ----------------------------------------------------------------
 class SoftmaxLoss(torch.autograd.Function):
     """J(X, W, b, y) = mean(log Σ_k e^{Z_k} − Z_y), Z = X W + b, with the hand-written backward.
 
@@ -312,14 +102,17 @@ class SoftmaxLoss(torch.autograd.Function):
         return dX, dW, db, None
 
 
-class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
-    """The shared half of the softmax twins: (weight, bias) as nn.Parameters, stepped by
-    ``torch.optim``; ``w`` is W (n, C) and ``b`` (C,), as for :class:`SoftmaxRegression`."""
+class Twin(Model, nn.Module):
+    """What both twins share: parameters as ``nn.Parameter``, stepped by ``torch.optim``.
+
+    A twin says how it holds its parameters (``_build``, ``_leaves``, and ``_view``, which
+    shows them in the model's shapes w, b), its loss with a graph (``objective``), and where a
+    gradient at any parameters comes from (``loss_and_gradients``).
+    """
 
     def __init__(
         self,
         n_features: int,
-        n_classes: int,
         lr: float = 0.01,
         *,
         device: str | torch.device | None = None,
@@ -328,101 +121,185 @@ class _SoftmaxTwin(_checks.CheckedModel, nn.Module):
         optimizer: Optimizer | None = None,
     ) -> None:
         nn.Module.__init__(self)
-        self._check_multiclass_args(n_features, n_classes, lr, device, dtype)
-        self.rule = check_rule(optimizer)
-        self.grads: dict[str, torch.Tensor] = {}
-        self.last_logits: torch.Tensor | None = None
-        W, b = self._initial_parameters(seed)
-        self._build(W, b)
-        group = {"params": [self.weight, self.bias], "lr": self.lr}
-        self.optimizer = self.rule.torch_optimizer([group], self.device)
+        self._setup(n_features, lr, device, dtype, optimizer)
+        self._build(*self._start(seed))
+        # w and b: live views of the parameters, without their graph (the optimizer updates
+        # the parameters in place, so the views follow; writing them writes the parameters).
+        self._w, self._b = (t.detach() for t in self._view(*self._leaves()))
+        self.optimizer = self.rule.torch_optimizer(*self._leaves(), self.lr, self.device)
 
-    # Each twin says how it holds W and how it computes the loss with a graph.
-    def _build(self, W: torch.Tensor, b: torch.Tensor) -> None:
+    def _build(self, w: torch.Tensor, b: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _as_W(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight
+    def _leaves(self) -> tuple[nn.Parameter, nn.Parameter]:
+        raise NotImplementedError
 
-    def objective(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _view(self, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def objective(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss with its autograd graph, and the logits it came from (inputs checked)."""
         raise NotImplementedError
 
     @property
     def w(self) -> torch.Tensor:
-        return self._as_W(self.weight.detach())
+        return self._w
 
     @property
     def b(self) -> torch.Tensor:
-        return self.bias.detach()
+        return self._b
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits(self._X(X), self.w, self.b), dim=1)
-
-    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        X = self._X(X)
-        y = self._y(y, X, check)
-        with torch.no_grad():
-            return self.objective(X, y)
-
-    def gradients(self, X, y, *, check: bool = True) -> dict[str, torch.Tensor]:
-        X = self._X(X)
-        y = self._y(y, X, check)
-        _require_autograd(self)
-        with torch.enable_grad():
-            dweight, db = torch.autograd.grad(self.objective(X, y), (self.weight, self.bias))
-        return {"dw": self._as_W(dweight), "db": db}
-
-    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """zero_grad → forward → loss → backward → step (zero_grad skipped if the rule says)."""
-        X = self._X(X)
-        y = self._y(y, X, check)
-        _require_autograd(self)
+    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
+        """The post's loop: zero_grad → forward → loss → backward → step. (Without zero_grad
+        when the rule says so: then ``.grad`` sums every step's gradient.)"""
+        X, y = self._inputs(X, y, check)
+        self._require_autograd()
         with torch.enable_grad():
             if self.rule.zero_grad:
                 self.optimizer.zero_grad()
-            loss = self.objective(X, y)
+            loss, outputs = self.objective(X, y)
             loss.backward()
             self.optimizer.step()
-        self.grads = {"dw": self._as_W(self.weight.grad), "db": self.bias.grad}
-        return loss.detach()
+        dw, db = self._view(*(p.grad for p in self._leaves()))
+        self.grads = {"dw": dw, "db": db}
+        return Step(loss.detach(), outputs.detach())
+
+    def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        X, y = self._inputs(X, y, check)
+        with torch.no_grad():
+            return self.objective(X, y)[0]
+
+    def gradients(
+        self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """∂J/∂w and ∂J/∂b by autograd at the current parameters; ``.grad`` is left alone."""
+        X, y = self._inputs(X, y, check)
+        self._require_autograd()
+        with torch.enable_grad():
+            dw, db = self._view(*torch.autograd.grad(self.objective(X, y)[0], self._leaves()))
+        return {"dw": dw, "db": db}
+
+    def loss_and_gradients(self, X, y, w, b) -> Evaluation:
+        """The loss, its gradient by autograd, and the logits at (w, b), any parameters (one
+        loss, or one per trailing column: the gradient of their sum is each column's own)."""
+        self._require_autograd()
+        w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
+        with torch.enable_grad():
+            loss, z = self._loss_at(X, y, w, b)
+            dw, db = torch.autograd.grad(loss.sum(), (w, b))
+        return Evaluation(loss.detach(), {"dw": dw, "db": db}, z.detach())
+
+    def _loss_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        new = {"device": self.device, "dtype": self.dtype}
-        W = torch.as_tensor(w).to(**new).reshape(self.w_shape)
+        self._w.copy_(torch.as_tensor(w).reshape(self._w.shape))  # copy_ casts and moves
+        self._b.copy_(torch.as_tensor(b).reshape(self._b.shape))
+
+    def _require_autograd(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} needs autograd, which torch.inference_mode() turns off; "
+                "the manual models (LogisticRegression, SoftmaxRegression) run there"
+            )
+
+
+class AutogradTwin(Twin):
+    """``nn.Linear`` + a criterion + ``torch.optim``: the textbook model, the reference."""
+
+    Criterion: type[nn.Module]
+
+    def _build(self, w, b):
+        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
+        self.linear = nn.utils.skip_init(
+            nn.Linear, self.n_features, b.numel(), device=self.device, dtype=self.dtype
+        )
+        self.criterion = self.Criterion()
         with torch.no_grad():
-            self._as_W(self.weight).copy_(W)
-            self.bias.copy_(torch.as_tensor(b).to(**new).reshape(self.n_classes))
+            for view, start in zip(self.from_linear(*self._leaves()), (w, b), strict=True):
+                view.copy_(start)
+
+    def _leaves(self):
+        return self.linear.weight, self.linear.bias
+
+    def _view(self, weight, bias):
+        return self.from_linear(weight, bias)
+
+    def objective(self, X, y):
+        outputs = self.linear(X).squeeze(-1)  # the logits: (m,) for one output, (m, C) for C
+        return self.criterion(outputs, y), outputs
+
+    def loss_at(self, X, y, w, b):
+        with torch.no_grad():
+            return self._loss_at(X, y, w, b)[0]
 
 
-class AutogradSoftmaxRegression(_SoftmaxTwin):
+class FunctionTwin(Twin):
+    """Parameters ``weight`` and ``bias`` in the model's shapes; the loss through an
+    ``autograd.Function`` with the hand-written backward; ``torch.optim`` steps it."""
+
+    Loss: type[torch.autograd.Function]
+
+    def _build(self, w, b):
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(b)
+
+    def _leaves(self):
+        return self.weight, self.bias
+
+    def _view(self, weight, bias):
+        return weight, bias
+
+    def objective(self, X, y):
+        return self._loss_at(X, y, self.weight, self.bias)
+
+    def _loss_at(self, X, y, w, b):
+        with torch.no_grad():  # for the accuracy: the Function keeps its own logits inside
+            z = self.logits_at(X, w, b)
+        return self.Loss.apply(X, w, b, y), z
+
+
+class AutogradLogisticRegression(AutogradTwin, Logistic):
+    """The reference: ``nn.Linear(n_features, 1)`` + ``nn.BCEWithLogitsLoss`` + ``optim.SGD``."""
+
+    Criterion = nn.BCEWithLogitsLoss
+
+    def _loss_at(self, X, y, w, b):
+        """The same loss as a function of the parameters: nn.Linear is F.linear, and
+        BCEWithLogitsLoss is F.binary_cross_entropy_with_logits, per column."""
+        z = F.linear(X, w.reshape(self.n_features, -1).T, b.reshape(-1)).view(-1, *b.shape)
+        per_sample = F.binary_cross_entropy_with_logits(
+            z, column(y, z).expand_as(z), reduction="none"
+        )
+        return per_sample.mean(0), z
+
+
+class FunctionLogisticRegression(FunctionTwin, Logistic):
+    """Parameters ``weight`` (n,) and ``bias`` (); the loss through :class:`LogisticLoss`."""
+
+    Loss = LogisticLoss
+
+
+class AutogradSoftmaxRegression(AutogradTwin, Softmax):
     """The reference: ``nn.Linear(n_features, n_classes)`` + ``nn.CrossEntropyLoss`` +
     ``torch.optim``; its weight (C, n) is Wᵀ."""
 
-    def _build(self, W, b):
-        self.linear = nn.utils.skip_init(
-            nn.Linear, self.n_features, self.n_classes, device=self.device, dtype=self.dtype
-        )
-        with torch.no_grad():
-            self.linear.weight.copy_(W.T)
-            self.linear.bias.copy_(b)
-        self.weight, self.bias = self.linear.weight, self.linear.bias
-        self.criterion = nn.CrossEntropyLoss()
+    Criterion = nn.CrossEntropyLoss
 
-    def _as_W(self, weight):
-        return weight.T
+    def __init__(self, n_features: int, n_classes: int, lr: float = 0.01, **kwargs) -> None:
+        self._setup_classes(n_classes)
+        super().__init__(n_features, lr, **kwargs)
 
-    def objective(self, X, y):
-        outputs = self.linear(X)
-        self.last_logits = outputs.detach()
-        return self.criterion(outputs, y)
+    def _loss_at(self, X, y, W, b):
+        Z = F.linear(X, W.T, b)
+        return F.cross_entropy(Z, y, reduction="none").mean(0), Z
 
 
-class FunctionSoftmaxRegression(_SoftmaxTwin):
+class FunctionSoftmaxRegression(FunctionTwin, Softmax):
     """Parameters ``weight`` (n, C) and ``bias`` (C,); the loss through :class:`SoftmaxLoss`."""
 
-    def _build(self, W, b):
-        self.weight = nn.Parameter(W)
-        self.bias = nn.Parameter(b)
+    Loss = SoftmaxLoss
 
-    def objective(self, X, y):
-        return SoftmaxLoss.apply(X, self.weight, self.bias, y)
+    def __init__(self, n_features: int, n_classes: int, lr: float = 0.01, **kwargs) -> None:
+        self._setup_classes(n_classes)
+        super().__init__(n_features, lr, **kwargs)

@@ -13,7 +13,9 @@ def history(steps=3, n=2):
     return History(
         metrics=metrics,
         w=torch.arange((steps + 1) * n, **f64).view(steps + 1, n),
+        b=metrics["param/b"],
         dw=torch.zeros(steps + 1, n, **f64),
+        db=torch.zeros(steps + 1, **f64),
     )
 
 

@@ -46,7 +46,7 @@ def test_every_run_finishes_and_softmax_runs_record_every_parameter(beyond):
     trajectory = sweep.trajectory(run_id)
     assert len([c for c in trajectory.columns if c.startswith("w_")]) == (4 + 1) * 3
     history = sweep.as_history(run_id)
-    assert history.n_classes == 3 and history.b.shape == (41, 3)
+    assert history.w.shape == (41, 4, 3) and history.b.shape == (41, 3)
 
 
 def test_every_pair_agrees_for_every_rule_and_both_models(beyond):

@@ -41,7 +41,7 @@ def run_pair(offset_w: float, offset_loss: float = 0.0, dtype: str = "float64"):
     for run_id, dw, dl in (("a", 0.0, 0.0), ("m", offset_w, offset_loss)):
         loss = np.array([0.7, 0.5, 0.4, 0.35]) + dl
         histories[run_id] = pd.DataFrame({
-            "step": steps, "train/loss": loss, "param/b": np.zeros(4),
+            "step": steps, "train/loss": loss, "param/b": np.zeros(4), "grad/b": np.zeros(4),
             "check/grad_rel_err": [1e-16, 2e-16, 1e-15, 3e-16],
             "check/grad_err_vs_terms": [1e-17, 2e-17, 1e-16, 3e-17],
         })  # fmt: skip

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import manual_models.logistic as logistic
 from experiments import fit
-from manual_models import make_model
+from experiments.lr_batch import LrBatch, build
+from manual_models import Optimizer, make_model
 
 LRS = [0.003, 0.03, 0.3, 3.0]
 # Relative tolerances from the issue, measured here at ~2e-16 (float64) and ~2e-7 (float32).
@@ -25,14 +27,14 @@ def test_batched_run_equals_separate_runs(impl, dtype, breast_cancer):
     X_train, y_train, X_val, y_val = X[:400], y[:400], X[400:], y[400:]
     new = {"dtype": dtype, "device": X.device, "seed": 7}
 
-    def run(lr):
-        reference = make_model("autograd", 30, lr, **new) if impl != "autograd" else None
-        model = make_model(impl, 30, lr, **new)
+    def run(lrs):
+        reference = build("autograd", 30, lrs, **new) if impl != "autograd" else None
+        model = build(impl, 30, lrs, **new)
         return fit(model, X_train, y_train, 300, X_val=X_val, y_val=y_val,
-                   reference=reference, check_every=7)  # fmt: skip
+                   reference=reference, check_every=7).runs()  # fmt: skip
 
-    together, alone = run(LRS), [run(lr) for lr in LRS]
-    assert isinstance(together, list) and len(together) == len(LRS)
+    together, alone = run(LRS), [run([lr])[0] for lr in LRS]
+    assert len(together) == len(LRS)
     for batched, single in zip(together, alone, strict=True):
         assert batched.w.shape == single.w.shape == (301, 30)
         assert relative(batched.w, single.w) <= RTOL[dtype]
@@ -54,9 +56,9 @@ def test_batched_run_equals_separate_runs(impl, dtype, breast_cancer):
 
 def test_a_diverging_rate_does_not_touch_the_others(breast_cancer):
     X, y = breast_cancer
-    lrs = [0.1, 1e308]
-    together = fit(make_model("manual", 30, lrs, dtype=X.dtype, device=X.device), X, y, 20)
-    alone = fit(make_model("manual", 30, 0.1, dtype=X.dtype, device=X.device), X, y, 20)
+    new = {"dtype": X.dtype, "device": X.device}
+    together = fit(LrBatch("manual", 30, [0.1, 1e308], **new), X, y, 20).runs()
+    (alone,) = fit(make_model("manual", 30, 0.1, **new), X, y, 20).runs()
     assert together[0].diverged_at is None and together[0].steps == 20
     assert relative(together[0].w, alone.w) <= 1e-12
     assert together[1].diverged_at is not None and together[1].steps == together[1].diverged_at
@@ -65,51 +67,51 @@ def test_a_diverging_rate_does_not_touch_the_others(breast_cancer):
 def test_every_column_starts_from_the_seeded_draw():
     single = make_model("manual", 5, 0.1, dtype=torch.float64, seed=3)
     for impl in ("manual", "function", "autograd"):
-        model = make_model(impl, 5, [0.1, 0.2, 0.3], dtype=torch.float64, seed=3)
+        model = LrBatch(impl, 5, [0.1, 0.2, 0.3], dtype=torch.float64, seed=3)
         assert model.w.shape == (5, 3) and model.b.shape == (3,)
         assert all(torch.equal(model.w[:, k], single.w) for k in range(3))
 
 
-@pytest.mark.parametrize("lr", [[], [0.1, -1.0], [0.1, float("nan")], [[0.1]]])
-def test_bad_rate_lists(lr):
-    with pytest.raises(ValueError, match="lr must be"):
-        make_model("manual", 3, lr)
+@pytest.mark.parametrize("lrs", [[], [0.1, -1.0], [0.1, float("nan")], [[0.1]], 0.1, "0.1"])
+def test_bad_rate_lists(lrs):
+    with pytest.raises(ValueError, match=r"lrs? must be"):
+        LrBatch("manual", 3, lrs)
+
+
+def test_one_rate_per_model_and_two_classes_per_batch():
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        make_model("manual", 3, [0.1, 0.2])
+    with pytest.raises(ValueError, match="for two classes"):
+        LrBatch("manual", 3, [0.1, 0.2], n_classes=3)
 
 
 def test_the_reference_must_match_the_batch(breast_cancer):
     X, y = breast_cancer
-    model = make_model("manual", 30, [0.1, 0.2], dtype=X.dtype, device=X.device)
+    model = LrBatch("manual", 30, [0.1, 0.2], dtype=X.dtype, device=X.device)
     with pytest.raises(ValueError, match="as many learning rates"):
-        fit(
-            model,
-            X,
-            y,
-            3,
-            reference=make_model("autograd", 30, 0.1, dtype=X.dtype, device=X.device),
-        )
+        fit(model, X, y, 3, reference=make_model("autograd", 30, 0.1, dtype=X.dtype,
+                                                 device=X.device))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_blocked_cpu_step_equals_the_plain_one(dtype, monkeypatch):
     """Large X on the CPU goes through row blocks: the same loss, gradient and step."""
-    import manual_models.logistic as logistic
-
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(5000, 20, generator=generator, dtype=dtype)
     y = (torch.rand(5000, generator=generator) > 0.4).to(dtype)
-    for lr in (0.5, [0.05, 0.5, 5.0]):
-        plain = make_model("manual", 20, lr, dtype=dtype, seed=1)
-        blocked = make_model("manual", 20, lr, dtype=dtype, seed=1)
-        plain_loss = plain.train_step(X, y)
+    for lrs in ([0.5], [0.05, 0.5, 5.0]):
+        plain = build("manual", 20, lrs, dtype=dtype, seed=1)
+        blocked = build("manual", 20, lrs, dtype=dtype, seed=1)
+        plain_loss, plain_logits = plain.train_step(X, y)
         monkeypatch.setattr(logistic, "BLOCKED_ABOVE", 0)
         monkeypatch.setattr(logistic, "BLOCK_BYTES", 777 * 20 * X.element_size())  # uneven tail
-        blocked_loss = blocked.train_step(X, y)
+        blocked_loss, blocked_logits = blocked.train_step(X, y)
         monkeypatch.undo()
         assert relative(blocked_loss, plain_loss) <= RTOL[dtype]
         for key in ("dw", "db"):
             assert relative(blocked.grads[key], plain.grads[key]) <= RTOL[dtype]
         assert relative(blocked.w, plain.w) <= RTOL[dtype]
-        assert relative(blocked.last_logits, plain.last_logits) <= RTOL[dtype]
+        assert relative(blocked_logits, plain_logits) <= RTOL[dtype]
 
 
 @pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
@@ -118,13 +120,35 @@ def test_batched_gradients_are_each_models_own(impl, breast_cancer):
     X, y = breast_cancer
     w = torch.randn(30, 3, generator=torch.Generator().manual_seed(0), dtype=X.dtype)
     b = torch.tensor([0.3, -0.2, 0.0], dtype=X.dtype)
-    together = make_model(impl, 30, [0.1, 0.2, 0.3], dtype=X.dtype, device=X.device)
+    together = LrBatch(impl, 30, [0.1, 0.2, 0.3], dtype=X.dtype, device=X.device)
     together.set_parameters(w, b)
-    got = together.gradients(X, y)
+    got, terms = together.gradients(X, y), together.summands(X, y)
     assert got["dw"].shape == (30, 3) and got["db"].shape == (3,)
     for k in range(3):
         alone = make_model(impl, 30, 0.1, dtype=X.dtype, device=X.device)
         alone.set_parameters(w[:, k], b[k])
-        expected = alone.gradients(X, y)
-        assert relative(got["dw"][:, k], expected["dw"]) <= 1e-12
-        assert relative(got["db"][k], expected["db"]) <= 1e-12
+        expected, expected_terms = alone.gradients(X, y), alone.summands(X, y)
+        for key in ("dw", "db"):
+            assert relative(got[key][..., k], expected[key]) <= 1e-12
+            assert relative(terms[key][..., k], expected_terms[key]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam+wd", "no-zero_grad"])
+@pytest.mark.parametrize("impl", ["manual", "function"])
+def test_every_rule_batches(name, impl):
+    """K rates with a stateful rule: each column is the run its rate gives alone."""
+    rule = {"momentum": Optimizer("momentum"), "adam+wd": Optimizer("adam", weight_decay=0.05),
+            "no-zero_grad": Optimizer(zero_grad=False)}[name]  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (60,), generator=g).double()
+    lrs = [0.01, 0.1, 0.5]
+    batched = LrBatch(impl, 5, lrs, dtype=torch.float64, optimizer=rule)
+    alone = [make_model(impl, 5, lr, dtype=torch.float64, optimizer=rule) for lr in lrs]
+    for _ in range(30):
+        batched.train_step(X, y)
+        for model in alone:
+            model.train_step(X, y)
+    for k, model in enumerate(alone):
+        assert relative(batched.w[:, k], model.w) <= 1e-12
+        assert relative(batched.b[k], model.b) <= 1e-12

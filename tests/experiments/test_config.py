@@ -11,6 +11,7 @@ from experiments.config import (
     load_sweep,
     parse_overrides,
 )
+from experiments.lr_batch import passes
 
 
 def test_shipped_configs_are_valid_and_default_is_the_main_job():
@@ -128,13 +129,11 @@ def test_keys_recorded_before_the_optimizer_key_are_unchanged():
 
 
 def test_multiclass_datasets_are_chosen_by_classes_all_and_never_batched():
-    from experiments.config import lr_batches
-
     config = load_sweep(CONFIGS / "quick.yaml",
                         {"datasets": [{"name": "wine", "classes": "all"}, "wine"]})  # fmt: skip
     multi, binary = config.datasets
     assert multi.multiclass and not binary.multiclass and multi.label == "wine(classes=all)"
-    groups = lr_batches(config.grid())
+    groups = passes(config.grid())
     sizes = {(g[0].dataset.label, g[0].impl): len(g) for g in groups}
     assert sizes[("wine(classes=all)", "manual")] == 1  # one model per softmax run
     assert sizes[("wine", "manual")] == 2  # the binary runs' two rates share a pass

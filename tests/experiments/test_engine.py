@@ -9,6 +9,7 @@ import torch
 import manual_models.logistic
 from analysis import TOLERANCES, trajectory_gap
 from experiments import datasets, engine, fit
+from experiments.lr_batch import build
 from manual_models import Optimizer, make_model
 
 STEPS, LR = 1000, 0.1
@@ -177,11 +178,11 @@ def run_without_host_syncs(loop, steps, graphs):
 def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_cancer_np):
     """Under sync debug mode "error", any .item(), host copy or data-dependent branch raises."""
     X, y = (torch.tensor(a, dtype=torch.float32, device="cuda") for a in breast_cancer_np)
-    model = make_model(impl, 30, lr, device="cuda")
-    reference = None if impl == "autograd" else make_model("autograd", 30, lr, device="cuda")
-    model.loss(X, y)  # the one label check, outside the loop (as fit() does)
-    batch = model.batch_shape
-    loop = engine._Loop(model, X, y, X, y, reference, 2, batch)
+    lrs = lr if isinstance(lr, list) else [lr]
+    model = build(impl, 30, lrs, device="cuda")
+    reference = None if impl == "autograd" else build("autograd", 30, lrs, device="cuda")
+    runs = model.loss(X, y).shape  # the one label check, outside the loop (as fit() does)
+    loop = engine._Loop(model, X, y, X, y, reference, 2, runs)
     history = run_without_host_syncs(loop, 50, graphs)
     assert torch.isfinite(history.loss).all() and (history.loss[-1] < history.loss[0]).all()
     if reference is not None:  # checked rows (even, and the last) and only those

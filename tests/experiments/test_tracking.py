@@ -21,7 +21,8 @@ def test_one_point_is_the_last():
 
 def test_trajectory_is_thinned_only_above_the_limit():
     rows, n = 1001, 5
-    history = History({}, torch.arange(rows * n).view(rows, n).double(), torch.zeros(rows, n))
+    w, b = torch.arange(rows * n).view(rows, n).double(), torch.zeros(rows)
+    history = History({}, w, b, torch.zeros(rows, n), b)
     table, every = trajectory_table(history, max_values=10**7)
     frame = table.to_pandas()
     assert every == 1 and len(frame) == rows

@@ -37,9 +37,17 @@ def test_interface_and_shapes(impl, device):
     assert model.loss(X, y).shape == ()
     grads = model.gradients(X, y)
     assert grads["dw"].shape == (3,) and grads["db"].shape == ()
+    logits = model.logits(X)
+    assert logits.shape == (8,)
+    assert model.accuracy(logits, y) == ((logits > 0) == (y > 0.5)).double().mean()
+    terms = model.summands(X, y)
+    assert terms["dw"].shape == (3,) and terms["db"].shape == ()
+    assert (terms["dw"] >= grads["dw"].abs()).all() and terms["db"] >= grads["db"].abs()
     w0 = model.w.clone()
-    loss = model.train_step(X, y)
+    loss, z = model.train_step(X, y)
     assert loss.shape == () and not loss.requires_grad
+    torch.testing.assert_close(loss, model.loss_at(X, y, w0, model.b + 0.5 * grads["db"]))
+    torch.testing.assert_close(z, logits, rtol=1e-15, atol=0)  # the step's logits, at θ_t
     torch.testing.assert_close(model.w, w0 - 0.5 * grads["dw"], rtol=1e-12, atol=1e-15)
     assert set(model.grads) == {"dw", "db"}
 

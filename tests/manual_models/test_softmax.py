@@ -126,8 +126,9 @@ def test_trajectories_match_autograd(impl, dtype, rtol, device):
     runs = {i: fit(make_model(i, 4, 0.5, n_classes=3, dtype=dtype, device=device), X, y, 300)
             for i in (impl, "autograd")}  # fmt: skip
     ours, ref = runs[impl], runs["autograd"]
-    assert ours.w.shape == (301, 15) and ours.n_classes == 3
+    assert ours.w.shape == (301, 4, 3) and ours.b.shape == (301, 3)
     assert float((ours.w - ref.w).abs().max()) <= rtol
+    assert float((ours.b - ref.b).abs().max()) <= rtol
     assert float((ours.loss - ref.loss).abs().max()) <= rtol
     assert float(ref.loss[-1]) < 0.5 * float(ref.loss[0])  # it trained
 
@@ -203,7 +204,7 @@ def test_default_gradcheck_misses_the_0_1_percent_bug():
     ("kwargs", "message"),
     [
         ({"n_classes": 1}, "n_classes must be an integer >= 2"),
-        ({"n_classes": 3, "lr": [0.1, 1.0]}, "for the binary model"),
+        ({"n_classes": 3, "lr": [0.1, 1.0]}, "lr must be a positive finite number"),
     ],
 )
 def test_bad_arguments(kwargs, message):
