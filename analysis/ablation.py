@@ -26,7 +26,10 @@ import torch
 
 from analysis.agreement import TOLERANCES
 from analysis.compare import DTYPES
-from analysis.runs import Sweep, dataset_config
+from analysis.runs import Sweep
+from experiments.data import load_split
+from experiments.records import dataset_config
+from manual_models import make_model
 
 
 def accumulation(sweep: Sweep) -> pd.DataFrame:
@@ -57,9 +60,6 @@ def accumulation(sweep: Sweep) -> pd.DataFrame:
 
 
 def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
-    from experiments.sweep import load_split
-    from manual_models import make_model
-
     history = sweep.as_history(run.run_id)
     steps = sweep.trajectory(run.run_id)["step"].to_numpy()
     if not np.array_equal(steps, np.arange(len(steps))):
@@ -67,8 +67,8 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
                 "max_trajectory_values to keep every step"}  # fmt: skip
     split = load_split(dataset_config(run), int(run.seed), float(run.val_fraction))
     n_classes = int(run.n_classes)
-    X = torch.tensor(split["X_train"])
-    y = torch.tensor(split["y_train"])
+    X = torch.tensor(split.X_train)
+    y = torch.tensor(split.y_train)
     if n_classes == 2:
         y = y.double()
     model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)

@@ -20,9 +20,16 @@ from functools import cache
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
+from scipy.optimize import linprog
+from sklearn.linear_model import LogisticRegression as SkLogistic
 
 from analysis.agreement import TOLERANCES, trajectory_gap
-from analysis.runs import KEYS, Sweep, dataset_config
+from analysis.runs import KEYS, Sweep
+from experiments.data import load_split
+from experiments.records import best_lrs as _best_lrs
+from experiments.records import dataset_config
+from manual_models import make_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -96,9 +103,6 @@ def separable(X: np.ndarray, y: np.ndarray, n_classes: int = 2) -> bool:
     """Is there (W, b) putting every sample's own class ahead by a margin, Z_{i,yᵢ} − Z_ic ≥ 1
     for all c ≠ yᵢ (binary: ỹᵢ(xᵢ·w + b) ≥ 1)? A linear feasibility problem, answered exactly
     by an LP rather than guessed from a fit. Then the unpenalised loss has no minimiser."""
-    from scipy import sparse
-    from scipy.optimize import linprog
-
     Xb = np.hstack([X, np.ones((len(X), 1))])
     y = np.asarray(y).astype(np.int64)  # with two classes: w = w₁ − w₀ is the binary w
     d = Xb.shape[1]
@@ -143,13 +147,8 @@ def _split_facts(dataset, seed: int, val_fraction: float, n_classes: int = 2,
     """Computed once per split and objective (an LP and an lbfgs fit), whichever table asks
     first. The objective is the mean loss + (λ/2)‖W‖², λ the weight decay: for λ > 0 it is
     strongly convex and has one minimiser, separable data or not."""
-    from sklearn.linear_model import LogisticRegression as SkLogistic
-
-    from experiments.sweep import load_split
-    from manual_models import make_model
-
     split = load_split(dataset, seed, val_fraction)
-    X, y = split["X_train"], split["y_train"]
+    X, y = split.X_train, split.y_train
     facts = {
         "L": smoothness(X, n_classes, weight_decay),
         "separable": separable(X, y, n_classes),
@@ -208,31 +207,10 @@ def stability(sweep: Sweep) -> pd.DataFrame:
 
 
 def best_lrs(sweep: Sweep) -> pd.DataFrame:
-    """Per dataset × impl × device (× dtype): the lr with the lowest mean final validation loss."""
-    runs = sweep.runs[sweep.runs.status == "FINISHED"]
-    group = ["dataset", "impl", "optimizer", "device", "dtype"]
-    per_lr = (
-        runs.groupby([*group, "lr"])
-        .agg(
-            val_loss_mean=("val/loss", "mean"),
-            val_loss_std=("val/loss", "std"),
-            val_accuracy_mean=("val/accuracy", "mean"),
-            seeds=("seed", "nunique"),
-        )
-        .reset_index()
-    )
-    grid = runs.groupby(group)["lr"].agg(lr_min="min", lr_max="max", lrs="nunique")
-    best = per_lr.loc[per_lr.groupby(group)["val_loss_mean"].idxmin()].join(grid, on=group)
-    best["on_edge"] = (best["lrs"] > 1) & (
-        (best["lr"] == best["lr_min"]) | (best["lr"] == best["lr_max"])
-    )
-    best = best.rename(columns={"lr": "best_lr"}).drop(columns=["lr_min", "lr_max"])
-    # Each implementation at its own best lr, against autograd at its own best.
-    same = ["dataset", "optimizer", "device", "dtype"]
-    autograd = best[best.impl == "autograd"].set_index(same)
-    joined = best.join(autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"), on=same)
-    joined["val_loss_vs_autograd"] = joined["val_loss_mean"] - joined["val_loss_mean_autograd"]
-    return joined.reset_index(drop=True)
+    """Per dataset × impl × rule × device × dtype: the lr with the lowest mean final validation
+    loss over seeds, flagged on the grid's edge, beside autograd's own best (the summary a
+    sweep records, :func:`experiments.records.best_lrs`)."""
+    return _best_lrs(sweep.runs)
 
 
 def devices(sweep: Sweep) -> pd.DataFrame:

@@ -29,6 +29,9 @@ import torch
 from experiments.config import RunConfig, build
 from experiments.engine import fit
 from experiments.lr_batch import LrBatch
+from experiments.records import record, run_tags
+from experiments.tracking import Tracker
+from experiments.training import train_pass
 from manual_models import logistic, make_model
 
 SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
@@ -203,12 +206,9 @@ def tracking(repeats: int, naive_sample: int = 200) -> dict:
     """Per-run tracking cost on a scratch SQLite store: MLflow's floor, this repo's path for a
     1,000-step breast_cancer run, and the naive loop (one ``log_metric`` per value per step,
     timed on a sample and scaled to the run's points, plus the floor it also pays)."""
-    from experiments.sweep import record, run_tags, train_point
-    from experiments.tracking import Tracker
-
     config = build(RunConfig, {"dataset": "breast_cancer", "impl": "manual", "lr": 0.1,
                                "device": "cpu"})  # fmt: skip
-    result = train_point(config)
+    (result,) = train_pass([config])
     points = sum(int(torch.isfinite(v).sum()) for v in result.history.metrics.values())
     with tempfile.TemporaryDirectory() as folder:
         tracker = Tracker(f"sqlite:///{folder}/bench.db")

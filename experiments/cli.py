@@ -17,6 +17,8 @@ import click
 from experiments import interrupts
 from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
 from experiments.executors import ENGINES, EngineError, open_engine
+from experiments.records import latest_attempts, summary
+from experiments.sweep import SweepOutcome, run_sweep
 from experiments.tracking import Tracker, TrackingError, check_reachable
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -176,58 +178,66 @@ def bench(quick, device, out, tracking_uri) -> None:
 
 
 def execute(
-    config: SweepConfig, uri, experiment, command: str, *, nested: bool, quiet: bool,
-    workers: int = 1, restart: bool = False,
-) -> int:  # fmt: skip
-    from experiments.sweep import latest_attempts, run_grid, summarize  # heavy: after validation
-
+    config: SweepConfig,
+    uri: str | None,
+    experiment: str | None,
+    command: str,
+    *,
+    nested: bool,
+    quiet: bool,
+    workers: int = 1,
+    restart: bool = False,
+) -> int:
+    """Check the store and the engine before anything is written, run the sweep, and say how
+    it went: exit code 1 if a run failed with an error, else 0."""
     tracker = Tracker(uri)
-    check_reachable(tracker.uri)  # the store and the engine, before anything is written
+    check_reachable(tracker.uri)
     engine = open_engine(config.engine, config.address, workers)
-    if engine is not None:
-        try:
-            engine.check(gpu="cuda" in config.resolved_devices())
-        except EngineError:
-            engine.close()
-            raise
-    if engine is not None and not quiet:
-        click.echo(f"engine: {engine.describe()}", err=True)
     try:
-        outcome = run_grid(
-            config, tracker, experiment=experiment, command=command, nested=nested,
-            progress=not quiet, engine=engine, restart=restart,
-        )  # fmt: skip
+        engine.check(gpu="cuda" in config.resolved_devices())
+        if not quiet:
+            click.echo(f"engine: {engine.describe()}", err=True)
+        outcome = run_sweep(config, tracker, engine, experiment=experiment, command=command,
+                            nested=nested, progress=not quiet, restart=restart)  # fmt: skip
     except BaseException:
-        if engine is not None:
-            engine.stop()
+        engine.stop()  # a Dask cluster of its own, or workers still running: not left behind
         raise
+    return say_outcome(outcome, tracker.uri, experiment or config.name, nested)
+
+
+# What the closing table shows: each implementation at its best lr, or a single run's numbers.
+BEST_LR_COLUMNS = ["dataset", "impl", "optimizer", "device", "dtype", "best_lr", "val_loss_mean",
+                   "val_accuracy_mean", "on_edge", "check/max_grad_err_vs_terms"]  # fmt: skip
+RUN_COLUMNS = ["dataset", "impl", "optimizer", "device", "dtype", "lr", "seed", "train/loss",
+               "val/loss", "val/accuracy", "check/max_grad_err_vs_terms", "time/fit_s"]  # fmt: skip
+
+
+def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int:
     runs = outcome.runs
-    done = runs[runs.status == "FINISHED"] if len(runs) else runs
-    if len(done):
-        table = summarize(done) if nested else done.drop(columns=["run_id", "config_key"])
-        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if len(runs) and (runs.status == "FINISHED").any():
+        table = summary(runs) if nested else runs[runs.status == "FINISHED"]
+        columns = [c for c in (BEST_LR_COLUMNS if nested else RUN_COLUMNS) if c in table]
+        click.echo(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     latest = latest_attempts(runs)  # how each grid point stands now
     counts = latest.status.value_counts().to_dict() if len(latest) else {}
     failures = latest[latest.status == "FAILED"] if len(latest) else latest
     diverged = int((failures.failure == "diverged").sum()) if len(failures) else 0
     errors = len(failures) - diverged
-    name = experiment or config.name
     click.echo(
         f"\n{counts.get('FINISHED', 0)} finished, {diverged} diverged, {errors} failed with an "
         f"error ({outcome.skipped} already finished before) in {outcome.seconds:.1f} s "
         f"({outcome.train_seconds:.1f} s training) → experiment {name!r} "
-        f"(id {outcome.experiment_id}) in {tracker.uri}"
+        f"(id {outcome.experiment_id}) in {uri}"
     )
     for row in failures.itertuples():
-        click.echo(f"  FAILED {row.impl} · {row.dataset} · lr={row.lr:g} · s{row.seed}: "
-                   f"{row.failure_reason}")  # fmt: skip
-    if tracker.uri.startswith("http"):
-        click.echo(f"view: {tracker.uri.rstrip('/')}/#/experiments/{outcome.experiment_id}/runs")
+        point = f"{row.impl} · {row.dataset} · lr={row.lr:g} · s{row.seed}"
+        click.echo(f"  FAILED {point}: {row.failure_reason}")
+    page = f"#/experiments/{outcome.experiment_id}/runs"
+    if uri.startswith("http"):
+        click.echo(f"view: {uri.rstrip('/')}/{page}")
     else:
-        click.echo(
-            f"view: mlflow ui --backend-store-uri {tracker.uri} --port 5000 (or `make ui`), then "
-            f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}/runs"
-        )
+        click.echo(f"view: mlflow ui --backend-store-uri {uri} --port 5000 (or `make ui`), then "
+                   f"http://127.0.0.1:5000/{page}")  # fmt: skip
     return 1 if errors else 0
 
 

@@ -254,6 +254,23 @@ class SweepConfig(_Common):
                     out.append(d)
         return out
 
+    def params(self) -> dict[str, str]:
+        """The sweep's keys for its parent run: lists as text, datasets by label, ``auto``
+        devices resolved."""
+        dumped = self.model_dump(mode="json")
+        dumped["datasets"] = [d.label for d in self.datasets]
+        dumped["devices"] = self.resolved_devices()
+        return {k: str(v) for k, v in dumped.items()}
+
+    def to_yaml(self) -> str:
+        """The config as a file that ``load_sweep`` reads back to the same config."""
+        data = self.model_dump(mode="json")
+        data["datasets"] = [
+            d["name"] if not d["params"] else {"name": d["name"], **d["params"]}
+            for d in data["datasets"]
+        ]
+        return yaml.safe_dump(data, sort_keys=False)
+
     def grid(self) -> list[RunConfig]:
         """The runs, grouped so that runs differing only in impl and lr sit together."""
         common = _Common.model_fields

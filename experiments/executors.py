@@ -1,9 +1,10 @@
 """Where grid points run: the one seam between a sweep and the engine that runs it.
 
-A sweep hands groups of grid points to an :class:`Engine`, which wraps a
-``concurrent.futures.Executor``: the local process pool, or a Dask cluster through
-``Client.get_executor()`` (the same interface, so :mod:`experiments.sweep` has one code path).
-Another engine (Ray, say) is another subclass here; the training code does not change.
+A sweep hands its training passes to an :class:`Engine`: this process, one pass after another
+(:class:`InlineEngine`), the local process pool, or a Dask cluster through
+``Client.get_executor()``. All three answer ``submit`` with a ``concurrent.futures.Future``, so
+:mod:`experiments.sweep` has one code path. Another engine (Ray, say) is another subclass here;
+the training code does not change.
 
 Opening an engine is checked before anything is written: an engine that is not installed or a
 scheduler that does not answer is a :class:`EngineError` with a one-line message.
@@ -29,7 +30,7 @@ class EngineError(ValueError):
 
 
 class Engine:
-    """Runs ``fn(*args)`` for a grid point group somewhere, and says what a failure means."""
+    """Runs ``fn(*args)`` for a training pass somewhere, and says what a failure means."""
 
     name = "engine"
     # Whether workers must check that the driver has not ended a run before they finish it:
@@ -47,7 +48,7 @@ class Engine:
         CUDA points)."""
 
     def capacity(self) -> int:
-        """How many groups to keep in flight."""
+        """How many passes to keep in flight."""
         raise NotImplementedError
 
     def lost_worker(self, err: BaseException) -> bool:
@@ -65,6 +66,28 @@ class Engine:
 
     def describe(self) -> str:
         return self.name
+
+
+class InlineEngine(Engine):
+    """This process, one pass at a time: the sequential sweep, through the same loop as the
+    others. A pass runs inside ``submit``; Ctrl-C and SIGTERM reach it as they reach the
+    driver, which then marks its runs KILLED."""
+
+    name = "inline"
+
+    def submit(self, fn, *args, gpu=False):
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:  # the pass failed: its runs fail, the sweep goes on
+            future.set_exception(err)
+        return future
+
+    def capacity(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        return "this process"
 
 
 class LocalEngine(Engine):
@@ -193,12 +216,12 @@ class DaskEngine(Engine):
         return f"dask ({self.address})"
 
 
-def open_engine(name: str, address: str | None = None, workers: int = 1) -> Engine | None:
-    """The engine a sweep runs on; None means in this process, one group after another."""
+def open_engine(name: str, address: str | None = None, workers: int = 1) -> Engine:
+    """The engine a sweep runs on: this process for one local worker, else a pool or Dask."""
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "local":
         if address:
             raise EngineError("--address is for --engine dask")
-        return None if workers == 1 else LocalEngine(workers)
+        return InlineEngine() if workers == 1 else LocalEngine(workers)
     return DaskEngine(address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None, workers)

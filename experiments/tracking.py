@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.data import digest
+from experiments.datasets import Split
 from experiments.engine import History
 from experiments.interrupts import shielded
 
@@ -124,17 +125,6 @@ def trajectory_table(history: History, max_values: int):
     names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
     arrays = [keep, *w[keep].T, *dw[keep].T]
     return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names), every
-
-
-def digest(*arrays: np.ndarray) -> str:
-    """SHA-256 over every byte and shape: changes whenever the data does (MLflow's own
-    numpy digest samples rows, and misses a change in the middle of a large array)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()[:16]
 
 
 def retry_when_locked(method):
@@ -297,9 +287,7 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     @retry_when_locked
-    def log_dataset(
-        self, run_id: str, key: tuple, name: str, loader: str, split: Mapping[str, np.ndarray]
-    ) -> None:
+    def log_dataset(self, run_id: str, key: tuple, name: str, loader: str, split: Split) -> None:
         """The training and validation data as run inputs, each with a full-content digest;
         ``key`` is (dataset, seed, val_fraction)."""
         from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -310,7 +298,7 @@ class Tracker:
             source = CodeDatasetSource(tags={"loader": loader})
             inputs = []
             for context in ("train", "val"):
-                X, y = split[f"X_{context}"], split[f"y_{context}"]
+                X, y = getattr(split, f"X_{context}"), getattr(split, f"y_{context}")
                 dataset = from_numpy(
                     X,
                     source=source,
@@ -346,15 +334,20 @@ class Tracker:
         )
         return found[0] if found else None
 
-    def latest_sweep(self):
-        """The most recently started sweep parent run in any experiment, or None."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
+    def latest_sweep(self, experiment_id: str | None = None):
+        """The most recently started sweep parent run of the experiment (any experiment if
+        None), or None."""
+        experiments = [experiment_id] if experiment_id is not None else [
+            e.experiment_id for e in self.client.search_experiments()
+        ]  # fmt: skip
         if not experiments:
             return None
         found = self.client.search_runs(
-            experiments, "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
+            experiments,
+            "tags.kind = 'sweep'",
+            order_by=["attributes.start_time DESC"],
             max_results=1,
-        )  # fmt: skip
+        )
         return found[0] if found else None
 
     @retry_when_locked

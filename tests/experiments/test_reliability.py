@@ -22,10 +22,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from experiments import records
 from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
 from experiments.executors import Engine
-from experiments.sweep import _on_engine
+from experiments.sweep import Sweep
 
 QUICK = CONFIGS / "quick.yaml"
 # 6 runs of ~0.5 s: slow enough to stop in the middle, quick enough for `make test`.
@@ -289,7 +290,7 @@ def test_an_interrupt_waits_for_the_tracking_call_and_a_second_one_forces(tmp_pa
 
 
 class BreakingPool(Engine):
-    """A local pool in miniature: the second group's worker dies while the first group's
+    """A local pool in miniature: the second pass's worker dies while the first pass's
     result is already in, so the driver's next submit meets a broken pool (the race CI hit)."""
 
     breaks = True
@@ -320,20 +321,38 @@ class BreakingPool(Engine):
         self.broken = False
 
 
-def test_a_group_refused_by_a_broken_pool_goes_to_the_renewed_one_under_its_runs():
-    engine, created, outcome = BreakingPool(), [], {}
+class ScriptedStore:
+    """The tracker calls a sweep's driver makes, kept in memory."""
 
-    def start_runs(group):
-        ids = [f"run{len(created) + i}" for i in range(len(group))]
-        created.extend(ids)
-        return ids
+    uri = "sqlite://"
 
-    groups = [[SimpleNamespace(device="cpu")] for _ in range(4)]
-    seconds = _on_engine(engine, SimpleNamespace(uri="sqlite://"), groups, start_runs,
-                         lambda run_id, reason: outcome.update({run_id: reason}), {}, None,
-                         False)  # fmt: skip
-    assert created == ["run0", "run1", "run2", "run3"]  # one run per grid point, never two
-    assert engine.submitted == [["run0"], ["run1"], ["run2"], ["run3"]]  # run2 was refused once
-    assert outcome == {"run1": "its worker process died"}
+    def __init__(self):
+        self.status_of, self.reasons = {}, {}
+
+    def start_run(self, experiment_id, name, *, tags, parent_id=None):
+        run_id = f"run{len(self.status_of)}"
+        self.status_of[run_id] = "RUNNING"
+        return run_id
+
+    def status(self, run_id):
+        return self.status_of[run_id]
+
+    def log(self, run_id, *, tags=(), **_):
+        self.reasons[run_id] = dict(tags).get("failure_reason")
+
+    def finish(self, run_id, status="FINISHED"):
+        self.status_of[run_id] = status
+
+
+def test_a_pass_refused_by_a_broken_pool_goes_to_the_renewed_one_under_its_runs(monkeypatch):
+    monkeypatch.setattr(records, "run_tags", lambda point: {})
+    engine, store = BreakingPool(), ScriptedStore()
+    sweep = Sweep(store, experiment_id="0", parent_id="parent")
+    points = [SimpleNamespace(device="cpu", name=f"point {i}") for i in range(4)]
+    sweep.drive(engine, [[point] for point in points], SimpleNamespace(update=lambda n: None))
+    assert list(store.status_of) == ["run0", "run1", "run2", "run3"]  # one run a point, once
+    assert engine.submitted == [["run0"], ["run1"], ["run2"], ["run3"]]  # run2 refused once
+    assert store.reasons == {"run1": "its worker process died"}
+    assert [store.status_of[r] for r in ("run0", "run1")] == ["RUNNING", "FAILED"]
     assert engine.renewed == 1
-    assert seconds == 3.0
+    assert sweep.train_seconds == 3.0 and not sweep.in_flight
