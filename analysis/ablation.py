@@ -63,8 +63,11 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
     history = sweep.as_history(run.run_id)
     steps = sweep.trajectory(run.run_id)["step"].to_numpy()
     if not np.array_equal(steps, np.arange(len(steps))):
-        return {"agrees": False, "note": "trajectory.parquet was thinned: raise "
-                "max_trajectory_values to keep every step"}  # fmt: skip
+        return {
+            "agrees": False,
+            "note": "trajectory.parquet was thinned: raise "
+            "max_trajectory_values to keep every step",
+        }
     split = load_split(dataset_config(run), int(run.seed), float(run.val_fraction))
     n_classes = int(run.n_classes)
     X = torch.tensor(split.X_train)

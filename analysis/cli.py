@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from analysis.report import make_report
+from analysis.run_notebooks import execute
 from analysis.runs import AnalysisError
 from experiments.cli import entry
 from experiments.tracking import TrackingError
@@ -44,8 +46,6 @@ def sweep_options(out_help: str):
 def report(experiment: str, tracking_uri: str | None, out: str | None) -> None:
     """Write report.html, pairs.csv, best_lr.csv, reference.csv, devices.csv and the figures
     for the latest sweep of EXPERIMENT, and log them on its parent run."""
-    from analysis.report import make_report
-
     result, folder = make_report(experiment, tracking_uri, out)
     pairs = result.pairs
     agree = int(pairs["agrees"].sum()) if len(pairs) else 0
@@ -58,8 +58,6 @@ def report(experiment: str, tracking_uri: str | None, out: str | None) -> None:
 def notebooks(experiment: str, tracking_uri: str | None, out: str | None) -> None:
     """Execute analysis/notebooks/*.ipynb against the latest sweep; write the executed copies
     to DIR (the stored notebooks keep no outputs)."""
-    from analysis.run_notebooks import execute
-
     folder = out or f"reports/{experiment}/notebooks"
     for path in execute(experiment, tracking_uri, folder):
         click.echo(f"executed: {path}")

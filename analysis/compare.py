@@ -113,13 +113,22 @@ def separable(X: np.ndarray, y: np.ndarray, n_classes: int = 2) -> bool:
     A = sparse.coo_matrix(
         (
             np.concatenate([-Xb[i].ravel(), Xb[i].ravel()]),
-            (np.concatenate([r.ravel(), r.ravel()]),
-             np.concatenate([(y[i][:, None] * d + cols).ravel(), (c[:, None] * d + cols).ravel()])),
+            (
+                np.concatenate([r.ravel(), r.ravel()]),
+                np.concatenate(
+                    [(y[i][:, None] * d + cols).ravel(), (c[:, None] * d + cols).ravel()]
+                ),
+            ),
         ),
         shape=(len(i), d * n_classes),
-    )  # fmt: skip
-    result = linprog(np.zeros(d * n_classes), A_ub=A.tocsr(), b_ub=-np.ones(len(i)),
-                     bounds=(None, None), method="highs")  # fmt: skip
+    )
+    result = linprog(
+        np.zeros(d * n_classes),
+        A_ub=A.tocsr(),
+        b_ub=-np.ones(len(i)),
+        bounds=(None, None),
+        method="highs",
+    )
     return result.status == 0
 
 
@@ -142,8 +151,9 @@ def _data_facts(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @cache
-def _split_facts(dataset, seed: int, val_fraction: float, n_classes: int = 2,
-                 weight_decay: float = 0.0) -> dict[str, float | bool]:  # fmt: skip
+def _split_facts(
+    dataset, seed: int, val_fraction: float, n_classes: int = 2, weight_decay: float = 0.0
+) -> dict[str, float | bool]:
     """Computed once per split and objective (an LP and an lbfgs fit), whichever table asks
     first. The objective is the mean loss + (λ/2)‖W‖², λ the weight decay: for λ > 0 it is
     strongly convex and has one minimiser, separable data or not."""

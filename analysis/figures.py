@@ -42,8 +42,9 @@ def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
     for ax, dataset in zip(axes, datasets, strict=False):
         lrs = []
         for rule in dict.fromkeys(runs[runs.dataset == dataset].optimizer):
-            chosen = best[(best.dataset == dataset) & (best.impl == "autograd")
-                          & (best.optimizer == rule)]  # fmt: skip
+            chosen = best[
+                (best.dataset == dataset) & (best.impl == "autograd") & (best.optimizer == rule)
+            ]
             part = runs[(runs.dataset == dataset) & (runs.optimizer == rule)]
             lr = chosen.best_lr.iloc[0] if len(chosen) else part.lr.iloc[0]
             lrs.append(f"{lr:g}")
@@ -54,8 +55,14 @@ def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
                     h = sweep.history(run_id)
                     label = f"{rule} · lr={lr:g}" if rules and impl == "autograd" else None
                     color = rules.get(rule, COLORS[impl])
-                    ax.plot(h.step, h["train/loss"], style, color=color, lw=1.6,
-                            label=label if rules else impl)  # fmt: skip
+                    ax.plot(
+                        h.step,
+                        h["train/loss"],
+                        style,
+                        color=color,
+                        lw=1.6,
+                        label=label if rules else impl,
+                    )
         title = f"{dataset} · lr={lrs[0]}" if not rules else dataset
         ax.set(title=title, xlabel="step", ylabel="train loss", yscale="log")
         ax.legend(fontsize=7)
@@ -83,8 +90,13 @@ def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
             ax.plot(a.step, drift, color=colors[row.dataset], lw=0.8, alpha=0.6)
         for dataset, color in colors.items():
             ax.plot([], [], color=color, label=dataset)
-        ax.axhline(chosen.tolerance.iloc[0] if len(chosen) else 1e-5, color="red", ls="--", lw=1,
-                   label="tolerance")  # fmt: skip
+        ax.axhline(
+            chosen.tolerance.iloc[0] if len(chosen) else 1e-5,
+            color="red",
+            ls="--",
+            lw=1,
+            label="tolerance",
+        )
         ax.set(yscale="log", xlabel="step", ylabel="max |Δw| so far", title=dtype)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle("Drift of the manual and function weights from autograd's")
@@ -107,9 +119,16 @@ def loss_vs_lr(sweep: Sweep) -> Figure:
                 s = stats[(stats.impl == impl) & (stats.optimizer == rule)]
                 label = (rule if impl == "autograd" else None) if rules else impl
                 if len(s):
-                    ax.errorbar(s.lr, s["mean"], yerr=s["std"].fillna(0), fmt=style, ms=4,
-                                color=rules.get(rule, COLORS[impl]), label=label,
-                                capsize=2)  # fmt: skip
+                    ax.errorbar(
+                        s.lr,
+                        s["mean"],
+                        yerr=s["std"].fillna(0),
+                        fmt=style,
+                        ms=4,
+                        color=rules.get(rule, COLORS[impl]),
+                        label=label,
+                        capsize=2,
+                    )
         ax.set(xscale="log", yscale="log", title=dataset, xlabel="lr", ylabel="final val loss")
         ax.legend(fontsize=8)
     fig.suptitle("Final validation loss against learning rate (mean ± std over seeds)")
@@ -177,7 +196,8 @@ def zero_grad(sweep: Sweep, table: pd.DataFrame) -> Figure:
         axes[0, col].set(title=dataset, ylabel="train loss", yscale="log")
         axes[1, col].set(xlabel="step", ylabel="‖gradient the step used‖ (w)", yscale="log")
         axes[0, col].legend(fontsize=7)
-    fig.suptitle("Without zero_grad the step uses Σ of all past gradients: it overshoots and "
-                 "oscillates")  # fmt: skip
+    fig.suptitle(
+        "Without zero_grad the step uses Σ of all past gradients: it overshoots and oscillates"
+    )
     fig.tight_layout()
     return fig

@@ -4,7 +4,6 @@ the same files logged under ``analysis/`` on the sweep's parent run (so the MLfl
 from __future__ import annotations
 
 import base64
-import html
 import io
 import time
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from analysis import ablation, compare, figures
@@ -105,119 +106,79 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
+def _table(frame: pd.DataFrame, columns: list[str] | None = None) -> Markup:
     if columns is not None:
         frame = frame[[c for c in columns if c in frame.columns]]
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+    html = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+    return Markup(html)  # pandas escapes the cells
+
+
+# The pairs table in the report: the verdict, how far apart, and why.
+PAIR_COLUMNS = [
+    "run_name",
+    "verdict",
+    "max_delta_w",
+    "max_delta_loss",
+    "max_grad_rel_err",
+    "max_grad_err_vs_terms",
+    "lr_times_L",
+    "train_loss",
+    "train_loss_autograd",
+    "val_accuracy",
+    "val_accuracy_autograd",
+]
+TEMPLATES = Environment(
+    loader=PackageLoader("analysis", "templates"), autoescape=True, undefined=StrictUndefined
+)
 
 
 def to_html(report: Report) -> str:
-    sweep, pairs = report.sweep, report.pairs
-    n_ok = int(pairs["agrees"].sum()) if len(pairs) else 0
-    bad = pairs[~pairs["agrees"]] if len(pairs) else pairs
-    ref = report.tables["reference.csv"]
-    separable = sorted(ref[ref.separable].dataset.unique())
-    figs = {name: _png(fig) for name, fig in report.figures.items()}
-
-    def figure(name: str, caption: str) -> str:
-        return (
-            f'<figure><img alt="{name}" src="data:image/png;base64,{figs[name]}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-
-    statement = (
-        f"<p class=verdict><b>{n_ok} of {len(pairs)}</b> manual and function runs agree with "
-        "their autograd twin (same data, split, initialisation and seed) over every step, "
-        "within 1e-5 in float32 and 1e-12 in float64 on the weights, bias and loss.</p>"
+    """``report.html``: one self-contained page (figures inlined), from
+    ``analysis/templates/report.html.j2``."""
+    sweep, pairs, tables = report.sweep, report.pairs, report.tables
+    reference = tables["reference.csv"]
+    unfinished = sweep.runs[sweep.runs.status != "FINISHED"]
+    accumulation = tables.get("accumulation.csv")
+    return TEMPLATES.get_template("report.html.j2").render(
+        experiment=sweep.experiment_name,
+        parent_id=sweep.parent_id,
+        n_runs=len(sweep.runs),
+        uri=sweep.tracker.uri,
+        stamp=time.strftime("%Y-%m-%d %H:%M"),
+        n_pairs=len(pairs),
+        agree=int(pairs["agrees"].sum()) if len(pairs) else 0,
+        disagree=list(pairs[~pairs["agrees"]].run_name) if len(pairs) else [],
+        separable=sorted(reference[reference.separable].dataset.unique()),
+        n_unfinished=len(unfinished),
+        unfinished=_table(unfinished, ["run_name", "status", "failure", "failure_reason"])
+        if len(unfinished)
+        else "",
+        ablated=0 if accumulation is None else len(accumulation),
+        closed_form=0 if accumulation is None else int(accumulation["agrees"].sum()),
+        figures={name: _png(fig) for name, fig in report.figures.items()},
+        tables={
+            "pairs": _table(pairs, PAIR_COLUMNS),
+            "best_lr": _table(tables["best_lr.csv"]),
+            "reference": _table(_reference_by_lr(reference)),
+            "devices": _table(tables["devices.csv"]),
+            "accumulation": ""
+            if accumulation is None
+            else _table(
+                accumulation.drop(columns=[c for c in accumulation if c.endswith("run_id")])
+            ),
+        },
     )
-    if len(bad):
-        statement += (
-            f"<p>{len(bad)} do not: {', '.join(html.escape(str(n)) for n in bad.run_name)}. "
-            "Where the verdict names an unstable lr (lr·L ≥ 2, L the loss's smoothness), "
-            "gradient descent oscillates and amplifies the last-bit differences that the two "
-            "reductions' orders leave; the gradients themselves still agree "
-            "(see max_grad_err_vs_terms).</p>"
-        )
-    if separable:
-        statement += (
-            f"<p>Linearly separable training sets: {', '.join(separable)}. The unpenalised "
-            "logistic loss has no minimiser there (its infimum 0 is approached as ‖w‖ → ∞), so no "
-            "gap to an optimum is reported for them.</p>"
-        )
-    pair_columns = [
-        "run_name", "verdict", "max_delta_w", "max_delta_loss", "max_grad_rel_err",
-        "max_grad_err_vs_terms", "lr_times_L", "train_loss", "train_loss_autograd",
-        "val_accuracy", "val_accuracy_autograd",
-    ]  # fmt: skip
+
+
+def _reference_by_lr(reference: pd.DataFrame) -> pd.DataFrame:
+    """The distance to the optimum, averaged over seeds."""
     group = ["dataset", "impl", "optimizer", "dtype", "device", "lr"]
-    reference = ref.groupby(group, as_index=False).agg(
+    return reference.groupby(group, as_index=False).agg(
         separable=("separable", "first"),
         optimum=("optimum_train_loss", "mean"),
         final_train_loss=("final_train_loss", "mean"),
         gap_to_optimum=("gap_to_optimum", "mean"),
     )
-    unfinished = sweep.runs[sweep.runs.status != "FINISHED"]
-    if len(unfinished):
-        statement += (
-            f"<p>{len(unfinished)} runs did not finish and are left out of every comparison "
-            "(diverged runs are a result of their learning rate, not data):</p>"
-            + _table(unfinished, ["run_name", "status", "failure", "failure_reason"])
-        )
-    ablated = ""
-    if "accumulation.csv" in report.tables:
-        table = report.tables["accumulation.csv"]
-        n_ok = int(table["agrees"].sum()) if len(table) else 0
-        ablated = f"""<h2>The zero_grad ablation</h2>
-<p>Without <code>optimizer.zero_grad()</code>, <code>.grad</code> keeps every gradient: the
-step at t uses G_t = g_0 + … + g_t, so θ_{{t+1}} = θ_0 − α Σ_{{s≤t}} (t + 1 − s) g_s
-(momentum with μ = 1). On a quadratic with curvature h this is x_{{t+1}} = (2 − αh) x_t − x_{{t−1}}:
-an undamped oscillation for 0 &lt; αh &lt; 4, which never settles. <b>{n_ok} of {len(table)}</b>
-runs follow this closed form at every step (the accumulated gradient and the weights,
-recomputed in float64 from the logged θ_s, within the dtype's tolerance relative to the size
-of the sums).</p>
-{figure("zero_grad.png", "solid: with zero_grad; dashed: without, same lr, data and start")}
-{_table(table.drop(columns=[c for c in table.columns if c.endswith("run_id")]))}"""
-    stamp = time.strftime("%Y-%m-%d %H:%M")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Manual vs autograd · {html.escape(sweep.experiment_name)}</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; max-width: 1200px;
-        margin: 2em auto; padding: 0 1em; }}
-table {{ border-collapse: collapse; font-size: 12px; margin: 0.5em 0 1.5em; }}
-th, td {{ padding: 2px 8px; text-align: right; border-bottom: 1px solid #ddd; }}
-th {{ background: #f4f4f4; }} td:first-child, th:first-child {{ text-align: left; }}
-img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 12px; }}
-.verdict {{ font-size: 16px; }}
-</style></head><body>
-<h1>Does the hand-derived gradient do what autograd does?</h1>
-<p>Experiment <code>{html.escape(sweep.experiment_name)}</code>, sweep
-<code>{sweep.parent_id}</code> ({len(sweep.runs)} runs) in
-<code>{html.escape(sweep.tracker.uri)}</code>;
-report made {stamp}.</p>
-{statement}
-<h2>Manual and function runs against their autograd twins</h2>
-{figure("delta_w.png", "max_j |w_j − w_j(autograd)| at every step, one line per pair")}
-{figure("loss_curves.png", "training loss of the three implementations at autograd's best lr")}
-{figure("grad_errors.png", "grad_rel_err grows as ‖g‖ → 0; grad_err_vs_terms does not")}
-{_table(pairs, pair_columns)}
-<h2>Learning rates</h2>
-<p>Each implementation at its own best lr (lowest mean final validation loss over seeds);
-<code>on_edge</code> marks a best lr at the end of the grid: widen the grid there.</p>
-{figure("loss_vs_lr.png", "final validation loss against lr, mean ± std over seeds")}
-{_table(report.tables["best_lr.csv"])}
-<h2>Distance to the optimum</h2>
-<p>The optimum of the same objective on the same training split from scikit-learn's lbfgs
-(tol 1e-12; with weight decay λ the objective is the mean loss + (λ/2)‖W‖², scikit-learn's
-C = 1/(λm)), where one exists. The final objective of a run with weight decay includes the
-penalty.</p>
-{_table(reference)}
-{ablated}
-<h2>Devices</h2>
-{figure("time_per_step.png", "median ms per step of the whole loop, by device")}
-{_table(report.tables["devices.csv"])}
-</body></html>
-"""
 
 
 def log_to_parent(report: Report, files: list[Path]) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from analysis.runs import load_sweep
+from experiments.tracking import resolve_uri
+
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 
 
@@ -22,11 +25,9 @@ def execute(
 ) -> list[Path]:
     """Run every notebook (or those in ``only``) top to bottom on the latest sweep of
     ``experiment``."""
+    # nbformat and nbclient are the dev extra's: a plain install runs everything else.
     import nbformat
     from nbclient import NotebookClient
-
-    from analysis.runs import load_sweep
-    from experiments.tracking import resolve_uri
 
     load_sweep(experiment, tracking_uri)  # a missing sweep is a one-line error, not a traceback
     out = Path(out)

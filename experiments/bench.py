@@ -170,10 +170,12 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
         X, y = problem(m, n, device)
         for impl in ("manual", "function"):
             for k in ks:
-                times = timer.interleaved({
-                    "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
-                    "K": stepper(LrBatch(impl, n, rates(k), device=device), X, y),
-                })  # fmt: skip
+                times = timer.interleaved(
+                    {
+                        "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
+                        "K": stepper(LrBatch(impl, n, rates(k), device=device), X, y),
+                    }
+                )
                 rows.append(batch_row("step", impl, m, n, k, times["one"], times["K"]))
     m, n = sizes[0]
     X, y = problem(m, n, device)
@@ -185,11 +187,14 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
 
     for impl in ("manual", "function"):
         for k in ks:
-            one = run(make_model(impl, n, 1e-3, device=device),
-                      make_model("autograd", n, 1e-3, device=device))  # fmt: skip
+            one = run(
+                make_model(impl, n, 1e-3, device=device),
+                make_model("autograd", n, 1e-3, device=device),
+            )
             lrs = rates(k)
-            batch = run(LrBatch(impl, n, lrs, device=device),
-                        LrBatch("autograd", n, lrs, device=device))  # fmt: skip
+            batch = run(
+                LrBatch(impl, n, lrs, device=device), LrBatch("autograd", n, lrs, device=device)
+            )
             times = whole_runs.interleaved({"one": one, "K": batch})
             what = f"run ({run_steps} steps, checked)"
             rows.append(batch_row(what, impl, m, n, k, times["one"], times["K"]))
@@ -197,17 +202,26 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
 
 
 def batch_row(what: str, impl: str, m: int, n: int, k: int, one: float, t: float) -> dict:
-    return {"what": what, "impl": impl, "m": m, "n": n, "K": k, "one_ms": 1e3 * one,
-            "K_at_once_ms": 1e3 * t, "K_at_once_vs_one": t / one,
-            "speedup_per_lr": k * one / t}  # fmt: skip
+    return {
+        "what": what,
+        "impl": impl,
+        "m": m,
+        "n": n,
+        "K": k,
+        "one_ms": 1e3 * one,
+        "K_at_once_ms": 1e3 * t,
+        "K_at_once_vs_one": t / one,
+        "speedup_per_lr": k * one / t,
+    }
 
 
 def tracking(repeats: int, naive_sample: int = 200) -> dict:
     """Per-run tracking cost on a scratch SQLite store: MLflow's floor, this repo's path for a
     1,000-step breast_cancer run, and the naive loop (one ``log_metric`` per value per step,
     timed on a sample and scaled to the run's points, plus the floor it also pays)."""
-    config = build(RunConfig, {"dataset": "breast_cancer", "impl": "manual", "lr": 0.1,
-                               "device": "cpu"})  # fmt: skip
+    config = build(
+        RunConfig, {"dataset": "breast_cancer", "impl": "manual", "lr": 0.1, "device": "cpu"}
+    )
     (result,) = train_pass([config])
     points = sum(int(torch.isfinite(v).sum()) for v in result.history.metrics.values())
     with tempfile.TemporaryDirectory() as folder:
@@ -282,15 +296,24 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
 
 
 def markdown(report: dict) -> str:
-    """The tables for the README."""
+    """The tables for docs/speed.md: step time, K rates at once, tracking."""
     m = report["machine"]
     where = m.get("gpu") or f"{m['cpu']} ({m['threads']} threads)"
     lines = [f"Machine: {where}, torch {m['torch']}; medians of {report['repeats']} repeats.", ""]
-    step = report["step"]
+    lines += [*_step_table(report["step"]), "", *_batch_table(report["lr_batch"])]
+    if "tracking" in report:
+        lines += ["", *_tracking_table(report["tracking"])]
+    return "\n".join(lines) + "\n"
+
+
+def _step_table(step: list[dict]) -> list[str]:
     timed = [k for row in step for k in row if k.endswith("_ms")]
-    names = [k.removesuffix("_ms") for k in dict.fromkeys(timed)
-             if "floor" not in k and "one_read" not in k]  # fmt: skip
-    lines += [
+    names = [
+        k.removesuffix("_ms")
+        for k in dict.fromkeys(timed)
+        if "floor" not in k and "one_read" not in k
+    ]
+    lines = [
         "| m × n | two-read floor | " + " | ".join(names) + " | manual / one read |",
         "|---|---|" + "---|" * len(names) + "---|",
     ]
@@ -301,28 +324,38 @@ def markdown(report: dict) -> str:
             else "–"
             for name in names
         ]
-        lines.append(f"| {row['m']:,} × {row['n']} | {row['two_read_floor_ms']:.3g} ms | "
-                     + " | ".join(cells) + f" | {row['manual_vs_one_read']:.2f}× |")  # fmt: skip
-    lines += ["", "Step time (ratio to the two-read floor: one copy of X, "
-              f"{step[-1]['copy_GBps']:.0f} GB/s moved at the largest size).", ""]  # fmt: skip
-    lines += [
+        size = f"| {row['m']:,} × {row['n']} | {row['two_read_floor_ms']:.3g} ms | "
+        lines.append(size + " | ".join(cells) + f" | {row['manual_vs_one_read']:.2f}× |")
+    floor = f"{step[-1]['copy_GBps']:.0f} GB/s moved at the largest size"
+    return [*lines, "", f"Step time (ratio to the two-read floor: one copy of X, {floor})."]
+
+
+def _batch_table(rows: list[dict]) -> list[str]:
+    lines = [
         "| what | impl | m × n | K | K at once / one | speedup per lr |",
         "|---|---|---|---|---|---|",
     ]
-    for row in report["lr_batch"]:
+    for row in rows:
         size = f"{row['m']:,} × {row['n']}"
         ratio, speedup = row["K_at_once_vs_one"], row["speedup_per_lr"]
-        lines.append(f"| {row['what']} | {row['impl']} | {size} | {row['K']} "
-                     f"| {ratio:.2f}× | {speedup:.1f}× |")  # fmt: skip
-    if "tracking" in report:
-        t = report["tracking"]
-        lines += ["", f"Tracking one run ({t['run']}):", "",
-                  "| MLflow floor | this repo | naive per-step log_metric (est.) | ours / floor "
-                  "| naive / ours |", "|---|---|---|---|---|",
-                  f"| {t['floor_ms']:.1f} ms | {t['ours_ms']:.1f} ms | "
-                  f"{t['naive_ms_estimated']:.0f} ms ({t['naive_ms_per_point']:.2f} ms a value) "
-                  f"| {t['ours_vs_floor']:.2f}× | {t['naive_vs_ours']:.0f}× |"]  # fmt: skip
-    return "\n".join(lines) + "\n"
+        lines.append(
+            f"| {row['what']} | {row['impl']} | {size} | {row['K']} "
+            f"| {ratio:.2f}× | {speedup:.1f}× |"
+        )
+    return lines
+
+
+def _tracking_table(t: dict) -> list[str]:
+    return [
+        f"Tracking one run ({t['run']}):",
+        "",
+        "| MLflow floor | this repo | naive per-step log_metric (est.) | ours / floor "
+        "| naive / ours |",
+        "|---|---|---|---|---|",
+        f"| {t['floor_ms']:.1f} ms | {t['ours_ms']:.1f} ms | "
+        f"{t['naive_ms_estimated']:.0f} ms ({t['naive_ms_per_point']:.2f} ms a value) "
+        f"| {t['ours_vs_floor']:.2f}× | {t['naive_vs_ours']:.0f}× |",
+    ]
 
 
 def write(report: dict, out: Path, tracker=None) -> Path:
@@ -337,8 +370,9 @@ def write(report: dict, out: Path, tracker=None) -> Path:
     if tracker is not None:
         tracker.open()
         experiment = tracker.experiment("bench")
-        run_id = tracker.start_run(experiment, f"bench · {report['machine']['device']}",
-                                   tags={"kind": "bench"})  # fmt: skip
+        run_id = tracker.start_run(
+            experiment, f"bench · {report['machine']['device']}", tags={"kind": "bench"}
+        )
         metrics = {}
         for row in report["step"]:
             metrics[f"step/manual_vs_floor/{row['m']}x{row['n']}"] = row["manual_vs_floor"]
@@ -350,8 +384,7 @@ def write(report: dict, out: Path, tracker=None) -> Path:
         if "tracking" in report:
             metrics["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
             metrics["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]
-        tracker.log(run_id, params={**report["machine"], "quick": report["quick"]},
-                    metrics=metrics)  # fmt: skip
+        tracker.log(run_id, params={**report["machine"], "quick": report["quick"]}, metrics=metrics)
         tracker.log_text(run_id, json.dumps(report, indent=2), "bench.json")
         tracker.log_text(run_id, markdown(report), "bench.md")
         tracker.finish(run_id)

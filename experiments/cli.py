@@ -15,11 +15,13 @@ from typing import Any
 import click
 
 from experiments import interrupts
+from experiments.bench import markdown, run_bench, write
 from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
 from experiments.executors import ENGINES, EngineError, open_engine
 from experiments.records import latest_attempts, summary
 from experiments.sweep import SweepOutcome, run_sweep
 from experiments.tracking import Tracker, TrackingError, check_reachable
+from manual_models.validation import resolve_device
 
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -52,9 +54,14 @@ def tracking_options(command):
 
 @main.command()
 @click.argument("config", required=False, metavar="[CONFIG]")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="grid points trained at once, each in its own process (with --engine dask "
-              "and no scheduler: the local cluster's workers)")  # fmt: skip
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="grid points trained at once, each in its own process (with --engine dask "
+    "and no scheduler: the local cluster's workers)",
+)
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
@@ -67,8 +74,9 @@ def tracking_options(command):
 )
 @click.option("--restart", is_flag=True, help="start a fresh sweep instead of resuming")
 @tracking_options
-def sweep(config, workers, engine, address, restart, overrides, experiment, tracking_uri,
-          quiet) -> int:  # fmt: skip
+def sweep(
+    config, workers, engine, address, restart, overrides, experiment, tracking_uri, quiet
+) -> int:
     """Run every grid point of CONFIG (default: experiments/configs/default.yaml)."""
     path = Path(config) if config else DEFAULT_CONFIG
     chosen = {k: v for k, v in {"engine": engine, "address": address}.items() if v}
@@ -80,8 +88,16 @@ def sweep(config, workers, engine, address, restart, overrides, experiment, trac
             *(f"--set {shlex.quote(o)}" for o in overrides),
         ]
     )
-    return execute(sweep_config, tracking_uri, experiment, command, nested=True, quiet=quiet,
-                   workers=workers, restart=restart)  # fmt: skip
+    return execute(
+        sweep_config,
+        tracking_uri,
+        experiment,
+        command,
+        nested=True,
+        quiet=quiet,
+        workers=workers,
+        restart=restart,
+    )
 
 
 @main.command()
@@ -105,9 +121,18 @@ def sweep(config, workers, engine, address, restart, overrides, experiment, trac
 @click.option("--cuda-graphs", help="replay steps as CUDA graphs on CUDA: true/false [true]")
 @tracking_options
 def train(
-    dataset, impl, lr, device, seed, optimizer, overrides, experiment, tracking_uri, quiet,
+    dataset,
+    impl,
+    lr,
+    device,
+    seed,
+    optimizer,
+    overrides,
+    experiment,
+    tracking_uri,
+    quiet,
     **common,
-) -> int:  # fmt: skip
+) -> int:
     """Train one run, with the same keys as a sweep config (as options)."""
     data: dict[str, Any] = {
         "name": "train",
@@ -144,37 +169,54 @@ def ui(tracking_uri, host, port) -> None:
         click.echo(f"latest sweep: {latest.info.run_name}")
         click.echo(f"MLflow UI: {base}/#/experiments/{latest.info.experiment_id}/runs")
     click.echo("Ctrl-C stops it.", err=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracker.uri,
-               "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracker.uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     os.execv(sys.executable, command)
 
 
 @main.command()
 @click.option("--quick", is_flag=True, help="fewer sizes, K up to 16, 3 repeats (about a minute)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
-@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False),
-              help="folder for bench.json and bench.md (bench-cuda.* on a GPU)")  # fmt: skip
-@click.option("--tracking-uri", metavar="URI",
-              help="where the bench run is recorded (default: $MLFLOW_TRACKING_URI, else "
-              "sqlite:///mlflow.db)")  # fmt: skip
+@click.option(
+    "--out",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="folder for bench.json and bench.md (bench-cuda.* on a GPU)",
+)
+@click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help="where the bench run is recorded (default: $MLFLOW_TRACKING_URI, else "
+    "sqlite:///mlflow.db)",
+)
 def bench(quick, device, out, tracking_uri) -> None:
     """Step time against the memory floor, K learning rates against K runs, and tracking
     against MLflow's floor: medians and ratios, side by side (experiments/bench.py)."""
-    from manual_models.validation import resolve_device
-
     try:
         resolve_device(device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     tracker = Tracker(tracking_uri)
     check_reachable(tracker.uri)
-    from experiments.bench import markdown, run_bench, write
-
     report = run_bench(device, quick=quick)
     path = write(report, Path(out), tracker)
     click.echo(markdown(report))
-    click.echo(f"wrote {path} and {path.with_suffix('.md')}; run in experiment 'bench' of "
-               f"{tracker.uri}")  # fmt: skip
+    click.echo(
+        f"wrote {path} and {path.with_suffix('.md')}; run in experiment 'bench' of {tracker.uri}"
+    )
 
 
 def execute(
@@ -197,8 +239,16 @@ def execute(
         engine.check(gpu="cuda" in config.resolved_devices())
         if not quiet:
             click.echo(f"engine: {engine.describe()}", err=True)
-        outcome = run_sweep(config, tracker, engine, experiment=experiment, command=command,
-                            nested=nested, progress=not quiet, restart=restart)  # fmt: skip
+        outcome = run_sweep(
+            config,
+            tracker,
+            engine,
+            experiment=experiment,
+            command=command,
+            nested=nested,
+            progress=not quiet,
+            restart=restart,
+        )
     except BaseException:
         engine.stop()  # a Dask cluster of its own, or workers still running: not left behind
         raise
@@ -206,10 +256,32 @@ def execute(
 
 
 # What the closing table shows: each implementation at its best lr, or a single run's numbers.
-BEST_LR_COLUMNS = ["dataset", "impl", "optimizer", "device", "dtype", "best_lr", "val_loss_mean",
-                   "val_accuracy_mean", "on_edge", "check/max_grad_err_vs_terms"]  # fmt: skip
-RUN_COLUMNS = ["dataset", "impl", "optimizer", "device", "dtype", "lr", "seed", "train/loss",
-               "val/loss", "val/accuracy", "check/max_grad_err_vs_terms", "time/fit_s"]  # fmt: skip
+BEST_LR_COLUMNS = [
+    "dataset",
+    "impl",
+    "optimizer",
+    "device",
+    "dtype",
+    "best_lr",
+    "val_loss_mean",
+    "val_accuracy_mean",
+    "on_edge",
+    "check/max_grad_err_vs_terms",
+]
+RUN_COLUMNS = [
+    "dataset",
+    "impl",
+    "optimizer",
+    "device",
+    "dtype",
+    "lr",
+    "seed",
+    "train/loss",
+    "val/loss",
+    "val/accuracy",
+    "check/max_grad_err_vs_terms",
+    "time/fit_s",
+]
 
 
 def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int:
@@ -236,8 +308,10 @@ def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int
     if uri.startswith("http"):
         click.echo(f"view: {uri.rstrip('/')}/{page}")
     else:
-        click.echo(f"view: mlflow ui --backend-store-uri {uri} --port 5000 (or `make ui`), then "
-                   f"http://127.0.0.1:5000/{page}")  # fmt: skip
+        click.echo(
+            f"view: mlflow ui --backend-store-uri {uri} --port 5000 (or `make ui`), then "
+            f"http://127.0.0.1:5000/{page}"
+        )
     return 1 if errors else 0
 
 
@@ -251,12 +325,14 @@ def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> 
         click.echo(f"error: {message}", err=True)
         return 2
     except (KeyboardInterrupt, click.Abort):
-        click.echo("interrupted: runs in flight marked KILLED; run the same command to resume",
-                   err=True)  # fmt: skip
+        click.echo(
+            "interrupted: runs in flight marked KILLED; run the same command to resume", err=True
+        )
         return 130
     except interrupts.Interrupted as stop:
-        click.echo(f"{stop}: runs in flight marked KILLED; run the same command to resume",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"{stop}: runs in flight marked KILLED; run the same command to resume", err=True
+        )
         return stop.exit_code
     return code if isinstance(code, int) else 0
 

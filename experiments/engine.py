@@ -139,8 +139,10 @@ def fit(
     if (X_val is None) != (y_val is None):
         raise ValueError("give both X_val and y_val, or neither")
     if reference is not None and reference.w.shape != model.w.shape:
-        raise ValueError("the reference must hold as many learning rates (and classes) as the "
-                         "model: the same parameter shapes")  # fmt: skip
+        raise ValueError(
+            "the reference must hold as many learning rates (and classes) as the "
+            "model: the same parameter shapes"
+        )
     # Check inputs and labels once, here: checking labels every step would sync a GPU each time.
     runs = model.loss(X, y).shape  # one loss per run the model trains
     if X_val is not None:

@@ -17,7 +17,8 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
@@ -101,8 +102,6 @@ class LocalEngine(Engine):
         self.pool = self._new_pool()
 
     def _new_pool(self):
-        from concurrent.futures import ProcessPoolExecutor
-
         context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
         return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker)
 
@@ -113,8 +112,6 @@ class LocalEngine(Engine):
         return self.workers
 
     def lost_worker(self, err):
-        from concurrent.futures.process import BrokenProcessPool
-
         return isinstance(err, BrokenProcessPool)
 
     def renew(self) -> None:
@@ -165,9 +162,12 @@ class DaskEngine(Engine):
         try:
             if address is None:
                 self.cluster = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR,
-                )  # fmt: skip
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
                 self.client = Client(self.cluster)
             else:
                 self.client = Client(address, timeout=timeout)

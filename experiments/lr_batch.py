@@ -53,8 +53,10 @@ class LrBatch(HandStepped, Model):
             raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
         self.lrs = tuple(check_lr(lr) for lr in lrs)
         if n_classes != 2:
-            raise ValueError("several learning rates in one pass is for two classes; "
-                             "softmax regression trains one rate a run")  # fmt: skip
+            raise ValueError(
+                "several learning rates in one pass is for two classes; "
+                "softmax regression trains one rate a run"
+            )
         self.model = make_model(impl, n_features, self.lrs[0], n_classes=n_classes, **kwargs)
         model = self.model
         self.n_features, self.n_classes = model.n_features, model.n_classes

@@ -60,10 +60,25 @@ DEFAULTS = {
 }
 # The columns of a sweep's runs.csv, in reading order (the table has every param and metric).
 RUNS_CSV = [
-    "dataset", "device", "impl", "optimizer", "lr", "seed", "status", "train/loss", "val/loss",
-    "val/accuracy", "check/max_grad_rel_err", "check/max_grad_err_vs_terms", "time/fit_s",
-    "failure", "failure_reason", "config_key", "run_id", "start_time",
-]  # fmt: skip
+    "dataset",
+    "device",
+    "impl",
+    "optimizer",
+    "lr",
+    "seed",
+    "status",
+    "train/loss",
+    "val/loss",
+    "val/accuracy",
+    "check/max_grad_rel_err",
+    "check/max_grad_err_vs_terms",
+    "time/fit_s",
+    "failure",
+    "failure_reason",
+    "config_key",
+    "run_id",
+    "start_time",
+]
 
 
 # --- tags -------------------------------------------------------------------------------------

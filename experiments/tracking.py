@@ -3,6 +3,9 @@
 Speed matters here: MLflow's per-call ``log_metric`` costs milliseconds a point against SQLite,
 so each run sends its params, thinned metric series and tags in ``log_batch`` calls, and the full
 per-step record as two Parquet artifacts (``history.parquet``, ``trajectory.parquet``).
+
+MLflow is imported where it is first used: its import takes about a second, and the command
+line checks its input and the store before paying for it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import platform
 import re
 import sqlite3
 import tempfile
@@ -18,9 +22,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from experiments.data import digest
@@ -100,8 +107,6 @@ def thin(n: int, max_points: int) -> np.ndarray:
 
 def history_table(history: History):
     """Every metric at every step, one column each, as an Arrow table (``history.parquet``)."""
-    import pyarrow as pa
-
     columns = {"step": np.arange(history.steps + 1)}
     columns.update({name: v.double().numpy() for name, v in history.metrics.items()})
     return pa.table(columns)
@@ -111,13 +116,15 @@ def trajectory_table(history: History, max_values: int):
     """Per-step parameters and gradients as columns ``w_0 …, dw_0 …``; every k-th step above
     a size. The columns are w (logistic regression, whose one-number b is the ``param/b``
     series), or W row by row and then b (softmax regression)."""
-    import pyarrow as pa
-
     rows = history.w.shape[0]
-    parts = (history.w, history.dw) if history.b.ndim == 1 else (
-        torch.cat([history.w.reshape(rows, -1), history.b], 1),
-        torch.cat([history.dw.reshape(rows, -1), history.db], 1),
-    )  # fmt: skip
+    parts = (
+        (history.w, history.dw)
+        if history.b.ndim == 1
+        else (
+            torch.cat([history.w.reshape(rows, -1), history.b], 1),
+            torch.cat([history.dw.reshape(rows, -1), history.db], 1),
+        )
+    )
     w, dw = (t.reshape(rows, -1).double().numpy() for t in parts)
     n = w.shape[1]
     every = max(1, -(-rows * 2 * n // max_values))  # ceil: keep rows·2n ≤ max_values
@@ -243,8 +250,6 @@ class Tracker:
         batches only past MLflow's 1,000 metrics a batch), and one upload of the complete
         per-step record as ``history.parquet`` and ``trajectory.parquet``. Returns the
         thinning step of ``trajectory.parquet`` (1: every step kept)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -263,16 +268,18 @@ class Tracker:
         with ThreadPoolExecutor(1) as pool:
             upload = pool.submit(self._log_tables, run_id, tables)
             for start in range(0, max(len(points), 1), 1000):
-                self.client.log_batch(run_id, metrics=points[start : start + 1000],
-                                      params=params if start == 0 else [],
-                                      tags=tags if start == 0 else [])  # fmt: skip
+                self.client.log_batch(
+                    run_id,
+                    metrics=points[start : start + 1000],
+                    params=params if start == 0 else [],
+                    tags=tags if start == 0 else [],
+                )
             upload.result()
         return every
 
     def _log_tables(self, run_id: str, tables: Mapping[str, object]) -> None:
         """Arrow tables as Parquet artifacts, straight to the run's artifact store (MLflow's own
         repository for its URI: a local folder, or the server's proxied store)."""
-        import pyarrow.parquet as pq
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
@@ -337,9 +344,11 @@ class Tracker:
     def latest_sweep(self, experiment_id: str | None = None):
         """The most recently started sweep parent run of the experiment (any experiment if
         None), or None."""
-        experiments = [experiment_id] if experiment_id is not None else [
-            e.experiment_id for e in self.client.search_experiments()
-        ]  # fmt: skip
+        experiments = (
+            [experiment_id]
+            if experiment_id is not None
+            else [e.experiment_id for e in self.client.search_experiments()]
+        )
         if not experiments:
             return None
         found = self.client.search_runs(
@@ -372,6 +381,4 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name(0)
     if device == "mps":
         return "Apple MPS"
-    import platform
-
     return platform.processor() or platform.machine() or "cpu"

@@ -30,8 +30,16 @@ def test_batched_run_equals_separate_runs(impl, dtype, breast_cancer):
     def run(lrs):
         reference = build("autograd", 30, lrs, **new) if impl != "autograd" else None
         model = build(impl, 30, lrs, **new)
-        return fit(model, X_train, y_train, 300, X_val=X_val, y_val=y_val,
-                   reference=reference, check_every=7).runs()  # fmt: skip
+        return fit(
+            model,
+            X_train,
+            y_train,
+            300,
+            X_val=X_val,
+            y_val=y_val,
+            reference=reference,
+            check_every=7,
+        ).runs()
 
     together, alone = run(LRS), [run([lr])[0] for lr in LRS]
     assert len(together) == len(LRS)
@@ -89,8 +97,13 @@ def test_the_reference_must_match_the_batch(breast_cancer):
     X, y = breast_cancer
     model = LrBatch("manual", 30, [0.1, 0.2], dtype=X.dtype, device=X.device)
     with pytest.raises(ValueError, match="as many learning rates"):
-        fit(model, X, y, 3, reference=make_model("autograd", 30, 0.1, dtype=X.dtype,
-                                                 device=X.device))  # fmt: skip
+        fit(
+            model,
+            X,
+            y,
+            3,
+            reference=make_model("autograd", 30, 0.1, dtype=X.dtype, device=X.device),
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -137,8 +150,11 @@ def test_batched_gradients_are_each_models_own(impl, breast_cancer):
 @pytest.mark.parametrize("impl", ["manual", "function"])
 def test_every_rule_batches(name, impl):
     """K rates with a stateful rule: each column is the run its rate gives alone."""
-    rule = {"momentum": Optimizer("momentum"), "adam+wd": Optimizer("adam", weight_decay=0.05),
-            "no-zero_grad": Optimizer(zero_grad=False)}[name]  # fmt: skip
+    rule = {
+        "momentum": Optimizer("momentum"),
+        "adam+wd": Optimizer("adam", weight_decay=0.05),
+        "no-zero_grad": Optimizer(zero_grad=False),
+    }[name]
     g = torch.Generator().manual_seed(2)
     X = torch.randn(60, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 2, (60,), generator=g).double()

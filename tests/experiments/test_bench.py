@@ -45,8 +45,9 @@ def test_step_rows_hold_every_implementation_and_both_floors(report):
 def test_lr_batch_rows_compare_k_rates_with_one(report):
     rows = report["lr_batch"]
     kinds = {(r["what"].split()[0], r["impl"], r["K"]) for r in rows}
-    assert kinds == {(w, i, k) for w in ("step", "run") for i in ("manual", "function")
-                     for k in (1, 3)}  # fmt: skip
+    assert kinds == {
+        (w, i, k) for w in ("step", "run") for i in ("manual", "function") for k in (1, 3)
+    }
     for row in rows:
         assert row["speedup_per_lr"] == pytest.approx(
             row["K"] * row["one_ms"] / row["K_at_once_ms"]

@@ -96,9 +96,14 @@ def test_logspace_shorthand():
 def test_optimizers_key_multiplies_the_grid_and_names_each_rule():
     config = load_sweep(
         CONFIGS / "quick.yaml",
-        {"optimizers": ["sgd", {"name": "adam", "weight_decay": 0.01},
-                        {"name": "sgd", "zero_grad": False}]},
-    )  # fmt: skip
+        {
+            "optimizers": [
+                "sgd",
+                {"name": "adam", "weight_decay": 0.01},
+                {"name": "sgd", "zero_grad": False},
+            ]
+        },
+    )
     grid = config.grid()
     assert len(grid) == 3 * 12
     labels = {point.optimizer.label for point in grid}
@@ -129,8 +134,9 @@ def test_keys_recorded_before_the_optimizer_key_are_unchanged():
 
 
 def test_multiclass_datasets_are_chosen_by_classes_all_and_never_batched():
-    config = load_sweep(CONFIGS / "quick.yaml",
-                        {"datasets": [{"name": "wine", "classes": "all"}, "wine"]})  # fmt: skip
+    config = load_sweep(
+        CONFIGS / "quick.yaml", {"datasets": [{"name": "wine", "classes": "all"}, "wine"]}
+    )
     multi, binary = config.datasets
     assert multi.multiclass and not binary.multiclass and multi.label == "wine(classes=all)"
     groups = passes(config.grid())

@@ -35,14 +35,29 @@ SLOWER = ["--set", "steps=2000", "--set", "lrs=[0.1]"]
 
 
 def sweep_command(uri: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--tracking-uri", uri,
-            "--quiet", *SLOWER, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "experiments",
+        "sweep",
+        str(QUICK),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        *SLOWER,
+        *extra,
+    ]
 
 
 def start(uri: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(sweep_command(uri, *extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        sweep_command(uri, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def children_with(db, status: str) -> int:
@@ -103,12 +118,18 @@ def assert_complete(uri: str) -> pd.DataFrame:
     [
         pytest.param(signal.SIGTERM, 143, ["--workers", "1"], id="SIGTERM"),
         pytest.param(signal.SIGINT, 130, ["--workers", "1"], id="SIGINT", marks=pytest.mark.slow),
-        pytest.param(signal.SIGTERM, 143, ["--workers", "4"], id="SIGTERM-4-workers",
-                     marks=pytest.mark.slow),
-        pytest.param(signal.SIGTERM, 143, ["--engine", "dask", "--workers", "2"],
-                     id="SIGTERM-dask-local-cluster", marks=pytest.mark.slow),
+        pytest.param(
+            signal.SIGTERM, 143, ["--workers", "4"], id="SIGTERM-4-workers", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            signal.SIGTERM,
+            143,
+            ["--engine", "dask", "--workers", "2"],
+            id="SIGTERM-dask-local-cluster",
+            marks=pytest.mark.slow,
+        ),
     ],
-)  # fmt: skip
+)
 def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, options, tmp_path):
     if "dask" in options:
         pytest.importorskip("distributed")
@@ -125,8 +146,9 @@ def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, optio
     assert after_stop[after_stop.kind == "sweep"].status.item() == "KILLED"
     kept = after_stop[after_stop.status == "FINISHED"].set_index("run_id").train_loss
 
-    resumed = subprocess.run(sweep_command(uri, *options), capture_output=True, text=True,
-                             check=False)  # fmt: skip
+    resumed = subprocess.run(
+        sweep_command(uri, *options), capture_output=True, text=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"({len(kept)} already finished before)" in resumed.stdout
     children = assert_complete(uri)
@@ -153,8 +175,13 @@ def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
 
 def test_four_workers_on_a_brand_new_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    done = subprocess.run(sweep_command(uri, "--workers", "4"), capture_output=True, text=True,
-                          check=False, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        sweep_command(uri, "--workers", "4"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     children = assert_complete(uri)
     assert len(children) == 6
@@ -168,8 +195,11 @@ def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
     uri = f"sqlite:///{db}"
     process = start(uri, "--workers", "2")
     wait_for(db, 1, process, timeout=120)
-    workers = [c for c in psutil.Process(process.pid).children(recursive=True)
-               if "spawn" in " ".join(c.cmdline())]  # fmt: skip
+    workers = [
+        c
+        for c in psutil.Process(process.pid).children(recursive=True)
+        if "spawn" in " ".join(c.cmdline())
+    ]
     assert workers
     workers[0].kill()
     out, err = process.communicate(timeout=180)
@@ -177,16 +207,26 @@ def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert "worker process died" in out, out + err
     runs = state(uri)
     assert "RUNNING" not in set(runs.status)
-    resumed = subprocess.run(sweep_command(uri, "--workers", "2"), capture_output=True,
-                             text=True, check=False)  # fmt: skip
+    resumed = subprocess.run(
+        sweep_command(uri, "--workers", "2"), capture_output=True, text=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_complete(uri)
 
 
 def test_a_diverging_run_fails_with_its_step_and_the_sweep_goes_on(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'd.db'}"
-    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet",
-            "--set", "lrs=[0.1,1.0e38]", "--set", "datasets=[breast_cancer]"]  # fmt: skip
+    args = [
+        "sweep",
+        str(QUICK),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        "--set",
+        "lrs=[0.1,1.0e38]",
+        "--set",
+        "datasets=[breast_cancer]",
+    ]
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "3 finished, 3 diverged, 0 failed with an error" in out
@@ -208,8 +248,17 @@ def test_a_run_that_raises_fails_alone(tmp_path, capsys):
     """moons with a negative noise passes the config (loader parameters are free) and fails at
     run time; its runs end FAILED with the reason and the others finish."""
     uri = f"sqlite:///{tmp_path / 'e.db'}"
-    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "lrs=[0.1]",
-            "--set", "datasets=[iris, {name: moons, noise: -1}]"]  # fmt: skip
+    args = [
+        "sweep",
+        str(QUICK),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        "--set",
+        "lrs=[0.1]",
+        "--set",
+        "datasets=[iris, {name: moons, noise: -1}]",
+    ]
     assert run(args) == 1
     out = capsys.readouterr().out
     assert "3 finished, 0 diverged, 3 failed with an error" in out
@@ -220,8 +269,19 @@ def test_reruns_are_bit_identical(tmp_path):
     histories = []
     for attempt in range(2):
         uri = f"sqlite:///{tmp_path / f'{attempt}.db'}"
-        args = ["train", "--dataset", "wine", "--impl", "function", "--lr", "0.3",
-                "--steps", "200", "--tracking-uri", uri]  # fmt: skip
+        args = [
+            "train",
+            "--dataset",
+            "wine",
+            "--impl",
+            "function",
+            "--lr",
+            "0.3",
+            "--steps",
+            "200",
+            "--tracking-uri",
+            uri,
+        ]
         assert run(args) == 0
         client = MlflowClient(uri)
         (experiment,) = [e for e in client.search_experiments() if e.name == "train"]

@@ -16,9 +16,15 @@ from experiments.config import load_sweep
 
 QUICK = CONFIGS / "quick.yaml"
 METRICS = {
-    "train/loss", "val/loss", "train/accuracy", "val/accuracy",
-    "grad/w_norm", "grad/b", "param/w_norm", "param/b",
-}  # fmt: skip
+    "train/loss",
+    "val/loss",
+    "train/accuracy",
+    "val/accuracy",
+    "grad/w_norm",
+    "grad/b",
+    "param/w_norm",
+    "param/b",
+}
 CHECKS = {"check/grad_rel_err", "check/grad_err_vs_terms"}
 
 
@@ -62,8 +68,17 @@ def test_batched_and_unbatched_sweeps_agree(quick_sweep, tmp_path):
     _, _, runs = quick_sweep
     _, children = children_of(runs)
     uri = f"sqlite:///{tmp_path / 'alone.db'}"
-    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "batch_lrs=false",
-            "--set", "impls=[manual, function]"]  # fmt: skip
+    args = [
+        "sweep",
+        str(QUICK),
+        "--tracking-uri",
+        uri,
+        "--quiet",
+        "--set",
+        "batch_lrs=false",
+        "--set",
+        "impls=[manual, function]",
+    ]
     assert run(args) == 0
     client = MlflowClient(uri)
     alone = {
@@ -238,10 +253,21 @@ def test_the_module_runs_as_a_program(tmp_path):
     )
     assert done.returncode == 0 and "--tracking-uri" in done.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--set", "lrs=[-1]",
-         "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "experiments",
+            "sweep",
+            str(QUICK),
+            "--set",
+            "lrs=[-1]",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "lrs.0" in bad.stderr
     assert not (tmp_path / "x.db").exists()

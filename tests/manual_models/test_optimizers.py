@@ -37,8 +37,13 @@ def run_both(rule: Optimizer, steps: int = 40):
     g = torch.Generator().manual_seed(1)
     w = torch.randn(6, generator=g, dtype=torch.float64)
     b = torch.randn((), generator=g, dtype=torch.float64)
-    grads = [(torch.randn(6, generator=g, dtype=torch.float64),
-              torch.randn((), generator=g, dtype=torch.float64)) for _ in range(steps)]  # fmt: skip
+    grads = [
+        (
+            torch.randn(6, generator=g, dtype=torch.float64),
+            torch.randn((), generator=g, dtype=torch.float64),
+        )
+        for _ in range(steps)
+    ]
     mine = [w.clone(), b.clone()]
     hand = HandOptimizer(rule)
     theirs = [torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())]

@@ -33,8 +33,7 @@ finite = {"allow_nan": False, "allow_infinity": False, "allow_subnormal": False}
 
 
 def outputs_at(impl, X, y, W, b, n_classes):
-    model = make_model(impl, X.shape[1], 0.1, n_classes=n_classes, dtype=X.dtype,
-                       device=X.device)  # fmt: skip
+    model = make_model(impl, X.shape[1], 0.1, n_classes=n_classes, dtype=X.dtype, device=X.device)
     model.set_parameters(W, b)
     return {"forward": model.forward(X), "loss": model.loss(X, y), **model.gradients(X, y)}
 
@@ -108,8 +107,10 @@ def test_manual_gradient_matches_central_differences(seed):
 
 
 def test_same_seed_same_start_as_nn_linear_for_all_three():
-    models = [make_model(i, 5, n_classes=4, seed=3, dtype=torch.float64) for i in
-              ("manual", "autograd", "function")]  # fmt: skip
+    models = [
+        make_model(i, 5, n_classes=4, seed=3, dtype=torch.float64)
+        for i in ("manual", "autograd", "function")
+    ]
     for model in models[1:]:
         assert torch.equal(model.w, models[0].w) and torch.equal(model.b, models[0].b)
     assert models[0].w.shape == (5, 4) and models[0].b.shape == (4,)
@@ -123,8 +124,10 @@ def test_same_seed_same_start_as_nn_linear_for_all_three():
 def test_trajectories_match_autograd(impl, dtype, rtol, device):
     """300 steps on all of iris: every step's W, b and loss, within the dtype's tolerance."""
     X, y = iris_all(dtype, device)
-    runs = {i: fit(make_model(i, 4, 0.5, n_classes=3, dtype=dtype, device=device), X, y, 300)
-            for i in (impl, "autograd")}  # fmt: skip
+    runs = {
+        i: fit(make_model(i, 4, 0.5, n_classes=3, dtype=dtype, device=device), X, y, 300)
+        for i in (impl, "autograd")
+    }
     ours, ref = runs[impl], runs["autograd"]
     assert ours.w.shape == (301, 4, 3) and ours.b.shape == (301, 3)
     assert float((ours.w - ref.w).abs().max()) <= rtol
@@ -150,11 +153,14 @@ def test_two_classes_with_one_column_at_zero_is_the_binary_model():
     X, y = X[y > 0], (y[y > 0] == 1).long()  # class 1 → index 0 below
     binary = LogisticRegression(4, dtype=torch.float64, seed=5)
     model = SoftmaxRegression(4, 2, dtype=torch.float64)
-    model.set_parameters(torch.stack([binary.w, torch.zeros(4, dtype=X.dtype)], 1),
-                         torch.stack([binary.b, torch.zeros((), dtype=X.dtype)]))  # fmt: skip
+    model.set_parameters(
+        torch.stack([binary.w, torch.zeros(4, dtype=X.dtype)], 1),
+        torch.stack([binary.b, torch.zeros((), dtype=X.dtype)]),
+    )
     labels = 1 - y  # index 0 is the binary model's positive class
-    assert float(model.loss(X, labels)) == pytest.approx(float(binary.loss(X, y.double())),
-                                                         rel=1e-14)  # fmt: skip
+    assert float(model.loss(X, labels)) == pytest.approx(
+        float(binary.loss(X, y.double())), rel=1e-14
+    )
     dW, dw = model.gradients(X, labels)["dw"][:, 0], binary.gradients(X, y.double())["dw"]
     assert compare("dw", dW, dw).within(1e-13)
 
