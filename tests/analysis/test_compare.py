@@ -17,20 +17,10 @@ class MemorySweep(Sweep):
 
     def __init__(self, runs: list[dict], histories: dict, trajectories: dict):
         frame = pd.DataFrame(runs)
-        defaults = {
-            "status": "FINISHED",
-            "device": "cpu",
-            "dtype": "float64",
-            "seed": 0,
-            "dataset": "iris",
-            "dataset_name": "iris",
-            "val_fraction": 0.25,
-            "optimizer": "sgd",
-            "optimizer.name": "sgd",
-            "weight_decay": 0.0,
-            "zero_grad": True,
-            "n_classes": 2,
-        }
+        defaults = {"status": "FINISHED", "device": "cpu", "dtype": "float64", "seed": 0,
+                    "dataset": "iris", "dataset_name": "iris", "val_fraction": 0.25,
+                    "optimizer": "sgd", "optimizer.name": "sgd", "weight_decay": 0.0,
+                    "zero_grad": True, "n_classes": 2}  # fmt: skip
         for key, value in defaults.items():
             frame[key] = frame[key].fillna(value) if key in frame else value
         frame["run_name"] = frame["run_id"]
@@ -50,37 +40,18 @@ def run_pair(offset_w: float, offset_loss: float = 0.0, dtype: str = "float64"):
     histories, trajectories = {}, {}
     for run_id, dw, dl in (("a", 0.0, 0.0), ("m", offset_w, offset_loss)):
         loss = np.array([0.7, 0.5, 0.4, 0.35]) + dl
-        histories[run_id] = pd.DataFrame(
-            {
-                "step": steps,
-                "train/loss": loss,
-                "param/b": np.zeros(4),
-                "grad/b": np.zeros(4),
-                "check/grad_rel_err": [1e-16, 2e-16, 1e-15, 3e-16],
-                "check/grad_err_vs_terms": [1e-17, 2e-17, 1e-16, 3e-17],
-            }
-        )
+        histories[run_id] = pd.DataFrame({
+            "step": steps, "train/loss": loss, "param/b": np.zeros(4), "grad/b": np.zeros(4),
+            "check/grad_rel_err": [1e-16, 2e-16, 1e-15, 3e-16],
+            "check/grad_err_vs_terms": [1e-17, 2e-17, 1e-16, 3e-17],
+        })  # fmt: skip
         trajectories[run_id] = pd.DataFrame({"step": steps, "w_0": w + dw * steps, "dw_0": 0.0})
     runs = [
-        {
-            "run_id": "a",
-            "impl": "autograd",
-            "lr": 0.1,
-            "dtype": dtype,
-            "train/loss": 0.35,
-            "val/loss": 0.4,
-            "val/accuracy": 0.9,
-        },
-        {
-            "run_id": "m",
-            "impl": "manual",
-            "lr": 0.1,
-            "dtype": dtype,
-            "train/loss": 0.35 + offset_loss,
-            "val/loss": 0.4,
-            "val/accuracy": 0.9,
-        },
-    ]
+        {"run_id": "a", "impl": "autograd", "lr": 0.1, "dtype": dtype,
+         "train/loss": 0.35, "val/loss": 0.4, "val/accuracy": 0.9},
+        {"run_id": "m", "impl": "manual", "lr": 0.1, "dtype": dtype,
+         "train/loss": 0.35 + offset_loss, "val/loss": 0.4, "val/accuracy": 0.9},
+    ]  # fmt: skip
     return MemorySweep(runs, histories, trajectories)
 
 
@@ -124,15 +95,11 @@ def test_verdict_explains_an_unstable_learning_rate():
 def test_verdict_blames_an_adaptive_rule_only_when_the_gradients_agree():
     """Adam at lr 1 bounces around the optimum at any lr·L; its gradients still agree. With a
     gradient off by more than the tolerance, it is a real disagreement."""
-    pairs = pd.DataFrame(
-        {
-            "agrees": [False, False, False],
-            "lr_times_L": [0.7, 0.7, 0.7],
-            "optimizer": ["adam+wd(0.01)", "adam", "sgd"],
-            "max_grad_err_vs_terms": [5e-16, 1e-3, 5e-16],
-            "tolerance": [1e-12] * 3,
-        }
-    )
+    pairs = pd.DataFrame({
+        "agrees": [False, False, False], "lr_times_L": [0.7, 0.7, 0.7],
+        "optimizer": ["adam+wd(0.01)", "adam", "sgd"],
+        "max_grad_err_vs_terms": [5e-16, 1e-3, 5e-16], "tolerance": [1e-12] * 3,
+    })  # fmt: skip
     assert verdicts(pairs).tolist() == [
         "disagrees (the rule's steps amplify rounding; the gradients agree)",
         "DISAGREES",
@@ -142,17 +109,10 @@ def test_verdict_blames_an_adaptive_rule_only_when_the_gradients_agree():
 
 def grid_sweep(val_losses: dict[tuple[str, float, int], float]):
     runs = [
-        {
-            "run_id": f"{impl}-{lr}-{seed}",
-            "impl": impl,
-            "lr": lr,
-            "seed": seed,
-            "val/loss": loss,
-            "val/accuracy": 1 - loss,
-            "train/loss": loss,
-        }
+        {"run_id": f"{impl}-{lr}-{seed}", "impl": impl, "lr": lr, "seed": seed,
+         "val/loss": loss, "val/accuracy": 1 - loss, "train/loss": loss}
         for (impl, lr, seed), loss in val_losses.items()
-    ]
+    ]  # fmt: skip
     return MemorySweep(runs, {}, {})
 
 
@@ -185,25 +145,11 @@ def test_separability_is_decided_exactly():
 
 def test_reference_gap_is_measured_from_a_true_optimum_and_refused_without_one():
     runs = [
-        {
-            "run_id": "iris-run",
-            "impl": "manual",
-            "lr": 0.1,
-            "train/loss": 0.5,
-            "val/loss": 0.5,
-            "val/accuracy": 0.8,
-        },
-        {
-            "run_id": "bc-run",
-            "impl": "manual",
-            "lr": 0.1,
-            "train/loss": 0.05,
-            "val/loss": 0.1,
-            "val/accuracy": 0.9,
-            "dataset": "breast_cancer",
-            "dataset_name": "breast_cancer",
-        },
-    ]
+        {"run_id": "iris-run", "impl": "manual", "lr": 0.1, "train/loss": 0.5,
+         "val/loss": 0.5, "val/accuracy": 0.8},
+        {"run_id": "bc-run", "impl": "manual", "lr": 0.1, "train/loss": 0.05, "val/loss": 0.1,
+         "val/accuracy": 0.9, "dataset": "breast_cancer", "dataset_name": "breast_cancer"},
+    ]  # fmt: skip
     table = compare.reference(MemorySweep(runs, {}, {})).set_index("run_id")
     iris = table.loc["iris-run"]
     assert not iris.separable and iris.optimum_grad_norm < 1e-6
@@ -218,31 +164,13 @@ def test_weight_decay_gives_separable_data_an_optimum_and_multiclass_data_has_on
     """With L2 (λ = 0.01 on W) breast_cancer's objective has a minimiser; softmax on all of
     iris has one without it. The run's objective includes (λ/2)‖W‖² from param/w_norm."""
     runs = [
-        {
-            "run_id": "bc-wd",
-            "impl": "manual",
-            "lr": 0.1,
-            "train/loss": 0.1,
-            "param/w_norm": 2.0,
-            "val/loss": 0.1,
-            "val/accuracy": 0.9,
-            "dataset": "breast_cancer",
-            "dataset_name": "breast_cancer",
-            "weight_decay": 0.01,
-            "optimizer": "sgd+wd(0.01)",
-        },
-        {
-            "run_id": "iris3",
-            "impl": "manual",
-            "lr": 0.1,
-            "train/loss": 0.3,
-            "val/loss": 0.3,
-            "val/accuracy": 0.9,
-            "dataset": "iris(classes=all)",
-            "dataset.classes": "all",
-            "n_classes": 3,
-        },
-    ]
+        {"run_id": "bc-wd", "impl": "manual", "lr": 0.1, "train/loss": 0.1, "param/w_norm": 2.0,
+         "val/loss": 0.1, "val/accuracy": 0.9, "dataset": "breast_cancer",
+         "dataset_name": "breast_cancer", "weight_decay": 0.01, "optimizer": "sgd+wd(0.01)"},
+        {"run_id": "iris3", "impl": "manual", "lr": 0.1, "train/loss": 0.3, "val/loss": 0.3,
+         "val/accuracy": 0.9, "dataset": "iris(classes=all)", "dataset.classes": "all",
+         "n_classes": 3},
+    ]  # fmt: skip
     table = compare.reference(MemorySweep(runs, {}, {})).set_index("run_id")
     cancer = table.loc["bc-wd"]
     assert cancer.separable and cancer.note == "" and cancer.optimum_grad_norm < 1e-6

@@ -46,13 +46,8 @@ def test_report_files(broken_sweep):
     _, out = broken_sweep
     names = {p.name for p in out.iterdir()}
     assert {"report.html", "pairs.csv", "best_lr.csv", "reference.csv", "devices.csv"} <= names
-    assert {
-        "loss_curves.png",
-        "delta_w.png",
-        "loss_vs_lr.png",
-        "grad_errors.png",
-        "time_per_step.png",
-    } <= names
+    figures = ["loss_curves", "delta_w", "loss_vs_lr", "grad_errors", "time_per_step"]
+    assert {f"{name}.png" for name in figures} <= names
     assert len(pd.read_csv(out / "pairs.csv")) == 8  # (manual, function) × 2 datasets × 2 lrs
     assert len(pd.read_csv(out / "best_lr.csv")) == 6  # 2 datasets × 3 impls
     assert len(pd.read_csv(out / "reference.csv")) == 12  # every run
@@ -80,10 +75,8 @@ def test_report_html_names_every_pair_and_embeds_its_figures(broken_sweep):
 def test_reference_knows_breast_cancer_is_separable(broken_sweep):
     _, out = broken_sweep
     reference = pd.read_csv(out / "reference.csv")
-    assert reference.groupby("dataset").separable.all().to_dict() == {
-        "breast_cancer": True,
-        "iris": False,
-    }
+    separable = reference.groupby("dataset").separable.all().to_dict()
+    assert separable == {"breast_cancer": True, "iris": False}
     assert reference[reference.dataset == "iris"].optimum_train_loss.notna().all()
 
 
@@ -123,11 +116,9 @@ def test_an_experiment_without_a_sweep_is_refused(tmp_path, capsys):
 
 def test_stored_notebooks_have_no_outputs():
     assert [p.name for p in notebooks()] == [
-        "01-manual-vs-autograd.ipynb",
-        "02-learning-rates.ipynb",
-        "03-devices.ipynb",
+        "01-manual-vs-autograd.ipynb", "02-learning-rates.ipynb", "03-devices.ipynb",
         "04-zero-grad-and-optimizers.ipynb",
-    ]
+    ]  # fmt: skip
     for path in notebooks():
         for cell in json.loads(path.read_text())["cells"]:
             if cell["cell_type"] == "code":

@@ -19,8 +19,7 @@ def bad_file(tmp_path, text):
 CASES = {
     "unknown dataset": (["--set", "datasets=[mnist]"], "unknown dataset 'mnist'; choose one of"),
     "unknown dataset param": (
-        ["--set", "datasets=[{name: iris, noise: 1}]"],
-        "its parameters: classes",
+        ["--set", "datasets=[{name: iris, noise: 1}]"], "its parameters: classes"
     ),
     "unknown impl": (["--set", "impls=[numpy]"], "'manual', 'autograd' or 'function'"),
     "unknown device": (["--set", "devices=[tpu]"], "'auto', 'cpu', 'cuda' or 'mps'"),
@@ -40,7 +39,7 @@ CASES = {
     "server down": (["--tracking-uri", "http://127.0.0.1:9"], "cannot be reached"),
     "unwritable store": (["--tracking-uri", "sqlite:////proc/m.db"], "cannot be written"),
     "zero workers": (["--workers", "0"], "--workers"),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(CASES))

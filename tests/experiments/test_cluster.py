@@ -24,6 +24,10 @@ QUICK = str(CONFIGS / "quick.yaml")
 ENV = ("CLUSTER_TRACKING_URI", "DASK_SCHEDULER_ADDRESS", "CLUSTER_WORKER_PIDS")
 
 
+def db_uri(path) -> str:
+    return f"sqlite:///{path}"
+
+
 def children(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
@@ -70,16 +74,7 @@ def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path, c
     pytest.importorskip("distributed")
     db = tmp_path / "never.db"
     address = f"tcp://127.0.0.1:{free_port()}"
-    args = [
-        "sweep",
-        QUICK,
-        "--engine",
-        "dask",
-        "--address",
-        address,
-        "--tracking-uri",
-        f"sqlite:///{db}",
-    ]
+    args = ["sweep", QUICK, "--engine", "dask", "--address", address, "--tracking-uri", db_uri(db)]
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: dask scheduler {address} cannot be reached")
@@ -96,14 +91,8 @@ def test_the_dask_engine_without_dask_says_how_to_install_it(tmp_path, capsys, m
 
 
 def test_an_address_needs_the_dask_engine(tmp_path, capsys):
-    args = [
-        "sweep",
-        QUICK,
-        "--address",
-        "tcp://127.0.0.1:8786",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'x.db'}",
-    ]
+    db = tmp_path / "x.db"
+    args = ["sweep", QUICK, "--address", "tcp://127.0.0.1:8786", "--tracking-uri", db_uri(db)]
     assert run(args) == 2
     assert "--address is for --engine dask" in capsys.readouterr().err
 
@@ -124,19 +113,8 @@ def test_the_quick_grid_on_the_cluster_against_postgres(local_engine_runs):
     uri, address = env["CLUSTER_TRACKING_URI"], env["DASK_SCHEDULER_ADDRESS"]
     assert uri.startswith("http")
     experiment = f"cluster-{uuid.uuid4().hex[:8]}"
-    args = [
-        "sweep",
-        QUICK,
-        "--engine",
-        "dask",
-        "--address",
-        address,
-        "--tracking-uri",
-        uri,
-        "--experiment",
-        experiment,
-        "--quiet",
-    ]
+    args = ["sweep", QUICK, "--engine", "dask", "--address", address, "--tracking-uri", uri]
+    args += ["--experiment", experiment, "--quiet"]
     assert run(args) == 0
     runs = children(uri, experiment)
     assert len(runs) == 12 and {r.info.status for r in runs} == {"FINISHED"}
@@ -155,26 +133,9 @@ def test_a_worker_lost_mid_sweep(tmp_path):
     uri, address = env["CLUSTER_TRACKING_URI"], env["DASK_SCHEDULER_ADDRESS"]
     victim = int(env["CLUSTER_WORKER_PIDS"].split()[0])
     experiment = f"lost-worker-{uuid.uuid4().hex[:8]}"
-    command = [
-        sys.executable,
-        "-m",
-        "experiments",
-        "sweep",
-        QUICK,
-        "--engine",
-        "dask",
-        "--address",
-        address,
-        "--tracking-uri",
-        uri,
-        "--experiment",
-        experiment,
-        "--quiet",
-        "--set",
-        "steps=4000",
-        "--set",
-        "batch_lrs=false",
-    ]
+    command = [sys.executable, "-m", "experiments", "sweep", QUICK, "--engine", "dask"]
+    command += ["--address", address, "--tracking-uri", uri, "--experiment", experiment]
+    command += ["--quiet", "--set", "steps=4000", "--set", "batch_lrs=false"]
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

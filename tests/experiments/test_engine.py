@@ -171,15 +171,10 @@ def run_without_host_syncs(loop, steps, graphs):
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
 @pytest.mark.parametrize(
     "impl, lr",
-    [
-        ("manual", LR),
-        ("function", LR),
-        ("autograd", LR),
-        ("manual", [0.01, LR, 1.0]),
-        ("function", [0.01, LR, 1.0]),
-    ],
+    [("manual", LR), ("function", LR), ("autograd", LR), ("manual", [0.01, LR, 1.0]),
+     ("function", [0.01, LR, 1.0])],
     ids=["manual", "function", "autograd", "manual-3-lrs", "function-3-lrs"],
-)
+)  # fmt: skip
 def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_cancer_np):
     """Under sync debug mode "error", any .item(), host copy or data-dependent branch raises."""
     X, y = (torch.tensor(a, dtype=torch.float32, device="cuda") for a in breast_cancer_np)
@@ -224,14 +219,10 @@ def test_cuda_graphs_replay_the_same_steps(impl, breast_cancer_np):
 @pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
 @pytest.mark.parametrize(
     ("n_classes", "rule"),
-    [
-        (2, Optimizer("adam", weight_decay=0.01)),
-        (2, Optimizer("nesterov")),
-        (3, Optimizer()),
-        (3, Optimizer("momentum", zero_grad=False)),
-    ],
+    [(2, Optimizer("adam", weight_decay=0.01)), (2, Optimizer("nesterov")),
+     (3, Optimizer()), (3, Optimizer("momentum", zero_grad=False))],
     ids=["adam+wd", "nesterov", "softmax", "softmax-momentum-no-zero_grad"],
-)
+)  # fmt: skip
 def test_rules_and_softmax_replay_as_graphs_without_host_syncs(impl, n_classes, rule):
     """Stateful rules (Adam's step count, momentum buffers) and softmax stay on the device:
     no host sync in any step, and the captured steps replay the eager trajectory."""

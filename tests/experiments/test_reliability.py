@@ -35,29 +35,18 @@ SLOWER = ["--set", "steps=2000", "--set", "lrs=[0.1]"]
 
 
 def sweep_command(uri: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "experiments",
-        "sweep",
-        str(QUICK),
-        "--tracking-uri",
-        uri,
-        "--quiet",
-        *SLOWER,
-        *extra,
-    ]
+    sweep = [sys.executable, "-m", "experiments", "sweep", str(QUICK)]
+    return [*sweep, "--tracking-uri", uri, "--quiet", *SLOWER, *extra]
+
+
+def finish(command: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
 
 
 def start(uri: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        sweep_command(uri, *extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return subprocess.Popen(sweep_command(uri, *extra), text=True, env=env, **pipes)
 
 
 def children_with(db, status: str) -> int:
@@ -118,18 +107,12 @@ def assert_complete(uri: str) -> pd.DataFrame:
     [
         pytest.param(signal.SIGTERM, 143, ["--workers", "1"], id="SIGTERM"),
         pytest.param(signal.SIGINT, 130, ["--workers", "1"], id="SIGINT", marks=pytest.mark.slow),
-        pytest.param(
-            signal.SIGTERM, 143, ["--workers", "4"], id="SIGTERM-4-workers", marks=pytest.mark.slow
-        ),
-        pytest.param(
-            signal.SIGTERM,
-            143,
-            ["--engine", "dask", "--workers", "2"],
-            id="SIGTERM-dask-local-cluster",
-            marks=pytest.mark.slow,
-        ),
+        pytest.param(signal.SIGTERM, 143, ["--workers", "4"], id="SIGTERM-4-workers",
+                     marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, 143, ["--engine", "dask", "--workers", "2"],
+                     id="SIGTERM-dask-local-cluster", marks=pytest.mark.slow),
     ],
-)
+)  # fmt: skip
 def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, options, tmp_path):
     if "dask" in options:
         pytest.importorskip("distributed")
@@ -146,9 +129,7 @@ def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, optio
     assert after_stop[after_stop.kind == "sweep"].status.item() == "KILLED"
     kept = after_stop[after_stop.status == "FINISHED"].set_index("run_id").train_loss
 
-    resumed = subprocess.run(
-        sweep_command(uri, *options), capture_output=True, text=True, check=False
-    )
+    resumed = finish(sweep_command(uri, *options))
     assert resumed.returncode == 0, resumed.stderr
     assert f"({len(kept)} already finished before)" in resumed.stdout
     children = assert_complete(uri)
@@ -166,7 +147,7 @@ def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
     process.wait(timeout=30)
     killed = state(uri)
     assert "RUNNING" in set(killed[killed.parent.notna()].status)  # what MLflow alone leaves
-    resumed = subprocess.run(sweep_command(uri), capture_output=True, text=True, check=False)
+    resumed = finish(sweep_command(uri))
     assert resumed.returncode == 0, resumed.stderr
     children = assert_complete(uri)
     stale = children[children.status == "KILLED"]
@@ -175,13 +156,7 @@ def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
 
 def test_four_workers_on_a_brand_new_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    done = subprocess.run(
-        sweep_command(uri, "--workers", "4"),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
+    done = finish(sweep_command(uri, "--workers", "4"), timeout=180)
     assert done.returncode == 0, done.stderr
     children = assert_complete(uri)
     assert len(children) == 6
@@ -195,11 +170,8 @@ def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
     uri = f"sqlite:///{db}"
     process = start(uri, "--workers", "2")
     wait_for(db, 1, process, timeout=120)
-    workers = [
-        c
-        for c in psutil.Process(process.pid).children(recursive=True)
-        if "spawn" in " ".join(c.cmdline())
-    ]
+    children = psutil.Process(process.pid).children(recursive=True)
+    workers = [c for c in children if "spawn" in " ".join(c.cmdline())]
     assert workers
     workers[0].kill()
     out, err = process.communicate(timeout=180)
@@ -207,26 +179,15 @@ def test_a_worker_killed_mid_run_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert "worker process died" in out, out + err
     runs = state(uri)
     assert "RUNNING" not in set(runs.status)
-    resumed = subprocess.run(
-        sweep_command(uri, "--workers", "2"), capture_output=True, text=True, check=False
-    )
+    resumed = finish(sweep_command(uri, "--workers", "2"))
     assert resumed.returncode == 0, resumed.stderr
     assert_complete(uri)
 
 
 def test_a_diverging_run_fails_with_its_step_and_the_sweep_goes_on(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'd.db'}"
-    args = [
-        "sweep",
-        str(QUICK),
-        "--tracking-uri",
-        uri,
-        "--quiet",
-        "--set",
-        "lrs=[0.1,1.0e38]",
-        "--set",
-        "datasets=[breast_cancer]",
-    ]
+    args = ["sweep", str(QUICK), "--tracking-uri", uri]
+    args += ["--quiet", "--set", "lrs=[0.1,1.0e38]", "--set", "datasets=[breast_cancer]"]
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "3 finished, 3 diverged, 0 failed with an error" in out
@@ -248,17 +209,8 @@ def test_a_run_that_raises_fails_alone(tmp_path, capsys):
     """moons with a negative noise passes the config (loader parameters are free) and fails at
     run time; its runs end FAILED with the reason and the others finish."""
     uri = f"sqlite:///{tmp_path / 'e.db'}"
-    args = [
-        "sweep",
-        str(QUICK),
-        "--tracking-uri",
-        uri,
-        "--quiet",
-        "--set",
-        "lrs=[0.1]",
-        "--set",
-        "datasets=[iris, {name: moons, noise: -1}]",
-    ]
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "lrs=[0.1]"]
+    args += ["--set", "datasets=[iris, {name: moons, noise: -1}]"]
     assert run(args) == 1
     out = capsys.readouterr().out
     assert "3 finished, 0 diverged, 3 failed with an error" in out
@@ -269,19 +221,8 @@ def test_reruns_are_bit_identical(tmp_path):
     histories = []
     for attempt in range(2):
         uri = f"sqlite:///{tmp_path / f'{attempt}.db'}"
-        args = [
-            "train",
-            "--dataset",
-            "wine",
-            "--impl",
-            "function",
-            "--lr",
-            "0.3",
-            "--steps",
-            "200",
-            "--tracking-uri",
-            uri,
-        ]
+        args = ["train", "--dataset", "wine", "--impl", "function", "--lr", "0.3", "--steps", "200"]
+        args += ["--tracking-uri", uri]
         assert run(args) == 0
         client = MlflowClient(uri)
         (experiment,) = [e for e in client.search_experiments() if e.name == "train"]

@@ -16,15 +16,9 @@ from experiments.config import load_sweep
 
 QUICK = CONFIGS / "quick.yaml"
 METRICS = {
-    "train/loss",
-    "val/loss",
-    "train/accuracy",
-    "val/accuracy",
-    "grad/w_norm",
-    "grad/b",
-    "param/w_norm",
-    "param/b",
-}
+    "train/loss", "val/loss", "train/accuracy", "val/accuracy",
+    "grad/w_norm", "grad/b", "param/w_norm", "param/b",
+}  # fmt: skip
 CHECKS = {"check/grad_rel_err", "check/grad_err_vs_terms"}
 
 
@@ -68,17 +62,8 @@ def test_batched_and_unbatched_sweeps_agree(quick_sweep, tmp_path):
     _, _, runs = quick_sweep
     _, children = children_of(runs)
     uri = f"sqlite:///{tmp_path / 'alone.db'}"
-    args = [
-        "sweep",
-        str(QUICK),
-        "--tracking-uri",
-        uri,
-        "--quiet",
-        "--set",
-        "batch_lrs=false",
-        "--set",
-        "impls=[manual, function]",
-    ]
+    args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "batch_lrs=false"]
+    args += ["--set", "impls=[manual, function]"]
     assert run(args) == 0
     client = MlflowClient(uri)
     alone = {
@@ -252,22 +237,9 @@ def test_the_module_runs_as_a_program(tmp_path):
         check=False,
     )
     assert done.returncode == 0 and "--tracking-uri" in done.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments",
-            "sweep",
-            str(QUICK),
-            "--set",
-            "lrs=[-1]",
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'x.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    command = [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--set", "lrs=[-1]"]
+    bad = subprocess.run([*command, "--tracking-uri", uri], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "lrs.0" in bad.stderr
     assert not (tmp_path / "x.db").exists()
