@@ -24,7 +24,7 @@ import torch
 from experiments import datasets
 from experiments.config import DatasetConfig, RunConfig, SweepConfig
 from experiments.data import load_split, split_digest
-from experiments.tracking import Tracker, device_name
+from experiments.tracking import Tracker
 from experiments.training import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +119,14 @@ def _version(*distributions: str) -> str:
         except PackageNotFoundError:
             continue
     return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    if device == "mps":
+        return "Apple MPS"
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def run_tags(config: RunConfig) -> dict[str, str]:

@@ -59,16 +59,16 @@ def run_sweep(
     grid = config.grid()
     tracker.open()
     sweep = Sweep.open(tracker, experiment or config.name)
-    if nested:
-        sweep.open_parent(config, grid, command, restart)
-    todo = [point for point in grid if point.key not in sweep.finished]
-    label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
-    with _progress(label, len(todo), progress) as bar:
-        try:
+    try:
+        if nested:
+            sweep.open_parent(config, grid, command, restart)
+        todo = [point for point in grid if point.key not in sweep.finished]
+        label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
+        with _progress(label, len(todo), progress) as bar:
             sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
-        except BaseException:  # Ctrl-C, SIGTERM, or the tracking itself failed
-            sweep.kill()
-            raise
+    except BaseException:  # Ctrl-C, SIGTERM, or the tracking itself failed: nothing RUNNING
+        sweep.kill()
+        raise
     return sweep.close(skipped=len(grid) - len(todo))
 
 

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import os
-import platform
 import re
 import sqlite3
 import tempfile
@@ -374,11 +373,3 @@ class Tracker:
             token = page.token
             if not token:
                 return runs
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    if device == "mps":
-        return "Apple MPS"
-    return platform.processor() or platform.machine() or "cpu"
