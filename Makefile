@@ -12,7 +12,7 @@ DEVICE ?= cpu
 BENCH_OUT ?= reports
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-e2e test-cluster tracking-server tracking-server-stop test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
+.PHONY: help install test test-all test-e2e test-cluster mutants tracking-server tracking-server-stop test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ test: ## the fast suite (everything but `slow`, `e2e` and `cluster`; `gpu` tests
 test-all: ## every test, `slow` ones included
 	$(PYTEST)
 
+mutants: ## the wrong programs the suite must catch, each applied to a copy (slow, a few minutes)
+	$(PYTEST) -m slow tests/test_mutants.py -rA
+
 test-e2e: ## the MLflow UI in headless Chromium (apt-get install chromium; pip install playwright)
 	$(PYTEST) -m e2e
 
@@ -40,8 +43,8 @@ tracking-server: ## MLflow server on PostgreSQL with served artifacts, on 127.0.
 tracking-server-stop: ## stop it (the data stays in .tracking/)
 	PY=$(PY) scripts/tracking-server.sh stop
 
-test-gpu: ## only the CUDA tests (they skip where there is no GPU)
-	$(PYTEST) -m gpu
+test-gpu: ## only the CUDA tests; REQUIRE_GPU=1: a test that skips (no CUDA) fails
+	REQUIRE_GPU=1 $(PYTEST) -m gpu
 
 bench: ## speed as ratios to the limits (memory floor, K runs, MLflow floor) → reports/bench.{json,md}; DEVICE=cuda on a GPU
 	$(PY) -m experiments bench --device $(DEVICE) --out $(BENCH_OUT) --tracking-uri $(TRACKING_URI)

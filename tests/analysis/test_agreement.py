@@ -24,7 +24,8 @@ def test_gap_is_the_largest_difference_over_all_steps():
     b.w[2, 1] += 3e-6
     b.loss[0] -= 1e-7
     gap = trajectory_gap(a, b)
-    assert gap == TrajectoryGap(pytest.approx(3e-6), 0.0, pytest.approx(1e-7), 3)
+    near = {"rel": 1e-9, "abs": 0}  # 1 + 3e-6 and 1 − 1e-7 round in float64
+    assert gap == TrajectoryGap(pytest.approx(3e-6, **near), 0.0, pytest.approx(1e-7, **near), 3)
     assert gap.agrees(torch.float32) and not gap.agrees(torch.float64)
 
 

@@ -35,10 +35,10 @@ def test_step_rows_hold_every_implementation_and_both_floors(report):
         assert row["bytes"] == row["m"] * row["n"] * 4
         for name in ("manual", "function", "autograd"):
             assert row[f"{name}_ms"] > 0
-            assert row[f"{name}_vs_floor"] == pytest.approx(
-                row[f"{name}_ms"] / row["two_read_floor_ms"]
-            )
-        assert row["manual_vs_autograd"] == pytest.approx(row["manual_ms"] / row["autograd_ms"])
+            ratio = row[f"{name}_ms"] / row["two_read_floor_ms"]
+            assert row[f"{name}_vs_floor"] == pytest.approx(ratio, rel=1e-12, abs=0)
+        ratio = row["manual_ms"] / row["autograd_ms"]
+        assert row["manual_vs_autograd"] == pytest.approx(ratio, rel=1e-12, abs=0)
         assert row["copy_GBps"] > 0 and row["one_read_ms"] > 0
 
 
@@ -49,19 +49,18 @@ def test_lr_batch_rows_compare_k_rates_with_one(report):
         (w, i, k) for w in ("step", "run") for i in ("manual", "function") for k in (1, 3)
     }
     for row in rows:
-        assert row["speedup_per_lr"] == pytest.approx(
-            row["K"] * row["one_ms"] / row["K_at_once_ms"]
-        )
+        speedup = row["K"] * row["one_ms"] / row["K_at_once_ms"]
+        assert row["speedup_per_lr"] == pytest.approx(speedup, rel=1e-12, abs=0)
 
 
 def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     t = report["tracking"]
     assert t["floor_ms"] > 0 and t["ours_ms"] > 0 and t["naive_ms_per_point"] > 0
-    assert t["ours_vs_floor"] == pytest.approx(t["ours_ms"] / t["floor_ms"])
+    assert t["ours_vs_floor"] == pytest.approx(t["ours_ms"] / t["floor_ms"], rel=1e-12, abs=0)
     # The naive estimate is the floor plus one log_metric per value of the 10-series history.
     assert "10010 values" in t["run"]
     expected = t["floor_ms"] + 10010 * t["naive_ms_per_point"]
-    assert t["naive_ms_estimated"] == pytest.approx(expected)
+    assert t["naive_ms_estimated"] == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):

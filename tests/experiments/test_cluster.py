@@ -57,8 +57,7 @@ def local_engine_runs(tmp_path_factory):
     return finals(children(uri, "quick"))
 
 
-def test_local_dask_cluster_gives_the_local_engine_runs(local_engine_runs, tmp_path):
-    pytest.importorskip("distributed")
+def test_local_dask_cluster_gives_the_local_engine_runs(local_engine_runs, tmp_path, distributed):
     uri = f"sqlite:///{tmp_path / 'dask.db'}"
     args = ["sweep", QUICK, "--engine", "dask", "--workers", "2", "--tracking-uri", uri, "--quiet"]
     assert run(args) == 0
@@ -70,8 +69,9 @@ def test_local_dask_cluster_gives_the_local_engine_runs(local_engine_runs, tmp_p
     assert len(children(uri, "quick")) == 12
 
 
-def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path, capsys, free_port):
-    pytest.importorskip("distributed")
+def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(
+    tmp_path, capsys, free_port, distributed
+):
     db = tmp_path / "never.db"
     address = f"tcp://127.0.0.1:{free_port()}"
     args = ["sweep", QUICK, "--engine", "dask", "--address", address, "--tracking-uri", db_uri(db)]

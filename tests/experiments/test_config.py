@@ -26,7 +26,9 @@ def test_shipped_configs_are_valid_and_default_is_the_main_job():
         "moons",
     ]
     assert default.lrs == pytest.approx(
-        [0.001, 0.00372759, 0.0138950, 0.0517947, 0.193070, 0.719686, 2.68270, 10.0], rel=1e-5
+        [0.001, 0.00372759, 0.0138950, 0.0517947, 0.193070, 0.719686, 2.68270, 10.0],
+        rel=1e-5,
+        abs=0,
     )
     assert default.impls == ["manual", "autograd", "function"] and default.seeds == [0, 1, 2]
     assert default.steps == 1000 and default.devices == ["auto"]

@@ -29,8 +29,8 @@ def test_split_is_stratified_seeded_and_standardised_on_train_only():
     s = split(X, y, val_fraction=0.25, seed=1)
     assert len(s.y_val) == 143 and len(s.y_train) == 426
     assert abs(s.y_train.mean() - s.y_val.mean()) < 0.01
-    np.testing.assert_allclose(s.X_train.mean(axis=0), 0, atol=1e-12)
-    np.testing.assert_allclose(s.X_train.std(axis=0), 1, atol=1e-12)
+    np.testing.assert_allclose(s.X_train.mean(axis=0), 0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s.X_train.std(axis=0), 1, rtol=0, atol=1e-12)
     assert np.abs(s.X_val.mean(axis=0)).max() > 1e-3  # validation rows were not used
     again = split(X, y, val_fraction=0.25, seed=1)
     np.testing.assert_array_equal(s.X_val, again.X_val)

@@ -130,6 +130,55 @@ def test_validation_metrics_and_gradient_check(impl, breast_cancer):
     torch.testing.assert_close(history.dw[20], expected["dw"].cpu(), rtol=1e-12, atol=0)
 
 
+def iris_split(n_classes: int, device: str):
+    """All of iris (three classes) or versicolor vs virginica, standardised, split 100 / rest:
+    the two halves give different losses and accuracies at every step."""
+    X, y = datasets.load("iris", classes="all" if n_classes == 3 else "binary")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float64)[order].to(device)
+    y = torch.tensor(y)[order].to(device)
+    y = y if n_classes == 3 else y.double()
+    return X[:60], y[:60], X[60:], y[60:]
+
+
+ROWS = [0, 1, 2, 7, 19, 39, 40]  # the first rows, some in the middle, the last (no step taken)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3], ids=["logistic", "softmax"])
+@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
+def test_every_row_is_the_metrics_of_its_own_parameters(impl, n_classes, device):
+    """Row t holds θ_t and what θ_t scores: a fresh model set to the logged (w_t, b_t) gives the
+    same training loss and accuracy on the training data, validation loss and accuracy on the
+    validation data and gradient, to the last bit (the same implementation, the same
+    operations), and the same norms. A loss recorded after the step, or validation scored on
+    the training data, fails at the first row."""
+    X, y, X_val, y_val = iris_split(n_classes, device)
+    new = {"n_classes": n_classes, "dtype": torch.float64, "device": device}
+    model, fresh = make_model(impl, 4, 0.5, **new), make_model(impl, 4, 0.5, **new)
+    history = fit(model, X, y, 40, X_val=X_val, y_val=y_val)
+    m = history.metrics
+    for t in ROWS:
+        fresh.set_parameters(history.w[t].to(device), history.b[t].to(device))
+        grads = fresh.gradients(X, y)
+        scores = {
+            "train/loss": fresh.loss(X, y),
+            "train/accuracy": fresh.accuracy(fresh.logits(X), y),
+            "val/loss": fresh.loss(X_val, y_val),
+            "val/accuracy": fresh.accuracy(fresh.logits(X_val), y_val),
+        }
+        for name, value in scores.items():
+            assert m[name][t] == value.cpu(), (name, t, float(m[name][t]), float(value))
+        assert torch.equal(history.dw[t], grads["dw"].cpu()), t
+        # Norms sum the squares in memory order, which a transposed W changes: a few ulp.
+        norms = {"grad/w_norm": grads["dw"], "param/w_norm": fresh.w}
+        for name, tensor in norms.items():
+            norm = float(torch.linalg.vector_norm(tensor))
+            assert abs(float(m[name][t]) - norm) <= 1e-15 * norm, (name, t)
+    # The rows are not alike: train and validation differ, and the loss moved.
+    assert (m["train/loss"] != m["val/loss"]).all()
+    assert m["train/loss"][-1] < 0.9 * m["train/loss"][0]
+
+
 def test_gradient_checks_near_an_optimum(monkeypatch):
     """iris (not separable) converges: ‖g‖ → 1e-8 in float32, and the plain relative error of
     two correct gradients grows with it; the error relative to the summands does not. A wrong

@@ -113,9 +113,11 @@ def assert_complete(uri: str) -> pd.DataFrame:
                      id="SIGTERM-dask-local-cluster", marks=pytest.mark.slow),
     ],
 )  # fmt: skip
-def test_interrupt_marks_killed_and_the_same_command_resumes(signum, code, options, tmp_path):
+def test_interrupt_marks_killed_and_the_same_command_resumes(
+    signum, code, options, tmp_path, request
+):
     if "dask" in options:
-        pytest.importorskip("distributed")
+        request.getfixturevalue("distributed")  # skipped without Dask, unless REQUIRE_CLUSTER=1
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     process = start(uri, *options)

@@ -143,10 +143,10 @@ def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
     assert set(history.columns) == METRICS | CHECKS | {"step"}
     assert history["check/grad_err_vs_terms"].max() < 1e-5
     maximum = child.data.metrics["check/max_grad_rel_err"]
-    assert history["check/grad_rel_err"].max() == pytest.approx(maximum, rel=1e-6)
+    assert history["check/grad_rel_err"].max() == maximum  # the same float, written twice
     assert len(trajectory) == 101 and trajectory.shape[1] == 1 + 2 * n
     # The artifact agrees with the metric MLflow shows last.
-    assert history["train/loss"].iloc[-1] == pytest.approx(child.data.metrics["train/loss"])
+    assert history["train/loss"].iloc[-1] == child.data.metrics["train/loss"]
     # w follows the logged gradient: w_{t+1} = w_t − lr·dw_t.
     lr = float(child.data.params["lr"])
     w, dw = (
@@ -195,8 +195,15 @@ def test_parent_holds_the_config_and_the_summary(quick_sweep, tmp_path):
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
     assert {p.name for p in folder.iterdir()} == {"config.yaml", "runs.csv", "summary.csv"}
     assert len(pd.read_csv(folder / "runs.csv")) == 12
-    summary = pd.read_csv(folder / "summary.csv")
-    assert len(summary) == 6 and set(summary["best_lr"]) <= {0.1, 1.0}
+    summary = pd.read_csv(folder / "summary.csv").set_index(["dataset", "impl"])
+    assert len(summary) == 6
+    # Each best lr is the lr of that dataset and implementation with the lowest validation
+    # loss, read off the runs themselves (one seed: the mean is the run's own).
+    runs_csv = pd.read_csv(folder / "runs.csv")
+    for (dataset, impl), row in summary.iterrows():
+        mine = runs_csv[(runs_csv.dataset == dataset) & (runs_csv.impl == impl)]
+        assert row["best_lr"] == mine.loc[mine["val/loss"].idxmin(), "lr"], (dataset, impl)
+        assert row["val_loss_mean"] == mine["val/loss"].min()
     again = load_sweep(folder / "config.yaml", {})
     assert again == load_sweep(QUICK, {})
 

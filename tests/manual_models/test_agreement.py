@@ -55,27 +55,31 @@ def problems(draw):
 
 @pytest.mark.parametrize("impl", CHALLENGERS)
 @given(problem=problems())
-def test_matches_autograd_on_random_problems_float64(impl, problem):
-    check_random_problem(impl, problem)
+def test_matches_autograd_on_random_problems_float64(impl, problem, exact):
+    check_random_problem(impl, problem, exact)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", CHALLENGERS)
 @settings(max_examples=5000)
 @given(problem=problems())
-def test_matches_autograd_on_many_random_problems_float64(impl, problem):
-    check_random_problem(impl, problem)
+def test_matches_autograd_on_many_random_problems_float64(impl, problem, exact):
+    check_random_problem(impl, problem, exact)
 
 
-def check_random_problem(impl, problem):
+def check_random_problem(impl, problem, exact):
     X, y, w, b = problem
     got, ref = outputs_at(impl, X, y, w, b), outputs_at("autograd", X, y, w, b)
     assert compare("forward", got["forward"], ref["forward"]).within(1e-12)
-    # Errors are relative to the size of what was added up, which can dwarf the result: the
-    # gradient sums m terms (ŷᵢ − yᵢ)xᵢ/m that may cancel, and BCEWithLogitsLoss computes a tiny
-    # loss as log(1 + tiny) with an absolute error of ~1e-16. So each bound is 1e-12 relative
-    # to max(|result|, Σ|terms|); on data without cancellation that is the plain relative error.
+    # The loss, relative to its exact value however small that is (60 digits, at the same
+    # float64 logits).
     z = X @ w + b
+    loss = exact.bce(z, y)
+    assert abs(float(got["loss"]) - loss) <= 1e-12 * loss, (float(got["loss"]), loss)
+    # Against autograd the errors are relative to the size of what was added up, which can
+    # dwarf the result: the gradient sums m terms (ŷᵢ − yᵢ)xᵢ/m that may cancel, and
+    # BCEWithLogitsLoss computes a tiny loss as log(1 + tiny), keeping ~1e-16 of |z| + 1
+    # (docs/proof.md). On data without cancellation this is the plain relative error.
     residual = (torch.sigmoid(z) - y).abs()
     scale = {
         "loss": (z.abs() + 1).mean(),

@@ -7,8 +7,6 @@ a tightened gradcheck that sees a 0.1% bug, and whole trajectories.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -51,12 +49,16 @@ def problems(draw):
 
 @pytest.mark.parametrize("impl", CHALLENGERS)
 @given(problem=problems())
-def test_matches_autograd_on_random_problems_float64(impl, problem):
+def test_matches_autograd_on_random_problems_float64(impl, problem, exact):
     (X, y, W, b), C = problem
     got, ref = outputs_at(impl, X, y, W, b, C), outputs_at("autograd", X, y, W, b, C)
     assert compare("forward", got["forward"], ref["forward"]).within(1e-12)
-    # As for the binary model: 1e-12 relative to the size of what was summed (the gradient's
-    # m terms (P − Y)ᵢ xᵢ/m can cancel; a tiny loss is log(1 + tiny) in CrossEntropyLoss).
+    # The loss, relative to its exact value however small (60 digits, the same logits).
+    loss = exact.cross_entropy(X @ W + b, y)
+    assert abs(float(got["loss"]) - loss) <= 1e-12 * loss, (float(got["loss"]), loss)
+    # As for the binary model: against autograd, 1e-12 relative to the size of what was summed
+    # (the gradient's m terms (P − Y)ᵢ xᵢ/m can cancel; a tiny loss is log(1 + tiny) in
+    # CrossEntropyLoss), elementwise and without an absolute slack.
     R = (torch.softmax(X @ W + b, 1) - torch.eye(C, dtype=X.dtype)[y]).abs()
     scale = {
         "loss": max(float(ref["loss"].abs()), float(torch.logsumexp(X @ W + b, 1).abs().mean())),
@@ -65,7 +67,7 @@ def test_matches_autograd_on_random_problems_float64(impl, problem):
     }
     for name in ("loss", "dw", "db"):
         err = (got[name] - ref[name]).abs()
-        assert bool((err <= 1e-12 * scale[name] + 1e-300).all()), f"{impl} {name}: {err.max()}"
+        assert bool((err <= 1e-12 * scale[name]).all()), f"{impl} {name}: {err.max()}"
 
 
 def iris_all(dtype=torch.float64, device="cpu"):
@@ -136,15 +138,28 @@ def test_trajectories_match_autograd(impl, dtype, rtol, device):
     assert float(ref.loss[-1]) < 0.5 * float(ref.loss[0])  # it trained
 
 
-def test_the_loss_keeps_its_digits_for_a_confident_right_answer():
-    """log(1 + 2e⁻⁴⁰) ≈ 8.5e-18: log_softmax's 0 − (40 − lse) loses all of it."""
-    Z = torch.tensor([[40.0, 0.0, 0.0]], dtype=torch.float64)
-    y = torch.tensor([0])
-    exact = math.log1p(2 * math.exp(-40))
-    assert float(cross_entropy_from_logits(Z, y)) == pytest.approx(exact, rel=1e-15)
-    assert float(torch.nn.functional.cross_entropy(Z, y)) == 0.0  # the reference rounds it away
-    big = torch.tensor([[1e4, -1e4, 0.0]], dtype=torch.float64)  # nothing overflows
-    assert float(cross_entropy_from_logits(big, torch.tensor([1]))) == pytest.approx(2e4)
+@pytest.mark.parametrize("margin", [0.5, 5.0, 20.0, 37.0, 40.0, 100.0, 700.0])
+def test_the_loss_keeps_its_digits_at_every_margin(margin, exact):
+    """Z = [M, 0, 0]: J = log(1 + 2e^−M) when the answer is right (8.5e-18 at M = 40, where
+    log_softmax's 0 − (40 − lse) keeps nothing) and M + log(1 + 2e^−M) when it is wrong; each
+    within 1e-15 of its exact value, relative, with no absolute slack."""
+    Z = torch.tensor([[margin, 0.0, 0.0]], dtype=torch.float64)
+    for label in (0, 1):
+        y = torch.tensor([label])
+        got, want = float(cross_entropy_from_logits(Z, y)), exact.cross_entropy(Z, y)
+        assert abs(got - want) <= 1e-15 * want, (label, got, want)
+    rows = torch.tensor([[margin, 0.0, -margin], [0.0, margin, 1.0], [-1.0, 2.0, margin]])
+    y = torch.tensor([0, 1, 2])  # several samples, all right, at once
+    rows = rows.double()
+    got, want = float(cross_entropy_from_logits(rows, y)), exact.cross_entropy(rows, y)
+    assert abs(got - want) <= 1e-15 * want, (got, want)
+
+
+def test_the_reference_rounds_a_confident_answer_away_and_nothing_overflows():
+    Z, y = torch.tensor([[40.0, 0.0, 0.0]], dtype=torch.float64), torch.tensor([0])
+    assert float(torch.nn.functional.cross_entropy(Z, y)) == 0.0  # log_softmax: 0 − (40 − lse)
+    big = torch.tensor([[1e4, -1e4, 0.0]], dtype=torch.float64)
+    assert float(cross_entropy_from_logits(big, torch.tensor([1]))) == 2e4  # exactly
 
 
 def test_two_classes_with_one_column_at_zero_is_the_binary_model():
@@ -159,7 +174,7 @@ def test_two_classes_with_one_column_at_zero_is_the_binary_model():
     )
     labels = 1 - y  # index 0 is the binary model's positive class
     assert float(model.loss(X, labels)) == pytest.approx(
-        float(binary.loss(X, y.double())), rel=1e-14
+        float(binary.loss(X, y.double())), rel=1e-14, abs=0
     )
     dW, dw = model.gradients(X, labels)["dw"][:, 0], binary.gradients(X, y.double())["dw"]
     assert compare("dw", dW, dw).within(1e-13)

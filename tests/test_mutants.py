@@ -1,0 +1,95 @@
+"""Wrong programs the suite must catch (`make mutants`; slow, so in `make test-all` and CI).
+
+Each mutant is one small, named change to a copy of the packages. The fast tests run against
+the copy (stopping at the first failure) and must fail; a mutant they let through fails here,
+and so does a mutant whose line of code is gone (update it with the code). The unchanged copy
+must pass the same tests, so a failure is the mutant's doing, not the harness's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# The quick tests that look at what each mutant breaks, the quickest to fail first.
+SUITE = [
+    "tests/experiments/test_logged_rows.py",
+    "tests/manual_models",
+    "tests/experiments/test_engine.py",
+]
+MUTANTS = {
+    "validation loss scored on the training data": (
+        "experiments/engine.py",
+        'values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)',
+        'values["val/loss"] = model.loss(X, y, check=False)',
+    ),
+    "validation accuracy scored on the training data": (
+        "experiments/engine.py",
+        'values["val/accuracy"] = model.accuracy(model.logits(self.X_val), self.y_val)',
+        'values["val/accuracy"] = model.accuracy(model.logits(X), y)',
+    ),
+    "the loss recorded after the step": (
+        "experiments/engine.py",
+        'values["train/loss"], z = model.train_step(X, y, check=False)',
+        "_, z = model.train_step(X, y, check=False)\n"
+        '            values["train/loss"] = model.loss(X, y, check=False)',
+    ),
+    "softmax cross-entropy as log(1 + Σe) instead of log1p": (
+        "manual_models/softmax.py",
+        "torch.log1p(e.sum(1))",
+        "torch.log(1 + e.sum(1))",
+    ),
+    "the binary loss as log(1 + e^−|z|) instead of softplus": (
+        "manual_models/logistic.py",
+        "F.softplus(-z.abs())",
+        "torch.log(1 + torch.exp(-z.abs()))",
+    ),
+    "a gradient 1 + 1e-9 too large": (
+        "manual_models/logistic.py",
+        'return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}',
+        'return {"dw": (1 + 1e-9) * X.T @ residual / X.shape[0], "db": residual.mean(0)}',
+    ),
+}
+
+
+def copy_of_the_packages(folder: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("manual_models", "experiments", "analysis", "tests"):
+        shutil.copytree(ROOT / name, folder / name, ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", folder)
+    return folder
+
+
+def run_suite(copy: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    command += ["-m", "not slow and not e2e and not cluster and not gpu", *SUITE]
+    env = {**os.environ, "PYTHONPATH": str(copy)}  # the copy's packages, not the installed ones
+    return subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_the_unchanged_copy_passes(tmp_path):
+    done = run_suite(copy_of_the_packages(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_the_suite_catches(name, tmp_path):
+    path, old, new = MUTANTS[name]
+    copy = copy_of_the_packages(tmp_path)
+    source = copy / path
+    text = source.read_text()
+    assert text.count(old) == 1, f"{name}: the line it changes is not in {path} any more"
+    source.write_text(text.replace(old, new))
+    done = run_suite(copy)
+    assert done.returncode == 1, f"{name} was not caught:\n{done.stdout[-3000:]}"
+    caught = re.search(r"^FAILED (\S+)", done.stdout, re.MULTILINE)
+    assert caught, done.stdout[-3000:]  # a failing test, not a crash of the harness
+    print(f"{name}: caught by {caught.group(1)}")
