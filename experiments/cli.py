@@ -116,7 +116,7 @@ def sweep(
 @click.option("--dtype", help="float32 or float64 [float32]")
 @click.option("--val-fraction", help="held-out share [0.25]")
 @click.option("--check-every", help="steps between gradient checks [auto]")
-@click.option("--max-metric-points", help="points per metric sent to MLflow [2]")
+@click.option("--max-metric-points", help="points per charted series sent to MLflow [200]")
 @click.option("--max-trajectory-values", help="w, dw values kept per run [1e7]")
 @click.option("--cuda-graphs", help="replay steps as CUDA graphs on CUDA: true/false [true]")
 @tracking_options

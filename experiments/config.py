@@ -140,13 +140,18 @@ class OptimizerConfig(BaseModel):
 SGD = OptimizerConfig()
 
 
+# How many points a chart gets is how a run is recorded, not what it is: the key hashes it at
+# its first default, 2, whatever it is, so sweeps recorded before resume.
+RECORDING_ONLY = {"max_metric_points": 2}
+
+
 def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
     """A stable hash; keys added since the first release are left out at their default, so
     runs and sweeps recorded before them keep their keys (and resume)."""
     for name, default in defaults.items():
         if dumped.get(name) == default:
             dumped.pop(name, None)
-    canonical = json.dumps(dumped, sort_keys=True)
+    canonical = json.dumps({**dumped, **RECORDING_ONLY}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -165,11 +170,11 @@ class _Common(BaseModel):
         "set has at most 1e6 values, else 100 checks per run",
     )
     max_metric_points: int = Field(
-        2,
+        200,
         ge=1,
-        description="points per metric series sent to MLflow (the last always; 2: first and "
-        "last). The full per-step series is in history.parquet either way; each extra point "
-        "costs MLflow ~0.07 ms per series per run",
+        description="points each charted series sends to MLflow (all of them up to this many "
+        "steps; beyond, evenly spaced and denser at the start, the first and last included); "
+        "the full per-step series is in history.parquet either way",
     )
     max_trajectory_values: int = Field(
         10_000_000, ge=1, description="w and dw values kept in trajectory.parquet before thinning"

@@ -11,6 +11,7 @@ frame a sweep writes as ``runs.csv`` and the analysis reads; :func:`best_lrs` su
 from __future__ import annotations
 
 import getpass
+import math
 import platform
 import subprocess
 from collections.abc import Iterable
@@ -172,6 +173,7 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
     config, history = result.config, result.history
     params = {
         **config.params(),
+        "log10_lr": math.log10(config.lr),  # MLflow's UI has no log axis for params (#6034)
         **result.shape,
         "check_every_resolved": result.check_every,
         "lr_batch": result.lr_batch,

@@ -95,13 +95,51 @@ def _check_sqlite_writable(uri: str, path: Path) -> None:
 
 
 def thin(n: int, max_points: int) -> np.ndarray:
-    """At most ``max_points`` indices of ``range(n)``, evenly spread, first and last included
-    (just the last for one point)."""
+    """At most ``max_points`` of the steps 0 … n − 1, the first and the last included.
+
+    Up to ``max_points`` steps, every one. Beyond, half the points are spaced evenly (no stretch
+    of the curve goes unsampled) and half geometrically, dense at the start, where gradient
+    descent moves fastest (a large learning rate's loss falls by orders of magnitude in its
+    first steps); the points left where the two coincide bisect the widest gaps.
+    """
     if n <= max_points:
         return np.arange(n)
-    if max_points == 1:
-        return np.array([n - 1])
-    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+    if max_points <= 2:
+        return np.array([n - 1] if max_points == 1 else [0, n - 1])
+    even = np.linspace(0, n - 1, max_points // 2)
+    early = np.geomspace(1, n, max_points - max_points // 2) - 1
+    keep = np.unique(np.round(np.concatenate([even, early])).astype(np.int64))
+    while len(keep) < max_points:
+        gap = int(np.argmax(np.diff(keep)))
+        keep = np.insert(keep, gap + 1, (keep[gap] + keep[gap + 1]) // 2)
+    return keep
+
+
+# The series drawn as curves, sent at up to ``max_metric_points`` points: the losses and
+# accuracies, how far w and the gradient are from 0, and the gradient checks on a log10 scale
+# (the raw checks live near the float epsilon, and a linear axis labels them 0, 0, 0). Every
+# other series (the bias, the raw checks) goes at its first and last step; every series is
+# whole in history.parquet.
+CURVES = (
+    "train/loss",
+    "val/loss",
+    "train/accuracy",
+    "val/accuracy",
+    "grad/w_norm",
+    "param/w_norm",
+    "check/log10_grad_rel_err",
+    "check/log10_grad_err_vs_terms",
+)
+LOG10_FLOOR = 1e-18  # an exact 0 (bit-identical gradients) is drawn at −18
+
+
+def series(history: History) -> dict[str, np.ndarray]:
+    """Every metric as MLflow gets it: the history's, and log10 of each gradient check."""
+    out = {name: values.double().numpy() for name, values in history.metrics.items()}
+    for name in [n for n in out if n.startswith("check/")]:
+        log10 = np.log10(np.maximum(out[name], LOG10_FLOOR))  # NaN (unchecked) stays NaN
+        out[name.replace("check/", "check/log10_")] = log10
+    return out
 
 
 def history_table(history: History):
@@ -170,6 +208,9 @@ class Tracker:
 
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # On a tracking server MLflow prints two "View run" lines per run it ends: a sweep
+            # prints its progress and one runs page instead.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -244,19 +285,19 @@ class Tracker:
         metrics: Mapping[str, float] = (),
         tags: Mapping[str, str] = (),
     ) -> int:
-        """A finished run's record in as few calls as MLflow allows: one ``log_batch`` with
-        the params, tags, single metrics and each series thinned to ``max_points`` (more
-        batches only past MLflow's 1,000 metrics a batch), and one upload of the complete
-        per-step record as ``history.parquet`` and ``trajectory.parquet``. Returns the
-        thinning step of ``trajectory.parquet`` (1: every step kept)."""
+        """A finished run's record in as few calls as MLflow allows: ``log_batch`` calls of
+        at most 1,000 metrics (MLflow's limit), the first with the params and tags, carrying the
+        single metrics and every series (:data:`CURVES` at up to ``max_points`` points, the
+        rest at their first and last step), and one upload of the complete per-step record as
+        ``history.parquet`` and ``trajectory.parquet``. Returns the thinning step of
+        ``trajectory.parquet`` (1: every step kept)."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()]
-        for name, series in history.metrics.items():
-            values = series.double().numpy()
+        for name, values in series(history).items():
             steps = np.flatnonzero(~np.isnan(values))
-            for i in steps[thin(len(steps), max_points)]:
+            for i in steps[thin(len(steps), max_points if name in CURVES else 2)]:
                 points.append(Metric(name, float(values[i]), now, int(i)))
         trajectory, every = trajectory_table(history, max_values)
         params = [Param(k, str(v)) for k, v in {**params, "trajectory_every": every}.items()]

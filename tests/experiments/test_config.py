@@ -119,18 +119,23 @@ def test_optimizers_key_multiplies_the_grid_and_names_each_rule():
 
 def test_keys_recorded_before_the_optimizer_key_are_unchanged():
     """A run or sweep at the default (plain SGD) hashes as it did before the key existed, so
-    sweeps recorded then still resume."""
+    sweeps recorded then still resume; and as it did when charts got 2 points a series (how
+    many points a chart gets is not what a run is)."""
     import hashlib
     import json
 
     def old_key(dumped):
+        dumped = {**dumped, "max_metric_points": 2}  # the default when those sweeps ran
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
     config = load_sweep(CONFIGS / "quick.yaml", {})
     point = config.grid()[0]
+    assert config.max_metric_points == 200
     assert point.key == old_key(point.model_dump(mode="json", exclude={"optimizer"}))
     dumped = config.model_dump(mode="json", exclude={"engine", "address", "optimizers"})
     assert config.key == old_key(dumped)
+    fewer = load_sweep(CONFIGS / "quick.yaml", {"max_metric_points": 7})
+    assert fewer.key == config.key and fewer.grid()[0].key == point.key
     other = load_sweep(CONFIGS / "quick.yaml", {"optimizers": ["adam"]})
     assert other.key != config.key and other.grid()[0].key != point.key
 

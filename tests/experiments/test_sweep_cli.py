@@ -116,17 +116,30 @@ def test_params_and_tags_describe_the_run(quick_sweep):
     assert iris.data.params["n_features"] == "4"
 
 
-def test_metric_series_are_thinned_to_first_and_last(quick_sweep):
+def test_curves_are_charted_whole_and_the_rest_at_their_ends(quick_sweep):
     client, _, runs = quick_sweep
     _, children = children_of(runs)
     child = next(c for c in children if c.data.tags["impl"] == "manual")
     maxima = {"check/max_grad_rel_err", "check/max_grad_err_vs_terms"}
-    expected = METRICS | CHECKS | maxima | {"time/fit_s", "time/step_ms"}
+    log10 = {"check/log10_grad_rel_err", "check/log10_grad_err_vs_terms"}
+    expected = METRICS | CHECKS | log10 | maxima | {"time/fit_s", "time/step_ms"}
     assert set(child.data.metrics) == expected
-    steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
-    # max_metric_points defaults to 2: MLflow gets step 0 and the final state; the full
-    # series is in history.parquet (below).
-    assert sorted(steps) == [0, 100]
+
+    def steps(name):
+        return sorted(m.step for m in client.get_metric_history(child.info.run_id, name))
+
+    # 100 steps, fewer than max_metric_points (200): each curve has every one of its rows;
+    # the one-number bias and the raw checks go at their first and last (all in
+    # history.parquet, below).
+    for name in ("train/loss", "val/accuracy", "param/w_norm", "check/log10_grad_err_vs_terms"):
+        assert steps(name) == list(range(101)), name
+    for name in ("param/b", "grad/b", "check/grad_err_vs_terms"):
+        assert steps(name) == [0, 100], name
+    log10 = client.get_metric_history(child.info.run_id, "check/log10_grad_err_vs_terms")
+    assert all(-18 <= m.value < -5 for m in log10)
+    assert float(child.data.params["log10_lr"]) == pytest.approx(
+        np.log10(float(child.data.params["lr"])), rel=1e-15, abs=0
+    )
     autograd = next(c for c in children if c.data.tags["impl"] == "autograd")
     assert not (CHECKS | maxima) & set(autograd.data.metrics)
 

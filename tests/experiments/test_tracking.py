@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.data import digest
 from experiments.engine import History
-from experiments.tracking import digest, thin, trajectory_table
+from experiments.tracking import CURVES, series, thin, trajectory_table
 
 
 @pytest.mark.parametrize(("n", "k"), [(1, 200), (200, 200), (201, 200), (1001, 200), (10**6, 7)])
@@ -15,8 +16,32 @@ def test_thinning_keeps_first_and_last_and_at_most_k(n, k):
     assert len(kept) == min(n, k) and np.all(np.diff(kept) > 0)
 
 
-def test_one_point_is_the_last():
+def test_one_point_is_the_last_and_two_are_the_ends():
     assert thin(1001, 1).tolist() == [1000] and thin(1, 1).tolist() == [0]
+    assert thin(1001, 2).tolist() == [0, 1000]
+
+
+def test_thinning_is_dense_early_and_never_leaves_a_wide_gap():
+    """1,000 steps in 200 points: every one of the first steps, where a large learning rate's
+    loss falls fastest, and no gap wider than two evenly spaced points would leave."""
+    kept = thin(1001, 200)
+    assert kept[:12].tolist() == list(range(12))
+    assert np.diff(kept).max() <= 2 * 1000 / 199
+    assert (kept < 100).sum() > 2 * (kept >= 900).sum()  # denser at the start than at the end
+
+
+def test_curves_and_log10_checks():
+    """The checks also go as log10 (an exact 0 at −18); unchecked rows (NaN) stay NaN."""
+    rows = 4
+    metrics = {"train/loss": torch.ones(rows), "check/grad_err_vs_terms":
+               torch.tensor([1e-16, float("nan"), 0.0, 1e-7], dtype=torch.float64)}  # fmt: skip
+    history = History(metrics, torch.zeros(rows, 2), torch.zeros(rows), torch.zeros(rows, 2),
+                      torch.zeros(rows))  # fmt: skip
+    out = series(history)
+    assert set(out) == {"train/loss", "check/grad_err_vs_terms", "check/log10_grad_err_vs_terms"}
+    log10 = out["check/log10_grad_err_vs_terms"]
+    assert log10[0] == -16 and np.isnan(log10[1]) and log10[2] == -18 and log10[3] == -7
+    assert set(CURVES) >= {"train/loss", "val/loss", "check/log10_grad_err_vs_terms"}
 
 
 def test_trajectory_is_thinned_only_above_the_limit():
