@@ -40,6 +40,8 @@ class Engine:
     # Whether a lost worker breaks the executor for everyone (then it is renewed once the work
     # in flight has failed).
     breaks = False
+    # Whether passes run in the sweep's own process (which then records them in the background).
+    runs_here = False
 
     def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
         raise NotImplementedError
@@ -75,6 +77,7 @@ class InlineEngine(Engine):
     driver, which then marks its runs KILLED."""
 
     name = "inline"
+    runs_here = True
 
     def submit(self, fn, *args, gpu=False):
         future: Future = Future()

@@ -203,6 +203,30 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
     return status
 
 
+def write(tracker: Tracker, run_id: str, result: RunResult, *, inputs: bool, guard: bool) -> None:
+    """Record a trained run and end it: FINISHED, or FAILED if it diverged. ``inputs``: log its
+    data too (a run without a parent). ``guard``: a run the driver has ended meanwhile (KILLED
+    on an interrupt) keeps that status."""
+    status = record(tracker, run_id, result)
+    if inputs:
+        log_inputs(tracker, run_id, [result.config])
+    if not guard or tracker.status(run_id) == "RUNNING":
+        tracker.finish(run_id, status)
+
+
+def fail(tracker: Tracker, run_id: str, reason: str) -> None:
+    """End a run FAILED with its reason, unless it has ended already (then it stands)."""
+    if tracker.status(run_id) != "RUNNING":
+        return
+    tracker.log(run_id, tags={"failure": "error", "failure_reason": reason[:500]})
+    tracker.finish(run_id, "FAILED")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def log_inputs(tracker: Tracker, run_id: str, configs: list[RunConfig]) -> None:
     """Each distinct split among ``configs`` as MLflow dataset inputs of ``run_id`` (a sweep
     logs them once, on its parent; every child names its split by ``data_digest``)."""

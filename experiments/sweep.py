@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import click
 import pandas as pd
+import torch
 
 from experiments import lr_batch, records
 from experiments.config import RunConfig, SweepConfig
@@ -26,6 +27,9 @@ from experiments.executors import Engine
 from experiments.interrupts import shielded
 from experiments.tracking import Tracker
 from experiments.training import train_pass
+from experiments.writer import Writer
+
+BACKGROUND_AFTER_S = 2.0  # a sweep still training after this long starts a writer
 
 
 @dataclass
@@ -84,6 +88,8 @@ class Sweep:
     started: list[str] = field(default_factory=list)
     train_seconds: float = 0.0
     start: float = field(default_factory=time.perf_counter)
+    writer: Writer | None = None  # records this process's passes in the background
+    threads: int = 1  # torch's threads before the writer took a core
 
     @classmethod
     def open(cls, tracker: Tracker, experiment: str) -> Sweep:
@@ -136,6 +142,8 @@ class Sweep:
         broken = False  # a dead worker broke the engine: let what is in flight drain first
         try:
             while queue or futures:
+                if engine.runs_here and queue:
+                    self._record_aside()
                 while queue and not broken and len(futures) < engine.capacity():
                     broken = not self._submit(engine, queue, futures)
                 done = wait(futures, return_when=FIRST_COMPLETED).done if futures else set()
@@ -148,6 +156,15 @@ class Sweep:
             engine.stop()  # before the driver marks the runs in flight KILLED
             raise
         engine.close()
+
+    def _record_aside(self) -> None:
+        """A sweep that trains in this process and is still going after a few seconds is
+        long enough to pay for a writer: it records the runs on a core of its own, while
+        training keeps the others (one thread fewer for torch)."""
+        if self.writer is None and time.perf_counter() - self.start > BACKGROUND_AFTER_S:
+            self.writer = WRITERS[self.tracker.uri] = Writer(self.tracker.uri)
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, self.threads - 1))
 
     def _submit(self, engine: Engine, queue: deque, futures: dict) -> bool:
         """Hand the next pass to the engine; False if a broken engine refused it (then it
@@ -185,31 +202,37 @@ class Sweep:
         except Exception as err:  # one pass's crash does not end the sweep
             died = engine.lost_worker(err)
             broke = died and engine.breaks
-            reason = "its worker process died" if died else _first_line(err)
+            reason = "its worker process died" if died else records.first_line(err)
             for run_id in run_ids:
-                self._failed(run_id, reason)
+                records.fail(self.tracker, run_id, reason)
         for run_id in run_ids:
             self.in_flight.pop(run_id, None)
         bar.update(len(run_ids))
         return broke
 
-    def _failed(self, run_id: str, reason: str) -> None:
-        if self.tracker.status(run_id) != "RUNNING":  # ended before its pass failed: it stands
-            return
-        self.tracker.log(run_id, tags={"failure": "error", "failure_reason": reason[:500]})
-        self.tracker.finish(run_id, "FAILED")
-
     # --- the end ------------------------------------------------------------------------------
     def kill(self) -> None:
-        """Interrupted: every run in flight, and the parent, end KILLED (MLflow alone would
-        leave them RUNNING). A worker may have ended one meanwhile: that one stands."""
-        for run_id in [*self.in_flight, *([self.parent_id] if self.parent_id else [])]:
+        """Interrupted: what the writer holds is recorded first (no trained run is lost), then
+        every run in flight, and the parent, end KILLED (MLflow alone would leave them
+        RUNNING). A worker may have ended one meanwhile: that one stands."""
+        unrecorded: set[str] = set()
+        if self.writer is not None:
+            writer = self.writer
+            try:
+                unrecorded = self._settle_writer()
+            except BaseException:  # a second interrupt: stop waiting for the writer
+                unrecorded = writer.unrecorded()
+        parent = [self.parent_id] if self.parent_id else []
+        for run_id in [*self.in_flight, *unrecorded, *parent]:
             with contextlib.suppress(Exception):
                 if self.tracker.status(run_id) == "RUNNING":
                     self.tracker.finish(run_id, "KILLED")
 
     def close(self, skipped: int) -> SweepOutcome:
         """The runs as the store has them; on the parent: runs.csv, summary.csv, the counts."""
+        if self.writer is not None:
+            for run_id in self._settle_writer():
+                records.fail(self.tracker, run_id, "its writer process ended before recording it")
         runs = self.runs()
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
@@ -227,6 +250,17 @@ class Sweep:
             self.experiment_id, self.parent_id, runs, seconds, self.train_seconds, skipped
         )
 
+    def _settle_writer(self) -> set[str]:
+        """Wait until the writer has recorded every run it holds, then stop it; the runs it
+        could not record come back, still RUNNING."""
+        writer, self.writer = self.writer, None
+        WRITERS.pop(self.tracker.uri, None)
+        torch.set_num_threads(self.threads)
+        try:
+            return writer.drain()
+        finally:
+            writer.close()  # stops it even when a second interrupt cut the wait short
+
     def runs(self) -> pd.DataFrame:
         """Every run of this sweep, one row per attempt (without a parent: those started)."""
         if self.parent_id is not None:
@@ -238,31 +272,27 @@ class Sweep:
 
 # --- what a worker runs -----------------------------------------------------------------------
 TRACKERS: dict[str, Tracker] = {}  # one per store, for the life of the process
+WRITERS: dict[str, Writer] = {}  # the sweep's own process, while it records in the background
 
 
 def work(
     uri: str, run_ids: list[str], configs: list[RunConfig], inputs: bool, guard: bool
 ) -> float:
-    """Train a pass and record each run under the run id the driver created for it: FINISHED,
-    or FAILED if it diverged. Returns the training time. ``inputs``: log each run's data too
-    (a run without a parent). ``guard``: a run the driver has ended meanwhile (KILLED on an
-    interrupt) keeps that status."""
+    """Train a pass and record each run under the run id the driver created for it (through
+    this process's writer once it is up, else here): FINISHED, or FAILED if it diverged.
+    Returns the training time. ``inputs``: log each run's data too (a run without a parent).
+    ``guard``: a run the driver has ended meanwhile (KILLED on an interrupt) keeps that
+    status."""
     if uri not in TRACKERS:
         TRACKERS[uri] = Tracker(uri)
-    tracker = TRACKERS[uri]
     results = train_pass(configs)
+    writer = WRITERS.get(uri)
     for run_id, result in zip(run_ids, results, strict=True):
-        status = records.record(tracker, run_id, result)
-        if inputs:
-            records.log_inputs(tracker, run_id, [result.config])
-        if not guard or tracker.status(run_id) == "RUNNING":
-            tracker.finish(run_id, status)
+        if writer is not None and writer.ready():
+            writer.write(run_id, result, inputs=inputs, guard=guard)
+        else:
+            records.write(TRACKERS[uri], run_id, result, inputs=inputs, guard=guard)
     return sum(result.seconds for result in results)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _Silent:

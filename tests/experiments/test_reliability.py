@@ -89,14 +89,14 @@ def state(uri: str) -> pd.DataFrame:
     )
 
 
-def assert_complete(uri: str) -> pd.DataFrame:
+def assert_complete(uri: str, grid: dict = GRID) -> pd.DataFrame:
     """Every grid point FINISHED exactly once, under one parent, which is FINISHED too."""
     runs = state(uri)
     parents = runs[runs.kind == "sweep"]
     assert len(parents) == 1 and parents.status.item() == "FINISHED"
     children = runs[runs.parent == parents.run_id.item()]
     finished = children[children.status == "FINISHED"]
-    expected = {p.key for p in load_sweep(QUICK, GRID).grid()}
+    expected = {p.key for p in load_sweep(QUICK, grid).grid()}
     assert sorted(finished.key) == sorted(expected)  # each key once: no duplicates
     assert "RUNNING" not in set(children.status)
     return children
@@ -359,3 +359,34 @@ def test_a_pass_refused_by_a_broken_pool_goes_to_the_renewed_one_under_its_runs(
     assert [store.status_of[r] for r in ("run0", "run1")] == ["RUNNING", "FAILED"]
     assert engine.renewed == 1
     assert sweep.train_seconds == 3.0 and not sweep.in_flight
+
+
+@pytest.mark.slow
+def test_an_interrupt_while_the_writer_holds_runs_loses_none(tmp_path):
+    """A sweep long enough to record in the background (24 runs of 2,000 steps), stopped by
+    SIGTERM once its writer is up: what the writer holds is recorded before the sweep exits,
+    the run in training ends KILLED, the writer does not outlive the sweep, and the same
+    command resumes and completes the grid."""
+    import psutil
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    seeds = ["--set", "seeds=[0,1,2,3]"]
+    process = start(uri, *seeds)
+    deadline = time.monotonic() + 120
+    while not (writers := [c for c in psutil.Process(process.pid).children() if "spawn" in
+                           " ".join(c.cmdline())]):  # fmt: skip
+        assert process.poll() is None and time.monotonic() < deadline, "no writer started"
+        time.sleep(0.1)
+    time.sleep(6)  # its imports, and a few runs handed to it
+    wait_for(db, children_with(db, "FINISHED") + 2, process, timeout=120)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert not writers[0].is_running() or writers[0].status() == psutil.STATUS_ZOMBIE
+    stopped = state(uri)
+    assert "RUNNING" not in set(stopped.status)
+    assert (stopped.status == "FINISHED").sum() >= 4  # the parent is KILLED; runs are in
+    resumed = finish(sweep_command(uri, *seeds))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_complete(uri, {**GRID, "seeds": [0, 1, 2, 3]})
