@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from experiments import records
 from experiments.engine import History
 
-TOLERANCES: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float64: 1e-12}
+TOLERANCES = {getattr(torch, dtype): tol for dtype, tol in records.TOLERANCES.items()}
 
 
 @dataclass(frozen=True)

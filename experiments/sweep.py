@@ -244,7 +244,7 @@ class Sweep:
             status = records.latest_attempts(runs).status.value_counts()
             metrics = {f"sweep/{k.lower()}": v for k, v in status.items()}
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
-            tracker.log(parent, metrics={**timing, **metrics})
+            tracker.log(parent, metrics={**timing, **metrics, **records.headline(runs)})
             tracker.finish(parent)
         return SweepOutcome(
             self.experiment_id, self.parent_id, runs, seconds, self.train_seconds, skipped

@@ -221,6 +221,21 @@ def test_parent_holds_the_config_and_the_summary(quick_sweep, tmp_path):
     assert again == load_sweep(QUICK, {})
 
 
+def test_the_parent_run_answers_the_question(quick_sweep, tmp_path):
+    """The sweep list alone: how many pairs end where autograd ends, the largest gradient
+    disagreement anywhere, each implementation's best lr per dataset (as summary.csv has it)."""
+    client, _, runs = quick_sweep
+    parent, children = children_of(runs)
+    metrics = parent.data.metrics
+    assert metrics["sweep/pairs"] == metrics["sweep/pairs_agree"] == 8
+    checks = [c.data.metrics.get("check/max_grad_err_vs_terms", 0.0) for c in children]
+    assert metrics["sweep/max_grad_err_vs_terms"] == max(checks) < 1e-5
+    folder = Path(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
+    summary = pd.read_csv(folder)
+    best = {f"best_lr/{r.dataset}/{r.impl}": r.best_lr for r in summary.itertuples()}
+    assert len(best) == 6 and {k: metrics[k] for k in best} == best
+
+
 def test_train_makes_one_run_without_parent(tmp_path):
     uri = f"sqlite:///{tmp_path / 'one.db'}"
     args = [
