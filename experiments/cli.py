@@ -16,14 +16,20 @@ import click
 
 from experiments import interrupts
 from experiments.bench import markdown, run_bench, write
-from experiments.config import ConfigError, SweepConfig, build, load_sweep, parse_overrides
+from experiments.config import (
+    CONFIGS,
+    ConfigError,
+    SweepConfig,
+    build,
+    load_sweep,
+    parse_overrides,
+)
 from experiments.executors import ENGINES, EngineError, open_engine
 from experiments.records import latest_attempts, summary
 from experiments.sweep import SweepOutcome, run_sweep
 from experiments.tracking import Tracker, TrackingError, check_reachable
 from manual_models.validation import resolve_device
 
-CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
 

@@ -37,6 +37,9 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 assert set(Impl.__args__) == set(IMPLEMENTATIONS)  # the registry and the config agree
 
 
+CONFIGS = Path(__file__).parent / "configs"  # the shipped sweep configs
+
+
 class ConfigError(ValueError):
     """A user's mistake in a config or an option; its message is one line."""
 

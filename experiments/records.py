@@ -141,6 +141,9 @@ def run_tags(config: RunConfig) -> dict[str, str]:
         f"per step: `trajectory.parquet`.\n\nReproduce:\n\n    {config.command()}"
     )
     return {
+        # The UI groups runs by a tag: by this one, the runs that differ only in their seed,
+        # drawn as one mean curve with a min–max band.
+        "setting": config.name.rsplit(" · s", 1)[0] + f" · {config.dtype}",
         "impl": config.impl,
         "dataset": config.dataset.label,
         "device": config.device,
@@ -338,27 +341,27 @@ def headline(runs: pd.DataFrame) -> dict[str, float]:
       dtype's tolerance; the report compares every step);
     - ``sweep/max_grad_err_vs_terms``: the largest gradient disagreement at any checked step
       of any run (``sweep/max_grad_rel_err`` beside it);
-    - ``best_lr/<dataset>/<impl>``: each implementation's best learning rate per dataset (and
-      per rule, device and dtype where the sweep has several).
+    - ``sweep/best_lr.<dataset>.<impl>``: each implementation's best learning rate per dataset
+      (and per rule, device and dtype where the sweep has several).
     """
     finished = runs[runs.status == "FINISHED"] if len(runs) else runs
     if finished.empty:
         return {}
     twins = finished[finished.impl == "autograd"][[*KEYS, *ENDS]]
     pairs = finished[finished.impl != "autograd"].merge(twins, on=KEYS, suffixes=("", "_twin"))
-    tolerance = pairs["dtype"].map(TOLERANCES)
     agree = pd.Series(True, index=pairs.index)
-    for name in ENDS:
-        agree &= (pairs[name] - pairs[f"{name}_twin"]).abs() <= tolerance
+    for name in ENDS if len(pairs) else ():  # no pairs without autograd runs
+        gap = (pairs[name] - pairs[f"{name}_twin"]).abs().astype(float)
+        agree &= gap <= pairs["dtype"].map(TOLERANCES)
     out = {"sweep/pairs": len(pairs), "sweep/pairs_agree": int(agree.sum())}
     for name in ("grad_rel_err", "grad_err_vs_terms"):
         if f"check/max_{name}" in finished:
             out[f"sweep/max_{name}"] = float(finished[f"check/max_{name}"].max())
     best = best_lrs(finished)
     varying = [k for k in ("optimizer", "device", "dtype") if best[k].nunique() > 1]
-    for row in best.itertuples():
+    for row in best.itertuples():  # one chart section (sweep/), not one per dataset
         path = [row.dataset, *(getattr(row, k) for k in varying), row.impl]
-        out["best_lr/" + "/".join(_metric_name(str(part)) for part in path)] = row.best_lr
+        out["sweep/best_lr." + ".".join(_metric_name(str(part)) for part in path)] = row.best_lr
     return out
 
 

@@ -142,6 +142,17 @@ def series(history: History) -> dict[str, np.ndarray]:
     return out
 
 
+def charted(history: History, max_points: int) -> list[tuple[str, float, int]]:
+    """(name, value, step) of every point a run sends to MLflow's charts: each of
+    :data:`CURVES` at up to ``max_points`` points, every other series at its ends."""
+    points = []
+    for name, values in series(history).items():
+        steps = np.flatnonzero(~np.isnan(values))
+        for i in steps[thin(len(steps), max_points if name in CURVES else 2)]:
+            points.append((name, float(values[i]), int(i)))
+    return points
+
+
 def history_table(history: History):
     """Every metric at every step, one column each, as an Arrow table (``history.parquet``)."""
     columns = {"step": np.arange(history.steps + 1)}
@@ -295,10 +306,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()]
-        for name, values in series(history).items():
-            steps = np.flatnonzero(~np.isnan(values))
-            for i in steps[thin(len(steps), max_points if name in CURVES else 2)]:
-                points.append(Metric(name, float(values[i]), now, int(i)))
+        points += [Metric(k, v, now, step) for k, v, step in charted(history, max_points)]
         trajectory, every = trajectory_table(history, max_values)
         params = [Param(k, str(v)) for k, v in {**params, "trajectory_every": every}.items()]
         tags = [RunTag(k, str(v)) for k, v in dict(tags).items()]

@@ -1,10 +1,13 @@
 """What a person sees in the MLflow UI, checked in a real headless Chromium.
 
-quick.yaml is swept into a temporary store, `python -m experiments ui` (what `make ui` runs)
-serves it on a free loopback port, and Playwright drives Debian's Chromium: the runs page of the
-sweep, the parent run expanded, every child run by name, a param column, and the metric charts
-grouped by prefix. Screenshots land in reports/e2e/. `.ci/run` installs Chromium and Playwright
-and sets REQUIRE_E2E=1, so there a missing browser fails instead of skipping.
+quick.yaml (300 steps, two seeds) is swept into a temporary store, `python -m experiments ui`
+(what `make ui` runs) serves it on a free loopback port, and Playwright drives Debian's
+Chromium: the runs page of the sweep, the parent run expanded, every child run by name, param
+columns; then the runs grouped by `setting` in two clicks, and the chart view: `train/loss`
+drawn from 200 points a run, one mean curve with a min–max band over the seeds for each
+setting, the gradient check on a log10 axis that reads. Screenshots land in reports/e2e/.
+`.ci/run` installs Chromium and Playwright and sets REQUIRE_E2E=1, so there a missing browser
+fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,7 @@ ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "reports" / "e2e"
+OVERRIDES = {"steps": 300, "seeds": [0, 1]}  # more steps than a chart's 200 points; bands
 
 
 def browser_or_skip():
@@ -55,7 +60,8 @@ def served(tmp_path_factory, free_port):
     browser_or_skip()
     folder = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    assert run(["sweep", str(CONFIGS / "quick.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
+    args = ["sweep", str(CONFIGS / "quick.yaml"), "--tracking-uri", uri, "--quiet"]
+    assert run([*args, *(x for k, v in OVERRIDES.items() for x in ("--set", f"{k}={v}"))]) == 0
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "experiments", "ui", "--tracking-uri", uri, "--port", str(port)],
@@ -83,41 +89,72 @@ def served(tmp_path_factory, free_port):
         server.wait(timeout=30)
 
 
-def test_runs_page_shows_the_sweep(served):
+def test_runs_page_and_charts(served):
     sync_playwright = browser_or_skip()
-    grid = load_sweep(CONFIGS / "quick.yaml", {}).grid()
+    grid = load_sweep(CONFIGS / "quick.yaml", OVERRIDES).grid()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1800, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(served)
-        parent = page.get_by_text("sweep · quick · 12 runs", exact=False)
-        parent.first.wait_for()
-        close = page.locator('[aria-label="Close"]')  # the assistant panel, where it opens
-        if close.count():
-            close.first.click()
-        page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
-        for point in grid:
-            page.get_by_text(point.name, exact=True).first.wait_for()
-        # MLflow 3 lists params behind "Show more columns": pick two, as a person would.
-        page.get_by_text("Show more columns").click()
-        for name in ("impl", "lr"):
-            page.get_by_placeholder("Search columns").fill(name)
-            # The picker bolds the match inside every name holding it ("batch_<b>lr</b>s"):
-            # click the entry whose whole title is the name. Parameters come before Tags.
-            titles = page.locator('[class*="tree-title"]')
-            titles.filter(has_text=re.compile(rf"^{name}$")).first.click()
-        page.keyboard.press("Escape")
-        page.locator('[col-id="params.`lr`"]').first.wait_for()
-        page.locator('[col-id="params.`impl`"]').first.wait_for()
-        page.screenshot(path=str(SCREENSHOTS / "runs-page.png"))
-
-        page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
-        # Charts come in sections by metric prefix; the first section is check/.
-        page.get_by_text("check/grad_err_vs_terms", exact=True).first.wait_for()
-        page.screenshot(path=str(SCREENSHOTS / "charts.png"))
-        page.get_by_placeholder("Search metric charts").fill("train/loss")
-        page.get_by_text("train/loss", exact=True).first.wait_for()
+        runs_page(page, grid)
+        charts(page)
         browser.close()
     assert (SCREENSHOTS / "runs-page.png").stat().st_size > 10_000
+    assert (SCREENSHOTS / "charts.png").stat().st_size > 10_000
+
+
+def runs_page(page, grid) -> None:
+    """The sweep's parent, expanded: every child by name; two params picked as columns."""
+    page.get_by_text(f"sweep · quick · {len(grid)} runs", exact=False).first.wait_for()
+    close = page.locator('[aria-label="Close"]')  # the assistant panel, where it opens
+    if close.count():
+        close.first.click()
+    page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+    for point in grid:
+        page.get_by_text(point.name, exact=True).first.wait_for()
+    # MLflow 3 lists params behind "Show more columns": pick two, as a person would.
+    page.get_by_text("Show more columns").click()
+    for name in ("impl", "lr"):
+        page.get_by_placeholder("Search columns").fill(name)
+        # The picker bolds the match inside every name holding it ("batch_<b>lr</b>s"):
+        # click the entry whose whole title is the name. Parameters come before Tags.
+        titles = page.locator('[class*="tree-title"]')
+        titles.filter(has_text=re.compile(rf"^{name}$")).first.click()
+    page.keyboard.press("Escape")
+    page.locator('[col-id="params.`lr`"]').first.wait_for()
+    page.locator('[col-id="params.`impl`"]').first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "runs-page.png"))
+
+
+def charts(page) -> None:
+    """Group by setting (two clicks), then the chart view: curves of 200 points, seed bands,
+    and a gradient check whose axis reads."""
+    page.get_by_role("button", name="Group by").click()
+    page.locator('[role="menu"]').get_by_text("setting", exact=True).first.click()
+    page.keyboard.press("Escape")
+    page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
+    search = page.get_by_placeholder("Search metric charts")
+
+    def history(response) -> bool:
+        return "get-history-bulk-interval" in response.url and "train%2Floss" in response.url
+
+    with page.expect_response(history) as asked:
+        search.fill("train/loss")
+    points = Counter(m["run_id"] for m in asked.value.json()["metrics"])
+    assert len(points) >= 2 and min(points.values()) >= 200, points  # the page draws these
+    legend = page.get_by_text(re.compile(r" · cpu · float32 \(train/loss\)$"))
+    legend.first.wait_for()
+    assert page.locator(".js-fill").count() >= 1  # a min–max band over the seeds
+    page.screenshot(path=str(SCREENSHOTS / "charts.png"))
+    card = page.locator("div", has=page.locator(".js-plotly-plot")).filter(
+        has=page.get_by_text("train/loss", exact=True)
+    )
+    card.last.screenshot(path=str(SCREENSHOTS / "loss-chart.png"))  # the chart alone
+    search.fill("check/log10_grad_err_vs_terms")
+    page.get_by_text("check/log10_grad_err_vs_terms", exact=True).first.wait_for()
+    page.locator(".ytick text").first.wait_for()
+    ticks = {t.text_content() for t in page.locator(".ytick text").all()}
+    assert len(ticks) >= 2 and any("−" in t or "-" in t for t in ticks), ticks  # not 0, 0, 0
+    page.screenshot(path=str(SCREENSHOTS / "check-charts.png"))

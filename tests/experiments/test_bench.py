@@ -26,6 +26,7 @@ def report():
         "step": bench.step_times(CPU, [(64, 5), (300, 7)], timer),
         "lr_batch": bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
         "tracking": bench.tracking(repeats=1, naive_sample=3),
+        "sweep": bench.sweep_share("quick.yaml"),
     }
 
 
@@ -56,11 +57,17 @@ def test_lr_batch_rows_compare_k_rates_with_one(report):
 def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     t = report["tracking"]
     assert t["floor_ms"] > 0 and t["ours_ms"] > 0 and t["naive_ms_per_point"] > 0
+    assert 0 < t["handover_ms"] < t["ours_ms"]  # a writer takes the run off the training's hands
     assert t["ours_vs_floor"] == pytest.approx(t["ours_ms"] / t["floor_ms"], rel=1e-12, abs=0)
-    # The naive estimate is the floor plus one log_metric per value of the 10-series history.
-    assert "10010 values" in t["run"]
+    # The naive estimate is the floor plus one log_metric per value of the 10-series history;
+    # ours charts 6 curves and 2 log10 checks of 1,001 steps at 200 points, the rest at 2.
+    assert "10010 values; 1608 points charted, max_metric_points=200" in t["run"]
     expected = t["floor_ms"] + 10010 * t["naive_ms_per_point"]
     assert t["naive_ms_estimated"] == pytest.approx(expected, rel=1e-12, abs=0)
+    sweep = report["sweep"]
+    assert sweep["runs"] == 12 and 0 < sweep["train_seconds"] < sweep["seconds"]
+    share = (sweep["seconds"] - sweep["train_seconds"]) / sweep["seconds"]
+    assert sweep["tracking_share"] == pytest.approx(share, rel=1e-12, abs=0)
 
 
 def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
@@ -70,7 +77,7 @@ def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     assert json.loads(path.read_text())["step"][0]["m"] == 64
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "| 64 × 5 |" in table and "| step | manual | 64 × 5 | 3 |" in table
-    assert "ours / floor" in table
+    assert "ours / floor" in table and "A whole sweep (quick.yaml, 12 runs, CPU)" in table
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
     assert found.info.status == "FINISHED" and found.data.tags["kind"] == "bench"

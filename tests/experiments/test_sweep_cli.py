@@ -232,7 +232,7 @@ def test_the_parent_run_answers_the_question(quick_sweep, tmp_path):
     assert metrics["sweep/max_grad_err_vs_terms"] == max(checks) < 1e-5
     folder = Path(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
     summary = pd.read_csv(folder)
-    best = {f"best_lr/{r.dataset}/{r.impl}": r.best_lr for r in summary.itertuples()}
+    best = {f"sweep/best_lr.{r.dataset}.{r.impl}": r.best_lr for r in summary.itertuples()}
     assert len(best) == 6 and {k: metrics[k] for k in best} == best
 
 
