@@ -227,10 +227,7 @@ class _Loop:
             values["train/loss"], z = model.train_step(X, y, check=False)
             grads = model.grads
         else:  # the final state: no step taken
-            values["train/loss"] = model.loss(X, y, check=False)
-            grads = model.gradients(X, y, check=False)
-            with torch.no_grad():
-                z = model.logits(X)
+            values["train/loss"], grads, z = model.evaluate(X, y, check=False)
         values["train/accuracy"] = model.accuracy(z, y)
         values.update(self.describe("grad", grads["dw"], grads["db"]))
         if self.reference is not None:
@@ -251,9 +248,9 @@ class _Loop:
     def check(self, w, b, grads) -> dict[str, torch.Tensor]:
         """The step's gradient against the reference's at the same parameters θ_t."""
         self.reference.set_parameters(w, b)
-        expected = self.reference.gradients(self.X, self.y, check=False)
-        terms = self.reference.summands(self.X, self.y)
-        g, g_ref, size = (self.flat(d["dw"], d["db"]) for d in (grads, expected, terms))
+        expected = self.reference.evaluate(self.X, self.y, check=False)
+        terms = self.reference.summands(self.X, self.y, expected.logits)
+        g, g_ref, size = (self.flat(d["dw"], d["db"]) for d in (grads, expected.grads, terms))
         diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
         reference = torch.linalg.vector_norm(g_ref.double(), dim=0)
         dtype = self.model.dtype  # measured in float64, recorded beside the other metrics

@@ -87,8 +87,8 @@ class LrBatch(HandStepped, Model):
     def accuracy(self, logits, y):
         return self.model.accuracy(logits, y)
 
-    def summands_at(self, X, y, w, b):
-        return self.model.summands_at(X, y, w, b)
+    def summands_at(self, X, y, z):
+        return self.model.summands_at(X, y, z)
 
     def __repr__(self) -> str:
         return f"LrBatch({self.model!r}, lrs={list(self.lrs)})"

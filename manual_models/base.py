@@ -7,7 +7,7 @@ A model is three layers, each in one place:
   written once over the functional forms below.
 - its kind (``Logistic`` in ``logistic.py``, ``Softmax`` in ``softmax.py``): labels, the
   seeded start, and the kind's math as functions of the parameters: ``logits_at``,
-  ``loss_at``, ``accuracy``, ``summands_at``.
+  ``loss_at``, ``accuracy``, ``summands_at`` (from the logits).
 - its implementation: where the gradient comes from (``loss_and_gradients``: by hand, through
   an ``autograd.Function``, or by autograd) and how it steps (by hand, :class:`HandStepped`, or
   ``torch.optim``, in ``twins.py``).
@@ -18,21 +18,11 @@ model's own, a reference's, or several models' stacked along a trailing axis.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from manual_models.interface import Step
+from manual_models.interface import Evaluation, Step
 from manual_models.optimizers import HandOptimizer, Optimizer, check_rule
 from manual_models.validation import check_count, check_dtype, check_lr, check_X, resolve_device
-
-
-class Evaluation(NamedTuple):
-    """The loss, its gradient ``{"dw", "db"}`` and the logits, at one set of parameters."""
-
-    loss: torch.Tensor
-    grads: dict[str, torch.Tensor]
-    logits: torch.Tensor
 
 
 class Model:
@@ -72,7 +62,7 @@ class Model:
     def loss_and_gradients(self, X, y, w, b) -> Evaluation:
         raise NotImplementedError
 
-    def summands_at(self, X, y, w, b) -> dict[str, torch.Tensor]:
+    def summands_at(self, X, y, z) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     # --- the contract, at the model's own parameters -----------------------------------------
@@ -85,14 +75,25 @@ class Model:
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         return self.loss_at(*self._inputs(X, y, check), self.w, self.b)
 
+    def evaluate(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Evaluation:
+        """The loss, ∂J/∂w and ∂J/∂b, and the logits at the current parameters, from one pass
+        over X, without updating anything."""
+        return self.loss_and_gradients(*self._inputs(X, y, check), self.w, self.b)
+
     def gradients(
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
         """∂J/∂w and ∂J/∂b at the current parameters, without updating anything."""
-        return self.loss_and_gradients(*self._inputs(X, y, check), self.w, self.b).grads
+        return self.evaluate(X, y, check=check).grads
 
-    def summands(self, X: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.summands_at(*self._inputs(X, y, False), self.w, self.b)
+    def summands(
+        self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The size of the terms the gradient sums; ``logits``: this model's logits on X, when
+        the caller has them already (from :meth:`evaluate`: one product X w fewer)."""
+        X, y = self._inputs(X, y, False)
+        z = self.logits_at(X, self.w, self.b) if logits is None else logits
+        return self.summands_at(X, y, z)
 
     # --- checks ------------------------------------------------------------------------------
     def _X(self, X: torch.Tensor) -> torch.Tensor:

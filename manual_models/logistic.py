@@ -32,8 +32,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from manual_models.base import Evaluation, HandStepped, Model
+from manual_models.base import HandStepped, Model
 from manual_models.initialisation import init_linear
+from manual_models.interface import Evaluation
 from manual_models.optimizers import HandOptimizer, Optimizer
 from manual_models.validation import check_binary_labels
 
@@ -153,8 +154,8 @@ class Logistic(Model):
         return accuracy(logits, y)
 
     @staticmethod
-    def summands_at(X, y, w, b):
-        return summand_sizes(X, torch.sigmoid(logits(X, w, b)), y)
+    def summands_at(X, y, z):
+        return summand_sizes(X, torch.sigmoid(z), y)
 
 
 class LogisticRegression(HandStepped, Logistic):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from manual_models.base import Evaluation, HandStepped, Model
+from manual_models.base import HandStepped, Model
 from manual_models.initialisation import init_linear
+from manual_models.interface import Evaluation
 from manual_models.logistic import logits
 from manual_models.optimizers import HandOptimizer, Optimizer
 from manual_models.validation import check_class_labels, check_count
@@ -107,8 +108,8 @@ class Softmax(Model):
         return accuracy(logits, y)
 
     @staticmethod
-    def summands_at(X, y, W, b):
-        return summand_sizes(X, torch.softmax(logits(X, W, b), 1), y)
+    def summands_at(X, y, Z):
+        return summand_sizes(X, torch.softmax(Z, 1), y)
 
 
 class SoftmaxRegression(HandStepped, Softmax):

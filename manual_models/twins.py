@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from manual_models.base import Evaluation, Model
-from manual_models.interface import Step
+from manual_models.base import Model
+from manual_models.interface import Evaluation, Step
 from manual_models.logistic import Logistic, bce_from_logits, bce_gradients, column, logits
 from manual_models.optimizers import Optimizer
 from manual_models.softmax import (

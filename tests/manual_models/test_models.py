@@ -43,6 +43,12 @@ def test_interface_and_shapes(impl, device):
     terms = model.summands(X, y)
     assert terms["dw"].shape == (3,) and terms["db"].shape == ()
     assert (terms["dw"] >= grads["dw"].abs()).all() and terms["db"] >= grads["db"].abs()
+    loss, evaluated, z = model.evaluate(X, y)  # one pass: the same loss, gradient and logits
+    torch.testing.assert_close(loss, model.loss(X, y), rtol=1e-15, atol=0)
+    torch.testing.assert_close(z, logits, rtol=1e-15, atol=0)
+    for name, given in model.summands(X, y, z).items():  # from the logits the caller has
+        torch.testing.assert_close(given, terms[name], rtol=1e-15, atol=0)
+        torch.testing.assert_close(evaluated[name], grads[name], rtol=1e-15, atol=0)
     w0, b0 = model.w.clone(), model.b.clone()
     loss, z = model.train_step(X, y)
     assert loss.shape == () and not loss.requires_grad
