@@ -52,6 +52,8 @@ PARAM_TYPES = {
 }
 # What pairs a run with its autograd twin (the same rule: sgd, adam, no zero_grad, ...).
 KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr"]
+# One best learning rate for each of these groups of runs (and one gradient-error maximum).
+BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
 # Params of runs recorded before they existed: plain SGD, two classes.
 DEFAULTS = {
     "optimizer": "sgd",
@@ -293,7 +295,7 @@ def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     validation loss over seeds, flagged ``on_edge`` at the end of the grid, beside autograd's
     own best (compare implementations each at its own best lr)."""
     runs = runs[runs.status == "FINISHED"]
-    group = ["dataset", "impl", "optimizer", "device", "dtype"]
+    group = BEST_LR_BY
     per_lr = (
         runs.groupby([*group, "lr"])
         .agg(
@@ -319,7 +321,7 @@ def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """A sweep's ``summary.csv``: :func:`best_lrs`, and the largest gradient disagreement of
     each implementation over all its runs."""
-    group = ["dataset", "impl", "optimizer", "device", "dtype"]
+    group = BEST_LR_BY
     checks = [c for c in ("check/max_grad_rel_err", "check/max_grad_err_vs_terms") if c in runs]
     finished = runs[runs.status == "FINISHED"]
     worst = finished.groupby(group)[checks].max() if checks else None
@@ -336,9 +338,9 @@ ENDS = ["train/loss", "val/loss", "param/w_norm"]  # where a run ends, as the st
 def headline(runs: pd.DataFrame) -> dict[str, float]:
     """The sweep's answer, as metrics of its parent run (the runs list alone then says it):
 
-    - ``sweep/pairs`` manual and function runs beside an autograd twin, ``sweep/pairs_agree``
-      how many end where the twin ends (training and validation loss and ‖w‖ within the
-      dtype's tolerance; the report compares every step);
+    - ``sweep/pairs``: manual and function runs beside an autograd twin;
+      ``sweep/pairs_end_together``: how many end where the twin ends (training and validation
+      loss and ‖w‖ within the dtype's tolerance; the report compares every step);
     - ``sweep/max_grad_err_vs_terms``: the largest gradient disagreement at any checked step
       of any run (``sweep/max_grad_rel_err`` beside it);
     - ``sweep/best_lr.<dataset>.<impl>``: each implementation's best learning rate per dataset
@@ -353,7 +355,7 @@ def headline(runs: pd.DataFrame) -> dict[str, float]:
     for name in ENDS if len(pairs) else ():  # no pairs without autograd runs
         gap = (pairs[name] - pairs[f"{name}_twin"]).abs().astype(float)
         agree &= gap <= pairs["dtype"].map(TOLERANCES)
-    out = {"sweep/pairs": len(pairs), "sweep/pairs_agree": int(agree.sum())}
+    out = {"sweep/pairs": len(pairs), "sweep/pairs_end_together": int(agree.sum())}
     for name in ("grad_rel_err", "grad_err_vs_terms"):
         if f"check/max_{name}" in finished:
             out[f"sweep/max_{name}"] = float(finished[f"check/max_{name}"].max())

@@ -227,7 +227,7 @@ def test_the_parent_run_answers_the_question(quick_sweep, tmp_path):
     client, _, runs = quick_sweep
     parent, children = children_of(runs)
     metrics = parent.data.metrics
-    assert metrics["sweep/pairs"] == metrics["sweep/pairs_agree"] == 8
+    assert metrics["sweep/pairs"] == metrics["sweep/pairs_end_together"] == 8
     checks = [c.data.metrics.get("check/max_grad_err_vs_terms", 0.0) for c in children]
     assert metrics["sweep/max_grad_err_vs_terms"] == max(checks) < 1e-5
     folder = Path(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
