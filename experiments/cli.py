@@ -21,6 +21,7 @@ from experiments.config import (
     ConfigError,
     SweepConfig,
     build,
+    integral,
     load_sweep,
     parse_overrides,
 )
@@ -31,6 +32,19 @@ from experiments.tracking import Tracker, TrackingError, check_reachable
 from manual_models.validation import resolve_device
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
+
+
+class Integer(click.IntRange):
+    """An integer option as people type it: 4, 1e1 or 10_000 (1.5 is an error, not 1)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            number = integral(value)
+        except ValueError:
+            number = value
+        if not isinstance(number, int) or isinstance(number, bool):
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,7 +76,7 @@ def tracking_options(command):
 @click.argument("config", required=False, metavar="[CONFIG]")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=Integer(min=1),
     default=1,
     show_default=True,
     help="grid points trained at once, each in its own process (with --engine dask "
@@ -161,7 +175,7 @@ def train(
     "--tracking-uri", metavar="URI", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--port", type=Integer(1, 65535), default=5000, show_default=True)
 def ui(tracking_uri, host, port) -> None:
     """Serve the MLflow UI for the store (one worker: it starts in seconds) and print the
     URL of the latest sweep's runs page."""

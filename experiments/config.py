@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -33,7 +34,37 @@ from manual_models.validation import DEVICE_TYPES, device_available
 Impl = Literal["manual", "autograd", "function"]
 Device = Literal["cpu", "cuda", "mps"]
 Dtype = Literal["float32", "float64"]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def integral(value: Any) -> Any:
+    """An integer as people type it: ``10000000``, ``10_000_000`` or ``1e7`` (YAML reads
+    ``1e7`` as text, and so does a command line). ``1.5`` stays 1.5, for the field's own error
+    ("a number with a fractional part") to name the key."""
+    if isinstance(value, bool):  # pydantic's lax mode would read true as 1
+        raise ValueError(f"takes an integer, got {str(value).lower()}")
+    if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            return value  # not a number: the field says so
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def real(value: Any) -> Any:
+    """A float as people type it: ``1e-3``, ``0.001``, ``1_000.5``."""
+    if isinstance(value, str):
+        try:
+            return float(value.replace("_", ""))
+        except ValueError:
+            return value
+    return value
+
+
+Count = Annotated[int, BeforeValidator(integral)]
+Real = Annotated[float, BeforeValidator(real)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(real)]
 assert set(Impl.__args__) == set(IMPLEMENTATIONS)  # the registry and the config agree
 
 
@@ -72,12 +103,13 @@ class DatasetConfig(BaseModel):
     @model_validator(mode="after")
     def _params_known(self) -> DatasetConfig:
         allowed = DATASETS[self.name].params
-        for key in self.params:
+        for key, value in self.params.items():
             if key not in allowed:
                 choices = ", ".join(allowed) or "none"
                 raise ValueError(
                     f"dataset {self.name!r} takes no {key!r}; its parameters: {choices}"
                 )
+            self.params[key] = _as_default(key, value, allowed[key])
         return self
 
     @model_validator(mode="after")
@@ -104,6 +136,19 @@ class DatasetConfig(BaseModel):
         return hash(self.label)
 
 
+def _as_default(key: str, value: Any, default: Any) -> Any:
+    """A loader parameter typed as its default is: ``n_samples: 1e6`` is the int 1000000 (so
+    the run's key and label are the same however it was written)."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return value
+    typed = integral(value) if isinstance(default, int) else real(value)
+    if isinstance(typed, bool) or not isinstance(typed, int | float):
+        raise ValueError(f"dataset parameter {key!r} takes a number, got {value!r}")
+    if isinstance(default, int) and not isinstance(typed, int):
+        raise ValueError(f"dataset parameter {key!r} takes an integer, got {value!r}")
+    return typed if isinstance(default, int) else float(typed)
+
+
 class OptimizerConfig(BaseModel):
     """An update rule: ``sgd``, ``momentum``, ``nesterov``, ``adam``, or a mapping such as
     ``{name: momentum, momentum: 0.5, weight_decay: 1e-3}``; ``zero_grad: false`` lets the
@@ -113,10 +158,10 @@ class OptimizerConfig(BaseModel):
 
     # The rule's own fields and defaults; their ranges are checked by the rule (``_valid``).
     name: Rule = Optimizer.name
-    momentum: float = Field(Optimizer.momentum, description="momentum and nesterov: μ")
-    betas: tuple[float, float] = Optimizer.betas
-    eps: float = Optimizer.eps
-    weight_decay: float = Field(Optimizer.weight_decay, description="λ: L2 on the weights")
+    momentum: Real = Field(Optimizer.momentum, description="momentum and nesterov: μ")
+    betas: tuple[Real, Real] = Optimizer.betas
+    eps: Real = Optimizer.eps
+    weight_decay: Real = Field(Optimizer.weight_decay, description="λ: L2 on the weights")
     zero_grad: bool = Optimizer.zero_grad
 
     @model_validator(mode="before")
@@ -163,23 +208,23 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    steps: int = Field(1000, ge=1, description="full-batch gradient-descent steps per run")
+    steps: Count = Field(1000, ge=1, description="full-batch gradient-descent steps per run")
     dtype: Dtype = "float32"
-    val_fraction: float = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
-    check_every: int | None = Field(
+    val_fraction: Real = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
+    check_every: Count | None = Field(
         None,
         ge=1,
         description="steps between grad_rel_err checks; default: every step when the training "
         "set has at most 1e6 values, else 100 checks per run",
     )
-    max_metric_points: int = Field(
+    max_metric_points: Count = Field(
         200,
         ge=1,
         description="points each charted series sends to MLflow (all of them up to this many "
         "steps; beyond, evenly spaced and denser at the start, the first and last included); "
         "the full per-step series is in history.parquet either way",
     )
-    max_trajectory_values: int = Field(
+    max_trajectory_values: Count = Field(
         10_000_000, ge=1, description="w and dw values kept in trajectory.parquet before thinning"
     )
     cuda_graphs: bool = Field(
@@ -195,7 +240,7 @@ class SweepConfig(_Common):
     impls: list[Impl] = Field(min_length=1)
     lrs: list[PositiveFloat] = Field(min_length=1)
     devices: list[Literal["auto", "cpu", "cuda", "mps"]] = Field(["auto"], min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+    seeds: list[Annotated[Count, Field(ge=0)]] = Field([0], min_length=1)
     optimizers: list[OptimizerConfig] = Field(
         [SGD], min_length=1, description="update rules: sgd, momentum, nesterov, adam, or maps"
     )
@@ -301,7 +346,7 @@ class RunConfig(_Common):
     impl: Impl
     lr: PositiveFloat
     device: Device
-    seed: int = Field(0, ge=0)
+    seed: Count = Field(0, ge=0)
     optimizer: OptimizerConfig = SGD
 
     @property

@@ -39,6 +39,11 @@ CASES = {
     "server down": (["--tracking-uri", "http://127.0.0.1:9"], "cannot be reached"),
     "unwritable store": (["--tracking-uri", "sqlite:////proc/m.db"], "cannot be written"),
     "zero workers": (["--workers", "0"], "--workers"),
+    "fractional workers": (["--workers", "1.5"], "'1.5' is not an integer"),
+    "fractional steps": (["--set", "steps=1.5"], "steps: Input should be a valid integer, got a number with a fractional part"),
+    "fractional steps as text": (["--set", "steps='1.5e0'"], "steps: Input should be a valid integer"),
+    "steps true": (["--set", "steps=true"], "steps: takes an integer, got true"),
+    "fractional n_samples": (["--set", "datasets=[{name: moons, n_samples: 2.5}]"], "'n_samples' takes an integer"),
 }  # fmt: skip
 
 
@@ -108,6 +113,11 @@ def test_absent_device(tmp_path, capsys):
         (["--lr", "inf"], "finite number"),
         (["--lr", "0.1", "--dtype", "float16"], "'float32' or 'float64'"),
         (["--lr", "0.1", "--steps", "0"], "steps"),
+        (
+            ["--lr", "0.1", "--max-trajectory-values", "1.5"],
+            "max_trajectory_values: Input should be a valid integer",
+        ),
+        (["--lr", "1e-1", "--seed", "0.5"], "seeds.0: Input should be a valid integer"),
     ],
 )
 def test_train_bad_input(options, message, tmp_path, capsys):
@@ -138,3 +148,13 @@ def test_train_bad_names(options, message, tmp_path, capsys):
     assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numbers_as_typed_on_the_command_line(tmp_path, capsys):
+    """What the help shows ([1e7]) is what an option takes: 1e8, 1e1, 2_0 and 1e-1 run."""
+    options = ["--max-trajectory-values", "1e8", "--steps", "2_0", "--lr", "1e-1", "--seed", "1e0"]
+    args = ["train", "--dataset", "iris", "--impl", "manual", *options]
+    assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert "1 finished" in capsys.readouterr().out
+    assert run(["sweep", QUICK, "--quiet", "--workers", "1e0", "--set", "steps=1e1",
+                "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0  # fmt: skip

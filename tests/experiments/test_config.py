@@ -13,6 +13,8 @@ from experiments.config import (
 )
 from experiments.lr_batch import passes
 
+QUICK = CONFIGS / "quick.yaml"
+
 
 def test_shipped_configs_are_valid_and_default_is_the_main_job():
     for path in CONFIGS.glob("*.yaml"):
@@ -167,3 +169,52 @@ def test_bad_optimizers_and_classes_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_sweep(CONFIGS / "quick.yaml", override)
     assert "\n" not in str(err.value)
+
+
+INTEGER_KEYS = ["steps", "check_every", "max_metric_points", "max_trajectory_values"]
+
+
+@pytest.mark.parametrize("key", INTEGER_KEYS)
+@pytest.mark.parametrize("typed", ["1e7", "10_000_000", "10000000", "1.0e+7", "1E7"])
+def test_integers_as_people_type_them(key, typed, tmp_path):
+    """The same config, however ten million is written: in a YAML file, or in --set (YAML
+    reads 1e7 as text)."""
+    expected = load_sweep(QUICK, {key: 10_000_000})
+    assert getattr(expected, key) == 10_000_000
+    assert load_sweep(QUICK, parse_overrides([f"{key}={typed}"])) == expected
+    path = tmp_path / "typed.yaml"
+    path.write_text((CONFIGS / "quick.yaml").read_text() + f"\n{key}: {typed}\n")
+    assert load_sweep(path, {}).key == expected.key
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seeds=[1e0, 2_0]", {"seeds": [1, 20]}),
+        ("lrs=[1e-3, 1E-1]", {"lrs": [0.001, 0.1]}),
+        ("val_fraction=2.5e-1", {"val_fraction": 0.25}),
+        ("optimizers=[{name: adam, eps: 1e-7, weight_decay: 1e-3}]", {}),
+        ("datasets=[{name: moons, n_samples: 1e3, noise: 3e-1}]", {}),
+    ],
+)
+def test_numbers_in_lists_and_mappings_as_typed(override, expected):
+    config = load_sweep(QUICK, parse_overrides([override]))
+    for key, value in expected.items():
+        assert getattr(config, key) == value
+    if override.startswith("optimizers"):
+        assert (config.optimizers[0].eps, config.optimizers[0].weight_decay) == (1e-7, 1e-3)
+    if override.startswith("datasets"):
+        (dataset,) = config.datasets
+        assert dataset.params == {"n_samples": 1000, "noise": 0.3}
+        assert type(dataset.params["n_samples"]) is int
+        # The same run key as when written out in full.
+        plain = load_sweep(
+            QUICK, parse_overrides(["datasets=[{name: moons, n_samples: 1000, noise: 0.3}]"])
+        )
+        assert config.key == plain.key
+
+
+@pytest.mark.parametrize("typed", ["1.5", "1.5e0", "abc", "true"])
+def test_a_fractional_or_non_number_integer_is_an_error_naming_the_key(typed):
+    with pytest.raises(ConfigError, match=r"^steps: "):
+        load_sweep(QUICK, parse_overrides([f"steps={typed}"]))
