@@ -57,20 +57,23 @@ class Sweep:
         return self._artifact(run_id, "trajectory.parquet")
 
     def as_history(self, run_id: str) -> History:
-        """The run as the engine's :class:`History` (rows kept in ``trajectory.parquet``)."""
+        """The run as the engine's :class:`History`: every row's metrics, and the parameters
+        of the rows kept in ``trajectory.parquet``."""
         frame, trajectory = self.history(run_id), self.trajectory(run_id)
-        rows = frame.set_index("step").loc[trajectory["step"]]
-        metrics = {c: torch.tensor(rows[c].to_numpy()) for c in rows.columns}
+        metrics = {c: torch.tensor(frame[c].to_numpy()) for c in frame.columns if c != "step"}
+        kept = torch.tensor(trajectory["step"].to_numpy())
         w = torch.tensor(trajectory.filter(regex=r"^w_\d+$").to_numpy())
         dw = torch.tensor(trajectory.filter(regex=r"^dw_\d+$").to_numpy())
         run = self.runs.set_index("run_id").loc[run_id]
+        every = int(kept[1] - kept[0]) if len(kept) > 2 else 1  # as the loop spaced them
         classes = int(run["n_classes"])
         if classes == 2:  # w in the trajectory, b as the param/b series
-            return History(metrics, w, metrics["param/b"], dw, metrics["grad/b"])
+            b, db = metrics["param/b"][kept], metrics["grad/b"][kept]
+            return History(metrics, w, b, dw, db, kept, every)
         shape = (len(w), int(run["n_features"]), classes)  # W row by row, then b
         W, b = w[:, :-classes].reshape(shape), w[:, -classes:]
         dW, db = dw[:, :-classes].reshape(shape), dw[:, -classes:]
-        return History(metrics, W, b, dW, db)
+        return History(metrics, W, b, dW, db, kept, every)
 
 
 def load_sweep(

@@ -11,6 +11,9 @@ interleaved (A, B, A, B, ...) where they compete for the same disk or cache.
 2. **K learning rates in one pass** (w of shape (n, K)) against K separate runs.
 3. **Tracking**: what this repo's logging costs per run against MLflow's bare floor (create a
    run, log its params, end it) and against the naive per-step ``log_metric`` loop.
+4. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
+   in a fresh process, at more and more steps: it should stay flat once the trajectory is
+   thinned (what is kept is bounded; the steps are not).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import json
 import math
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +50,9 @@ GPU_SIZES = [(4_000_000, 256)]
 QUICK_SIZES = [(569, 30), (1797, 64), (100_000, 100)]
 KS = [1, 4, 16, 64]
 IMPLS = ("manual", "function", "autograd")
+# One pass of 8 learning rates on synthetic data, trained and recorded, at more and more steps.
+MEMORY = {"n_samples": 2000, "n_features": 2000, "steps": [2_000, 8_000, 100_000]}
+QUICK_MEMORY = {"n_samples": 2000, "n_features": 500, "steps": [500, 2_000, 8_000]}
 
 
 class Timer:
@@ -314,6 +323,56 @@ def sweep_share(config_file: str) -> dict:
     }
 
 
+def memory_by_steps(device: str, spec: dict, max_values: int) -> list[dict]:
+    """Each step count in a fresh process (peak RSS is per process), one after the other."""
+    rows = []
+    for steps in spec["steps"]:
+        probe = {**spec, "steps": steps, "max_values": max_values, "device": device}
+        code = f"from experiments.bench import memory_probe; memory_probe({probe!r})"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    for row in rows:
+        row["peak_vs_first"] = row["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+    return rows
+
+
+def memory_probe(probe: dict) -> None:
+    """Train one pass of 8 rates and record its runs in a scratch store; print the peak."""
+    lrs = [0.001 * 2**k for k in range(8)]
+    dataset = {"name": "synthetic", "n_samples": probe["n_samples"]}
+    dataset["n_features"] = probe["n_features"]
+    common = {"steps": probe["steps"], "max_trajectory_values": probe["max_values"]}
+    configs = [
+        RunConfig(dataset=dataset, impl="manual", lr=lr, device=probe["device"], **common)
+        for lr in lrs
+    ]
+    started = time.perf_counter()
+    results = train_pass(configs)
+    with tempfile.TemporaryDirectory() as folder:
+        tracker = Tracker(f"sqlite:///{folder}/memory.db")
+        experiment = tracker.experiment("memory")
+        for result in results:
+            run_id = tracker.start_run(experiment, result.config.name, tags={})
+            write_run(tracker, run_id, result, inputs=False, guard=False)
+    history = results[0].history
+    width = 2 * (history.w[0].numel() + history.b[0].numel()) + len(history.metrics) + 1
+    row = {
+        "steps": probe["steps"],
+        "n": f"{probe['n_samples']} × {probe['n_features']}",
+        "kept_rows": len(history.kept),
+        "trajectory_every": history.every,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # What a loop that kept every step's parameters would have held, for the 8 runs.
+        "every_step_buffer_mb": (probe["steps"] + 1) * width * 8 * 4 / 2**20,
+        "seconds": time.perf_counter() - started,
+    }
+    if probe["device"] == "cuda":
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(row))
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "device": str(device),
@@ -343,6 +402,8 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
     if tracking_part:
         report["tracking"] = tracking(10 if quick else 30)
         report["sweep"] = sweep_share("quick.yaml" if quick else "default.yaml")
+        limit = 10**6 if quick else RunConfig.model_fields["max_trajectory_values"].default
+        report["memory"] = memory_by_steps(device, QUICK_MEMORY if quick else MEMORY, limit)
     report["seconds"] = time.perf_counter() - started
     return report
 
@@ -355,6 +416,8 @@ def markdown(report: dict) -> str:
     lines += [*_step_table(report["step"]), "", *_batch_table(report["lr_batch"])]
     if "tracking" in report:
         lines += ["", *_tracking_table(report["tracking"]), "", *_sweep_line(report["sweep"])]
+    if "memory" in report:
+        lines += ["", *_memory_table(report["memory"])]
     return "\n".join(lines) + "\n"
 
 
@@ -419,6 +482,26 @@ def _sweep_line(s: dict) -> list[str]:
     ]
 
 
+def _memory_table(rows: list[dict]) -> list[str]:
+    cuda = "peak_cuda_mb" in rows[0]
+    lines = [
+        f"Peak memory of one 8-rate pass on synthetic {rows[0]['n']}, trained and recorded:",
+        "",
+        "| steps | rows kept (every) | peak RSS | vs the first | "
+        + ("peak CUDA | " * cuda)
+        + "every-step buffer (not held) |",
+        "|---|---|---|---|" + "---|" * cuda + "---|",
+    ]
+    for row in rows:
+        gpu = f"{row['peak_cuda_mb']:.0f} MB | " if cuda else ""
+        lines.append(
+            f"| {row['steps']:,} | {row['kept_rows']:,} ({row['trajectory_every']}) "
+            f"| {row['peak_rss_mb']:.0f} MB | {row['peak_vs_first']:.2f}× | {gpu}"
+            f"{row['every_step_buffer_mb']:,.0f} MB |"
+        )
+    return lines
+
+
 def write(report: dict, out: Path, tracker=None) -> Path:
     """``bench.json`` and ``bench.md`` (named by device) in ``out``; an MLflow run if given a
     tracker."""
@@ -446,6 +529,8 @@ def write(report: dict, out: Path, tracker=None) -> Path:
             metrics["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
             metrics["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]
             metrics["tracking/sweep_share"] = report["sweep"]["tracking_share"]
+        for row in report.get("memory", []):
+            metrics[f"memory/peak_rss_mb/{row['steps']}"] = row["peak_rss_mb"]
         tracker.log(run_id, params={**report["machine"], "quick": report["quick"]}, metrics=metrics)
         tracker.log_text(run_id, json.dumps(report, indent=2), "bench.json")
         tracker.log_text(run_id, markdown(report), "bench.md")

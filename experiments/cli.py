@@ -26,9 +26,10 @@ from experiments.config import (
     parse_overrides,
 )
 from experiments.executors import ENGINES, EngineError, open_engine
+from experiments.lease import LeaseLost
 from experiments.records import latest_attempts, summary
 from experiments.sweep import SweepOutcome, run_sweep
-from experiments.tracking import Tracker, TrackingError, check_reachable
+from experiments.tracking import StoreLost, Tracker, TrackingError, check_reachable
 from manual_models.validation import resolve_device
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -335,8 +336,12 @@ def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int
     return 1 if errors else 0
 
 
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the same command later will go on
+
+
 def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> int:
-    """Run a click group; a user's mistake becomes one line on stderr and exit code 2."""
+    """Run a click group; a user's mistake becomes one line on stderr and exit code 2; a store
+    that went away mid-sweep, or a sweep another driver took over, exit code 75."""
     try:
         with interrupts.installed():
             code = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -354,6 +359,16 @@ def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> 
             f"{stop}: runs in flight marked KILLED; run the same command to resume", err=True
         )
         return stop.exit_code
+    except StoreLost as lost:
+        click.echo(
+            f"error: {lost}; the runs in flight stay RUNNING until the same command runs again "
+            "with the store back: it marks them KILLED and resumes",
+            err=True,
+        )
+        return EX_TEMPFAIL
+    except LeaseLost as lost:
+        click.echo(f"error: {lost}", err=True)
+        return EX_TEMPFAIL
     return code if isinstance(code, int) else 0
 
 

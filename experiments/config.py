@@ -42,9 +42,14 @@ def integral(value: Any) -> Any:
     ("a number with a fractional part") to name the key."""
     if isinstance(value, bool):  # pydantic's lax mode would read true as 1
         raise ValueError(f"takes an integer, got {str(value).lower()}")
-    if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
         try:
-            value = float(value.replace("_", ""))
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
         except ValueError:
             return value  # not a number: the field says so
     if isinstance(value, float) and value.is_integer():
@@ -225,7 +230,10 @@ class _Common(BaseModel):
         "the full per-step series is in history.parquet either way",
     )
     max_trajectory_values: Count = Field(
-        10_000_000, ge=1, description="w and dw values kept in trajectory.parquet before thinning"
+        10_000_000,
+        ge=1,
+        description="w, b, dw and db values a run keeps (trajectory.parquet); beyond, every k-th "
+        "step and the last, chosen before the loop, so a run's memory does not grow with steps",
     )
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay each step as a captured CUDA graph (ignored elsewhere)"

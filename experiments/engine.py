@@ -6,7 +6,10 @@ anywhere (MLflow, files) is the tracking layer's job.
 
 The history is preallocated on the model's device and filled by tensor copies, never with
 ``.item()``, so on a GPU the loop queues work without waiting for the host; it crosses to the
-CPU once, at the end.
+CPU once, at the end. It holds what will be kept, no more: the metrics of every step (a dozen
+numbers a run), and the parameters and gradients of every k-th step, k chosen before the loop
+from ``max_trajectory_values``. A run's memory is its data plus what it keeps, however many
+steps it takes.
 
 A model may train several runs side by side (``experiments.lr_batch``): then its loss, and
 every value it returns, has a trailing axis with one entry per run, and so does the history
@@ -46,25 +49,31 @@ METRICS = (
 
 @dataclass(frozen=True)
 class History:
-    """What happened at every step of full-batch gradient descent, on the CPU.
+    """What happened in full-batch gradient descent, on the CPU.
 
     Row t (0 ≤ t ≤ steps) describes the parameters θ_t: the loss and accuracies there, the
     gradient g_t there, and θ_t itself. For t < steps, θ_{t+1} = θ_t − lr·g_t (plain SGD); the
     last row is the final state, where no step was taken. ``metrics`` maps names in
-    :data:`METRICS` to (steps + 1,) tensors; ``check/*`` is NaN on rows that were not checked;
-    ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``, ``dw`` and ``db``
-    hold the parameters and gradients in the model's shapes, one row per step.
+    :data:`METRICS` to (steps + 1,) tensors, every row; ``check/*`` is NaN on rows that were
+    not checked; ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``,
+    ``dw`` and ``db`` hold the parameters and gradients in the model's shapes for the rows in
+    ``kept`` only: 0, every, 2·every, … and the last.
     """
 
     metrics: dict[str, torch.Tensor]
-    w: torch.Tensor  # (steps + 1, n_features), or (steps + 1, n_features, C)
-    b: torch.Tensor  # (steps + 1,), or (steps + 1, C)
+    w: torch.Tensor  # (kept rows, n_features), or (kept rows, n_features, C)
+    b: torch.Tensor  # (kept rows,), or (kept rows, C)
     dw: torch.Tensor
     db: torch.Tensor
+    kept: torch.Tensor  # (kept rows,) int64: the row of each w, b, dw, db
+    every: int = 1  # the kept rows' spacing
+    # Per row: the loss and every parameter finite (from the loop; None when read back from a
+    # store, where a run that diverged is cut already and the loss says as much).
+    finite: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
-        return self.w.shape[0] - 1
+        return self.loss.shape[0] - 1
 
     @property
     def loss(self) -> torch.Tensor:
@@ -73,20 +82,23 @@ class History:
     @cached_property
     def diverged_at(self) -> int | None:
         """The first row whose loss or parameters are not finite, or None (one run)."""
-        rows = self.w.shape[0]
-        finite = (
-            torch.isfinite(self.loss)
-            & torch.isfinite(self.w.reshape(rows, -1)).all(1)
-            & torch.isfinite(self.b.reshape(rows, -1)).all(1)
-        )
+        finite = torch.isfinite(self.loss) if self.finite is None else self.finite
         return None if bool(finite.all()) else int((~finite).nonzero()[0])
 
     def cut(self) -> History:
         """The rows up to and including the first that is not finite: what a run that
-        diverged did (checked once, on the host, after the loop)."""
+        diverged did (checked once, on the host, after the loop). Its parameters end at the
+        last kept row up to there."""
         if self.diverged_at is None:
             return self
-        return self._rows(slice(0, self.diverged_at + 1))
+        rows = self.diverged_at + 1
+        metrics = {name: v[:rows] for name, v in self.metrics.items()}
+        kept = self.kept < rows
+        finite = self.finite[:rows] if self.finite is not None else None
+        return History(
+            metrics, *(t[kept] for t in (self.w, self.b, self.dw, self.db)), self.kept[kept],
+            self.every, finite,
+        )  # fmt: skip
 
     def runs(self) -> list[History]:
         """The runs this pass trained, each cut where it diverged: this one, or one per entry
@@ -95,13 +107,18 @@ class History:
             return [self.cut()]
         return [self._column(k).cut() for k in range(self.loss.shape[1])]
 
-    def _rows(self, rows: slice) -> History:
-        metrics = {name: v[rows] for name, v in self.metrics.items()}
-        return History(metrics, self.w[rows], self.b[rows], self.dw[rows], self.db[rows])
-
     def _column(self, k: int) -> History:
         metrics = {name: v[:, k] for name, v in self.metrics.items()}
-        return History(metrics, self.w[..., k], self.b[..., k], self.dw[..., k], self.db[..., k])
+        parameters = (t[..., k] for t in (self.w, self.b, self.dw, self.db))
+        finite = self.finite[:, k] if self.finite is not None else None
+        return History(metrics, *parameters, self.kept, self.every, finite)
+
+
+def keep_every(rows: int, values_per_row: int, max_values: int | None) -> int:
+    """The spacing k of the kept rows: 1, or the least with rows · values / k ≤ max_values."""
+    if max_values is None:
+        return 1
+    return max(1, -(-rows * values_per_row // max_values))
 
 
 def fit(
@@ -114,6 +131,7 @@ def fit(
     y_val: torch.Tensor | None = None,
     reference: GradientDescentModel | None = None,
     check_every: int = 1,
+    max_trajectory_values: int | None = None,
     cuda_graphs: bool | None = None,
 ) -> History:
     """Run ``steps`` full-batch gradient-descent steps of ``model`` on ``(X, y)``; return
@@ -130,12 +148,18 @@ def fit(
       difference relative to the size of the numbers summed, which rounding is relative to.
       It stays near the dtype's epsilon all the way to convergence; a wrong gradient shows.
 
+    ``max_trajectory_values`` bounds the parameters and gradients kept per run (w, b, dw and
+    db of every k-th row and the last, k the least that fits; None: every row). The metrics
+    are kept at every row either way: (steps + 1) × a dozen numbers a run.
+
     On a GPU, ``cuda_graphs`` (default: on for CUDA) records one step as a CUDA graph after
     three ordinary ones and replays it: one launch a step instead of dozens, which is most of
     a step's time on small data. Nothing in a step waits for the host either way.
     """
     check_count("steps", steps)
     check_count("check_every", check_every)
+    if max_trajectory_values is not None:
+        check_count("max_trajectory_values", max_trajectory_values)
     if (X_val is None) != (y_val is None):
         raise ValueError("give both X_val and y_val, or neither")
     if reference is not None and reference.w.shape != model.w.shape:
@@ -149,15 +173,18 @@ def fit(
         model.loss(X_val, y_val)
     graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
     loop = _Loop(model, X, y, X_val, y_val, reference, check_every, runs)
-    return loop.unpack(loop.run(steps, graphs).cpu())
+    every = keep_every(steps + 1, sum(loop.sizes), max_trajectory_values)
+    return loop.unpack(*(t.cpu() for t in loop.run(steps, every, graphs)), every)
 
 
 class _Loop:
     """The steps themselves: device work only, no host synchronisation.
 
-    Each row is computed as one packed vector (the metrics, then w, b, dw and db, flat), so
-    recording it is a single copy into a preallocated (steps + 1, width, *runs) buffer, and
-    one step, row included, can be captured and replayed as a CUDA graph.
+    Each row is computed as one packed vector (the metrics, whether the row is finite, then w,
+    b, dw and db, flat), so one step, row included, can be captured and replayed as a CUDA
+    graph. Recording it is one copy of its head into a (metrics + 1, steps + 1, *runs) buffer,
+    and on a kept row one copy of its tail into a (kept rows, parameters, *runs) buffer: which
+    rows are kept is arithmetic on t, known before the loop.
     """
 
     WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
@@ -180,19 +207,29 @@ class _Loop:
     def checked(self, t: int, steps: int) -> bool:
         return self.reference is not None and (t % self.check_every == 0 or t == steps)
 
-    def run(self, steps: int, graphs: bool) -> torch.Tensor:
-        model = self.model
-        width = len(self.names) + sum(self.sizes)
-        buffer = torch.empty(steps + 1, width, *self.runs, device=model.device, dtype=model.dtype)
+    def run(self, steps: int, every: int, graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every row's metrics and finiteness, the kept rows' parameters and gradients)."""
+        model, head = self.model, len(self.names) + 1
+        kept = len(range(0, steps + 1, every)) + (steps % every != 0)
+        like = {"device": model.device, "dtype": model.dtype}
+        # Metric-major, so that each metric's series is one contiguous slice to hand out.
+        metrics = torch.empty(head, steps + 1, *self.runs, **like)
+        parameters = torch.empty(kept, sum(self.sizes), *self.runs, **like)
+
+        def record(t: int, row: torch.Tensor) -> None:
+            metrics[:, t].copy_(row[:head])
+            if t % every == 0 or t == steps:
+                parameters[kept - 1 if t == steps else t // every].copy_(row[head:])
+
         eager = range(steps + 1)
         if graphs and steps > self.WARMUP:
-            self.replay(buffer, steps)
+            self.replay(record, steps)
             eager = range(steps, steps + 1)
         for t in eager:
-            buffer[t] = self.row(step=t < steps, checked=self.checked(t, steps))
-        return buffer
+            record(t, self.row(step=t < steps, checked=self.checked(t, steps)))
+        return metrics, parameters
 
-    def replay(self, buffer: torch.Tensor, steps: int) -> None:
+    def replay(self, record, steps: int) -> None:
         """Rows 0 … steps − 1 on CUDA: three warm-up steps on a side stream, then one captured
         graph per kind of row (checked or not), replayed."""
         device = self.model.device
@@ -200,7 +237,7 @@ class _Loop:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for t in range(self.WARMUP):
-                buffer[t] = self.row(step=True, checked=self.checked(t, steps))
+                record(t, self.row(step=True, checked=self.checked(t, steps)))
         torch.cuda.current_stream(device).wait_stream(side)
         captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         for t in range(self.WARMUP, steps):
@@ -212,7 +249,7 @@ class _Loop:
                 captured[checked] = graph, out
             graph, out = captured[checked]
             graph.replay()
-            buffer[t].copy_(out)
+            record(t, out)
 
     def row(self, *, step: bool, checked: bool) -> torch.Tensor:
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}."""
@@ -232,7 +269,8 @@ class _Loop:
         values.update(self.describe("grad", grads["dw"], grads["db"]))
         if self.reference is not None:
             values.update(self.check(w, b, grads) if checked else self.unchecked())
-        metrics = torch.stack([values[name] for name in self.names])
+        finite = torch.isfinite(values["train/loss"]) & torch.isfinite(self.flat(w, b)).all(0)
+        metrics = torch.stack([*(values[name] for name in self.names), finite.to(w.dtype)])
         parameters = (t.reshape(-1, *self.runs) for t in (w, b, grads["dw"], grads["db"]))
         return torch.cat([metrics, *parameters])
 
@@ -267,12 +305,15 @@ class _Loop:
         parts = [t.reshape(-1, *self.runs) for t in tensors]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def unpack(self, packed: torch.Tensor) -> History:
-        k = len(self.names)
-        metrics = {name: packed[:, i].contiguous() for i, name in enumerate(self.names)}
-        parts = packed[:, k:].split(self.sizes, dim=1)
-        w, b, dw, db = (p.reshape(len(packed), *s) for p, s in zip(parts, self.shapes, strict=True))
-        return History(metrics, w, b, dw, db)
+    def unpack(self, head: torch.Tensor, kept: torch.Tensor, every: int) -> History:
+        metrics = dict(zip(self.names, head, strict=False))  # views: nothing is copied
+        finite = head[len(self.names)] == 1
+        parts = kept.split(self.sizes, dim=1)
+        w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
+        last = head.shape[1] - 1
+        rows = torch.arange(0, last + 1, every)
+        rows = torch.cat([rows, torch.tensor([last])]) if len(rows) < len(kept) else rows
+        return History(metrics, w, b, dw, db, rows, every, finite)
 
 
 @contextlib.contextmanager

@@ -201,7 +201,6 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
         run_id,
         history,
         max_points=config.max_metric_points,
-        max_values=config.max_trajectory_values,
         params=params,
         metrics=metrics,
         tags=tags,

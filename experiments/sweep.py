@@ -25,7 +25,8 @@ from experiments import lr_batch, records
 from experiments.config import RunConfig, SweepConfig
 from experiments.executors import Engine
 from experiments.interrupts import shielded
-from experiments.tracking import Tracker
+from experiments.lease import Lease
+from experiments.tracking import StoreLost, Tracker
 from experiments.training import train_pass
 from experiments.writer import Writer
 
@@ -57,8 +58,10 @@ def run_sweep(
 
     Running the same sweep again resumes it: the parent run is reopened, grid points whose
     config key already FINISHED under it are skipped, and runs left RUNNING by a killed
-    process are marked KILLED and run again. ``restart`` starts a fresh parent instead;
-    ``nested=False`` (``experiments train``) records the runs without a parent.
+    process are marked KILLED and run again. One driver at a time: while another holds the
+    sweep's lease (:mod:`experiments.lease`) this one stops before writing anything.
+    ``restart`` starts a fresh parent instead, whoever runs the old one; ``nested=False``
+    (``experiments train``) records the runs without a parent.
     """
     grid = config.grid()
     tracker.open()
@@ -70,6 +73,9 @@ def run_sweep(
         label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
         with _progress(label, len(todo), progress) as bar:
             sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
+    except StoreLost:  # nothing can be marked: the next run of the command does it
+        sweep.abandon()
+        raise
     except BaseException:  # Ctrl-C, SIGTERM, or the tracking itself failed: nothing RUNNING
         sweep.kill()
         raise
@@ -90,6 +96,7 @@ class Sweep:
     start: float = field(default_factory=time.perf_counter)
     writer: Writer | None = None  # records this process's passes in the background
     threads: int = 1  # torch's threads before the writer took a core
+    lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
 
     @classmethod
     def open(cls, tracker: Tracker, experiment: str) -> Sweep:
@@ -99,16 +106,22 @@ class Sweep:
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
     ) -> None:
-        """The sweep's parent run: reopened if this sweep ran before (then its finished grid
-        points are known, and runs a killed process left RUNNING are marked KILLED), else new."""
+        """The sweep's parent run, held by this driver: reopened if this sweep ran before
+        (then its finished grid points are known, and runs a dead driver left RUNNING are
+        marked KILLED), else new; with ``restart`` new in any case."""
         with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
-            previous = None if restart else self.tracker.find_sweep(self.experiment_id, config.key)
-            if previous is not None:
-                self.parent_id = previous.info.run_id
+            self.lease = Lease(self.tracker)
+
+            def create(tags: dict[str, str]) -> str:
+                return self._new_parent(config, grid, command, tags)
+
+            if restart:
+                self.parent_id = self.lease.start(create)
+                return
+            self.parent_id, existed = self.lease.acquire(self.experiment_id, config.key, create)
+            if existed:
                 self.tracker.reopen(self.parent_id)
                 self._resume()
-            else:
-                self.parent_id = self._new_parent(config, grid, command)
 
     def _resume(self) -> None:
         for child in self.tracker.children(self.experiment_id, self.parent_id):
@@ -119,10 +132,12 @@ class Sweep:
                 self.tracker.log(child.info.run_id, tags=stale)
                 self.tracker.finish(child.info.run_id, "KILLED")
 
-    def _new_parent(self, config: SweepConfig, grid: list[RunConfig], command: str) -> str:
+    def _new_parent(
+        self, config: SweepConfig, grid: list[RunConfig], command: str, claim: dict[str, str]
+    ) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M")
         name = f"sweep · {config.name} · {len(grid)} runs · {stamp}"
-        tags = records.sweep_tags(config, len(grid), command)
+        tags = {**records.sweep_tags(config, len(grid), command), **claim}
         parent_id = self.tracker.start_run(self.experiment_id, name, tags=tags)
         self.tracker.log(parent_id, params=config.params(), metrics={"sweep/runs": len(grid)})
         self.tracker.log_text(parent_id, config.to_yaml(), "config.yaml")
@@ -171,7 +186,10 @@ class Sweep:
         waits at the head of the queue, under its runs, for the renewed engine)."""
         group, run_ids = queue.popleft()
         run_ids = run_ids or self._start_runs(group)
-        args = (self.tracker.uri, run_ids, group, self.parent_id is None, engine.guard)
+        # A run another driver has ended meanwhile (KILLED when it took the sweep over, or on
+        # an interrupt) keeps that status.
+        guard = engine.guard or self.lease is not None
+        args = (self.tracker.uri, run_ids, group, self.parent_id is None, guard)
         try:
             futures[engine.submit(work, *args, gpu=group[0].device == "cuda")] = run_ids
         except Exception as err:
@@ -182,6 +200,8 @@ class Sweep:
         return True
 
     def _start_runs(self, group: list[RunConfig]) -> list[str]:
+        if self.lease is not None:
+            self.lease.check()  # a driver that lost the sweep starts nothing more
         run_ids = []
         for point in group:
             with shielded():  # the run exists in the store only together with in_flight
@@ -199,6 +219,8 @@ class Sweep:
         broke = False
         try:
             self.train_seconds += future.result()
+        except StoreLost:
+            raise  # not the run's fault: it stays RUNNING, and the sweep stops
         except Exception as err:  # one pass's crash does not end the sweep
             died = engine.lost_worker(err)
             broke = died and engine.breaks
@@ -214,7 +236,8 @@ class Sweep:
     def kill(self) -> None:
         """Interrupted: what the writer holds is recorded first (no trained run is lost), then
         every run in flight, and the parent, end KILLED (MLflow alone would leave them
-        RUNNING). A worker may have ended one meanwhile: that one stands."""
+        RUNNING). A worker may have ended one meanwhile: that one stands. A driver that lost
+        the sweep leaves its parent to the driver that holds it."""
         unrecorded: set[str] = set()
         if self.writer is not None:
             writer = self.writer
@@ -222,17 +245,31 @@ class Sweep:
                 unrecorded = self._settle_writer()
             except BaseException:  # a second interrupt: stop waiting for the writer
                 unrecorded = writer.unrecorded()
-        parent = [self.parent_id] if self.parent_id else []
-        for run_id in [*self.in_flight, *unrecorded, *parent]:
+        ours = self.parent_id is not None and (self.lease is None or self.lease.held())
+        for run_id in [*self.in_flight, *unrecorded, *([self.parent_id] if ours else [])]:
             with contextlib.suppress(Exception):
                 if self.tracker.status(run_id) == "RUNNING":
                     self.tracker.finish(run_id, "KILLED")
+        self._release()
+
+    def abandon(self) -> None:
+        """The store went away: stop the writer without waiting (what it holds is trained
+        again on resume), and leave the runs in flight RUNNING, for the next run of the same
+        command to mark KILLED once the store is back."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            WRITERS.pop(self.tracker.uri, None)
+            writer.close()
+        if self.lease is not None:
+            self.lease.abandon()
 
     def close(self, skipped: int) -> SweepOutcome:
         """The runs as the store has them; on the parent: runs.csv, summary.csv, the counts."""
         if self.writer is not None:
             for run_id in self._settle_writer():
                 records.fail(self.tracker, run_id, "its writer process ended before recording it")
+        if self.lease is not None:
+            self.lease.check()  # the parent's summary is the holder's to write
         runs = self.runs()
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
@@ -246,9 +283,16 @@ class Sweep:
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
             tracker.log(parent, metrics={**timing, **metrics, **records.headline(runs)})
             tracker.finish(parent)
+        self._release()
         return SweepOutcome(
             self.experiment_id, self.parent_id, runs, seconds, self.train_seconds, skipped
         )
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            with contextlib.suppress(Exception):  # the store may be away: the claim goes stale
+                lease.release()
 
     def _settle_writer(self) -> set[str]:
         """Wait until the writer has recorded every run it holds, then stop it; the runs it

@@ -10,8 +10,11 @@ line checks its input and the store before paying for it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
 import functools
+import json
 import logging
 import os
 import re
@@ -39,6 +42,28 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message is one line and says why."""
+
+
+class StoreLost(RuntimeError):
+    """The store went away mid-sweep and stayed away longer than the client retries (about a
+    minute on a tracking server); the message is one line."""
+
+
+# MLflow retries an HTTP call with backoff 0, 4, 8, 16, 32 s: an outage of about a minute (a
+# server restarted, a network blip) is absorbed; a longer one stops the sweep (StoreLost). Its
+# own default, 7 retries, waits four minutes on every call before saying so.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether MLflow gave up on a call because the server did not answer (refused, timed
+    out, or 5xx after its retries), not because the call itself was wrong."""
+    text = str(err)
+    return text.startswith("API request to") and (
+        "failed with exception" in text
+        or "failed with timeout exception" in text
+        or re.search(r"failed with error code 5\d\d", text) is not None
+    )
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -92,6 +117,24 @@ def _check_sqlite_writable(uri: str, path: Path) -> None:
                 pass
     except (OSError, sqlite3.Error) as err:
         raise TrackingError(f"tracking store {uri!r} cannot be written: {err}") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(uri: str):
+    """One process at a time creates or migrates a SQLite store's schema: MLflow's migrations
+    run by two processes at once (two drivers started together) break each other and leave
+    the store half made. The lock is on the database file itself (flock, which SQLite's own
+    locks do not see); a server creates its schema itself."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:  # an empty file is a new database to SQLite
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def thin(n: int, max_points: int) -> np.ndarray:
@@ -160,10 +203,11 @@ def history_table(history: History):
     return pa.table(columns)
 
 
-def trajectory_table(history: History, max_values: int):
-    """Per-step parameters and gradients as columns ``w_0 …, dw_0 …``; every k-th step above
-    a size. The columns are w (logistic regression, whose one-number b is the ``param/b``
-    series), or W row by row and then b (softmax regression)."""
+def trajectory_table(history: History):
+    """The kept rows' parameters and gradients as columns ``step, w_0 …, dw_0 …`` (the loop
+    keeps every k-th row and the last, as ``max_trajectory_values`` allows). The columns are w
+    (logistic regression, whose one-number b is the ``param/b`` series), or W row by row and
+    then b (softmax regression)."""
     rows = history.w.shape[0]
     parts = (
         (history.w, history.dw)
@@ -175,24 +219,26 @@ def trajectory_table(history: History, max_values: int):
     )
     w, dw = (t.reshape(rows, -1).double().numpy() for t in parts)
     n = w.shape[1]
-    every = max(1, -(-rows * 2 * n // max_values))  # ceil: keep rows·2n ≤ max_values
-    keep = np.unique(np.append(np.arange(0, rows, every), rows - 1))
     names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
-    arrays = [keep, *w[keep].T, *dw[keep].T]
-    return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names), every
+    arrays = [history.kept.numpy(), *w.T, *dw.T]
+    return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names)
 
 
 def retry_when_locked(method):
     """SQLite lets one writer in at a time; parallel workers see transient `database is
-    locked` errors. Retry those with backoff (~10 s in all); anything else goes through."""
+    locked` errors. Retry those with backoff (~10 s in all). A server that stopped answering
+    (MLflow has retried it already) is :class:`StoreLost`; anything else goes through."""
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         with shielded():  # an interrupt waits for the call: no transaction cut in half
             for attempt in range(12):
                 try:
-                    return method(*args, **kwargs)
+                    return method(self, *args, **kwargs)
                 except Exception as err:
+                    if unreachable(err):
+                        first = str(err).splitlines()[0][:300]
+                        raise StoreLost(f"tracking store {self.uri} went away: {first}") from None
                     if "database is locked" not in str(err) or attempt == 11:
                         raise
                     time.sleep(min(0.02 * 2**attempt, 2.0))
@@ -222,6 +268,8 @@ class Tracker:
             # On a tracking server MLflow prints two "View run" lines per run it ends: a sweep
             # prints its progress and one runs page instead.
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+            for name, value in HTTP_RETRIES.items():  # the user's own settings win
+                os.environ.setdefault(name, value)
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -229,7 +277,7 @@ class Tracker:
         """Check the store is there, and create its schema once (before any parallel work)."""
         check_reachable(self.uri)
         try:
-            with shielded():  # may create or migrate the schema
+            with shielded(), _schema_lock(self.uri):  # may create or migrate the schema
                 self.client.search_experiments(max_results=1)
         except Exception as err:  # MLflow raises many kinds; the user needs the first line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -246,7 +294,13 @@ class Tracker:
         if path is not None:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
             location = (path.resolve().parent / "mlartifacts" / slug).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:
+            found = self.client.get_experiment_by_name(name)  # another driver made it just now
+            if found is None:
+                raise
+            return found.experiment_id
 
     @retry_when_locked
     def start_run(
@@ -291,26 +345,28 @@ class Tracker:
         history: History,
         *,
         max_points: int,
-        max_values: int,
         params: Mapping[str, object],
         metrics: Mapping[str, float] = (),
         tags: Mapping[str, str] = (),
-    ) -> int:
+    ) -> None:
         """A finished run's record in as few calls as MLflow allows: ``log_batch`` calls of
         at most 1,000 metrics (MLflow's limit), the first with the params and tags, carrying the
         single metrics and every series (:data:`CURVES` at up to ``max_points`` points, the
         rest at their first and last step), and one upload of the complete per-step record as
-        ``history.parquet`` and ``trajectory.parquet``. Returns the thinning step of
-        ``trajectory.parquet`` (1: every step kept)."""
+        ``history.parquet`` and ``trajectory.parquet`` (with the param ``trajectory_every``:
+        the spacing of its rows, 1 when every step is there)."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()]
         points += [Metric(k, v, now, step) for k, v, step in charted(history, max_points)]
-        trajectory, every = trajectory_table(history, max_values)
-        params = [Param(k, str(v)) for k, v in {**params, "trajectory_every": every}.items()]
+        params = {**params, "trajectory_every": history.every}
+        params = [Param(k, str(v)) for k, v in params.items()]
         tags = [RunTag(k, str(v)) for k, v in dict(tags).items()]
-        tables = {"history.parquet": history_table(history), "trajectory.parquet": trajectory}
+        tables = {
+            "history.parquet": history_table(history),
+            "trajectory.parquet": trajectory_table(history),
+        }
         # The files go up while the database takes the batch: Arrow and file I/O release
         # the GIL, so the two overlap (an error in either is raised here).
         with ThreadPoolExecutor(1) as pool:
@@ -323,7 +379,6 @@ class Tracker:
                     tags=tags if start == 0 else [],
                 )
             upload.result()
-        return every
 
     def _log_tables(self, run_id: str, tables: Mapping[str, object]) -> None:
         """Arrow tables as Parquet artifacts, straight to the run's artifact store (MLflow's own
@@ -379,15 +434,63 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
 
     @retry_when_locked
-    def find_sweep(self, experiment_id: str, sweep_key: str):
-        """The latest parent run of the sweep with this key, or None."""
-        found = self.client.search_runs(
-            [experiment_id],
-            f"tags.sweep_key = '{sweep_key}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
+    def sweeps(self, experiment_id: str, sweep_key: str) -> list:
+        """Every parent run of the sweep with this key, the latest first."""
+        return list(
+            self.client.search_runs(
+                [experiment_id],
+                f"tags.sweep_key = '{sweep_key}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+            )
         )
-        return found[0] if found else None
+
+    @retry_when_locked
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def renew(self, run_id: str, key: str, value: str, timeout: float = 5.0) -> bool:
+        """Set a tag that the run still has, in one quick attempt: False if the tag is gone;
+        an exception if the store does not answer. On a server this is one GET and one POST
+        of MLflow's REST API without MLflow's minute of retries (a lease's heartbeat tries
+        again on its own clock, and must know at once when the server is back)."""
+        if not self.uri.startswith(("http://", "https://")):
+            if key not in self.run(run_id).data.tags:
+                return False
+            self.log(run_id, tags={key: value})
+            return True
+        found = self._rest("GET", f"runs/get?run_id={run_id}", None, timeout)
+        if key not in {tag["key"] for tag in found["run"]["data"].get("tags", [])}:
+            return False
+        self._rest("POST", "runs/set-tag", {"run_id": run_id, "key": key, "value": value}, timeout)
+        return True
+
+    def _rest(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
+        """One call of MLflow's REST API, with the credentials MLflow's client would send."""
+        headers = {"Content-Type": "application/json"}
+        user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+        if user and password:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        data = json.dumps(body).encode() if body is not None else None
+        url = f"{self.uri.rstrip('/')}/api/2.0/mlflow/{path}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return json.loads(reply.read() or b"{}")
+
+    @retry_when_locked
+    def delete_tag(self, run_id: str, key: str) -> None:
+        try:
+            self.client.delete_tag(run_id, key)
+        except Exception as err:
+            if getattr(err, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise  # gone already is what was asked for; anything else is not
+
+    @retry_when_locked
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     def latest_sweep(self, experiment_id: str | None = None):
         """The most recently started sweep parent run of the experiment (any experiment if

@@ -57,6 +57,7 @@ def train_pass(configs: list[RunConfig]) -> list[RunResult]:
         y_val=data.y_val,
         reference=reference,
         check_every=check_every,
+        max_trajectory_values=config.max_trajectory_values,
         cuda_graphs=config.cuda_graphs,
     )
     share = (time.perf_counter() - start) / len(configs)  # fit() ends on the host: work done

@@ -24,7 +24,7 @@ import signal
 import torch
 
 from experiments import records
-from experiments.tracking import Tracker
+from experiments.tracking import StoreLost, Tracker
 from experiments.training import RunResult
 
 READY = "ready"  # what the writer says once MLflow is imported and the store is open
@@ -129,6 +129,8 @@ def _record(tracker: Tracker, run_id: str, result: RunResult, inputs: bool, guar
     """Record one run and end it; False if it could not even be marked FAILED."""
     try:
         records.write(tracker, run_id, result, inputs=inputs, guard=guard)
+    except StoreLost:  # not the run's fault: drain() names it, and it is trained again
+        return False
     except Exception as err:
         try:
             records.fail(tracker, run_id, f"recording failed: {records.first_line(err)}")

@@ -16,6 +16,7 @@ def history(steps=3, n=2):
         b=metrics["param/b"],
         dw=torch.zeros(steps + 1, n, **f64),
         db=torch.zeros(steps + 1, **f64),
+        kept=torch.arange(steps + 1),
     )
 
 

@@ -27,6 +27,9 @@ def report():
         "lr_batch": bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
         "tracking": bench.tracking(repeats=1, naive_sample=3),
         "sweep": bench.sweep_share("quick.yaml"),
+        "memory": bench.memory_by_steps(
+            "cpu", {"n_samples": 200, "n_features": 20, "steps": [20, 200]}, max_values=2000
+        ),
     }
 
 
@@ -70,6 +73,20 @@ def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     assert sweep["tracking_share"] == pytest.approx(share, rel=1e-12, abs=0)
 
 
+def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows(report):
+    """Each step count ran in its own process, trained and recorded 8 runs, and kept the rows
+    max_trajectory_values allows: 2·(20 + 1) values a row, 2,000 a run."""
+    first, second = report["memory"]
+    assert (first["steps"], first["kept_rows"], first["trajectory_every"]) == (20, 21, 1)
+    assert (second["steps"], second["trajectory_every"]) == (200, 5)  # ⌈201 · 42 / 2000⌉
+    assert second["kept_rows"] == 41  # 0, 5, …, 200
+    assert first["peak_rss_mb"] > 100 and second["peak_vs_first"] == pytest.approx(
+        second["peak_rss_mb"] / first["peak_rss_mb"], rel=1e-12, abs=0
+    )
+    # 42 parameter values and 10 metrics (the checks included) and the finite flag a row
+    assert second["every_step_buffer_mb"] == pytest.approx(201 * (42 + 11) * 8 * 4 / 2**20)
+
+
 def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     uri = f"sqlite:///{tmp_path / 'bench.db'}"
     path = bench.write(report, tmp_path / "out", Tracker(uri))
@@ -78,12 +95,13 @@ def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "| 64 × 5 |" in table and "| step | manual | 64 × 5 | 3 |" in table
     assert "ours / floor" in table and "A whole sweep (quick.yaml, 12 runs, CPU)" in table
+    assert "| 200 | 41 (5) |" in table
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
     assert found.info.status == "FINISHED" and found.data.tags["kind"] == "bench"
     metrics = found.data.metrics
     assert math.isfinite(metrics["tracking/ours_vs_floor"])
-    assert "lr_batch/manual/step/64x5/K3" in metrics
+    assert "lr_batch/manual/step/64x5/K3" in metrics and "memory/peak_rss_mb/200" in metrics
     assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"bench.json", "bench.md"}
 
 

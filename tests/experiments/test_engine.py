@@ -33,6 +33,55 @@ def test_trajectory_matches_autograd(impl, dtype, breast_cancer):
     assert (ref.w[-1] - ref.w[0]).norm() > 1
 
 
+@pytest.mark.parametrize("impl", ["manual", "function", "autograd"])
+@pytest.mark.parametrize(("steps", "max_values", "every"), [(100, 10**6, 1), (100, 1200, 6),
+                         (99, 1200, 6), (100, 60, 105)])  # fmt: skip
+def test_the_loop_keeps_every_kth_row_and_the_last_and_all_metrics(
+    impl, steps, max_values, every, breast_cancer
+):
+    """Bounded memory changes what is kept, never what is computed: the kept rows are those of
+    the full record bit for bit, and so is every metric (CUDA graphs included)."""
+    X, y = (t.float() for t in breast_cancer)
+    K = 3  # learning rates side by side: 2 · (30 + 1) values a row a run
+    lrs = [0.01, 0.1, 1.0]
+    new = {"dtype": X.dtype, "device": X.device, "seed": 0}
+    common = {"X_val": X[:50], "y_val": y[:50], "check_every": 7}
+    fits = {}
+    for limit in (None, max_values):
+        model, ref = build(impl, 30, lrs, **new), build("autograd", 30, lrs, **new)
+        reference = ref if impl != "autograd" else None
+        fits[limit] = fit(model, X, y, steps, reference=reference, max_trajectory_values=limit,
+                          **common)  # fmt: skip
+    full, kept = fits[None], fits[max_values]
+    rows = sorted({*range(0, steps + 1, every), steps})
+    assert kept.every == every and kept.kept.tolist() == rows
+    assert len(kept.kept) * 2 * 31 <= max_values + 2 * 31 or every > steps  # one row over at most
+    for name in ("w", "b", "dw", "db"):
+        assert torch.equal(getattr(kept, name), getattr(full, name)[rows]), name
+    assert kept.metrics.keys() == full.metrics.keys()
+    for name, values in full.metrics.items():
+        assert torch.equal(kept.metrics[name], values) or torch.allclose(
+            kept.metrics[name], values, rtol=0, atol=0, equal_nan=True
+        ), name
+    assert kept.metrics["train/loss"].shape == (steps + 1, K)
+    assert [r.kept.tolist() for r in kept.runs()] == [rows] * K
+
+
+def test_a_run_that_diverges_is_cut_at_its_first_non_finite_row_whatever_is_kept(breast_cancer):
+    X, y = (t.float() for t in breast_cancer)
+    lrs = [0.1, 1e38]  # 1e38 overflows float32 at its first step
+    new = {"dtype": X.dtype, "device": X.device, "seed": 0}
+    histories = [
+        fit(build("manual", 30, lrs, **new), X, y, 200, max_trajectory_values=limit)
+        for limit in (None, 2 * 31 * 20)
+    ]
+    (_, wild_full), (calm, wild) = (h.runs() for h in histories)
+    assert calm.diverged_at is None and calm.steps == 200
+    assert wild_full.diverged_at is not None and wild.diverged_at == wild_full.diverged_at
+    assert wild.steps == wild.diverged_at and wild.loss.shape == (wild.diverged_at + 1,)
+    assert int(wild.kept[-1]) <= wild.diverged_at  # its parameters end at the last kept row
+
+
 def test_history_layout(breast_cancer):
     X, y = breast_cancer
     history = run("manual", X, y, steps=5)

@@ -36,7 +36,7 @@ def test_curves_and_log10_checks():
     metrics = {"train/loss": torch.ones(rows), "check/grad_err_vs_terms":
                torch.tensor([1e-16, float("nan"), 0.0, 1e-7], dtype=torch.float64)}  # fmt: skip
     history = History(metrics, torch.zeros(rows, 2), torch.zeros(rows), torch.zeros(rows, 2),
-                      torch.zeros(rows))  # fmt: skip
+                      torch.zeros(rows), torch.arange(rows))  # fmt: skip
     out = series(history)
     assert set(out) == {"train/loss", "check/grad_err_vs_terms", "check/log10_grad_err_vs_terms"}
     log10 = out["check/log10_grad_err_vs_terms"]
@@ -44,17 +44,16 @@ def test_curves_and_log10_checks():
     assert set(CURVES) >= {"train/loss", "val/loss", "check/log10_grad_err_vs_terms"}
 
 
-def test_trajectory_is_thinned_only_above_the_limit():
-    rows, n = 1001, 5
-    w, b = torch.arange(rows * n).view(rows, n).double(), torch.zeros(rows)
-    history = History({}, w, b, torch.zeros(rows, n), b)
-    table, every = trajectory_table(history, max_values=10**7)
-    frame = table.to_pandas()
-    assert every == 1 and len(frame) == rows
-    table, every = trajectory_table(history, max_values=1000)
-    frame = table.to_pandas()
-    assert every == 11 and frame["step"].iloc[-1] == 1000 and len(frame) * 2 * n <= 1000 + 2 * n
-    assert frame["w_0"].tolist() == [5.0 * s for s in frame["step"]]
+def test_the_trajectory_is_the_rows_the_loop_kept():
+    kept = torch.tensor([0, 11, 22, 1000])
+    w, b = torch.arange(4 * 5).view(4, 5).double(), torch.zeros(4)
+    history = History({"train/loss": torch.zeros(1001)}, w, b, -w, b, kept, every=11)
+    frame = trajectory_table(history).to_pandas()
+    assert frame["step"].tolist() == [0, 11, 22, 1000]
+    assert frame.filter(like="w_").shape == (4, 10)  # w_0 … w_4, dw_0 … dw_4
+    assert (
+        frame["w_3"].tolist() == w[:, 3].tolist() and frame["dw_3"].tolist() == (-w[:, 3]).tolist()
+    )
 
 
 def test_digest_sees_every_value():

@@ -1,0 +1,249 @@
+"""One live driver per sweep: a lease held in the tracking store, the only state drivers share.
+
+A driver claims its sweep with a tag on the sweep's parent run, ``lease.<claim id>``, whose
+value says who holds it and when it last said so (host, pid, heartbeat). A thread renews the
+heartbeat every :data:`BEAT_S` seconds, one quick attempt each time (no minute of retries: it
+must know as soon as the store is back). A claim is live while its heartbeat is younger
+than :data:`LEASE_S`; on the claimant's own machine it is dead at once when its process is
+gone (SIGKILL, a crash), so the next driver there need not wait.
+
+MLflow has no compare-and-swap, so two drivers are kept apart by reading after writing: a
+driver places its claim, then reads every claim on every parent run of the sweep, and goes on
+only if it sees no other live claim; otherwise it withdraws its claim and tries again after a
+random pause. Of two drivers, the one that reads second sees the first's claim (placed before
+the first read, and never withdrawn by a driver that went on), so at most one goes on.
+
+A holder stops acting on the sweep when it has not renewed its claim for 2/3 of the lease (the
+store was away, or the process was stopped), before any other driver may take it over; and a
+driver that takes a sweep over removes the dead claims, so a holder that comes back finds its
+claim gone and stops too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from experiments.tracking import Tracker, TrackingError
+
+# Silence after which a claim is dead, and the heartbeat's period. A holder stops acting after
+# 2/3 of it, 80 s: an outage of the store up to a minute (MLflow's own retries) costs no lease.
+LEASE_S = float(os.environ.get("EXPERIMENTS_LEASE_SECONDS", 120))
+BEAT_S = min(10.0, LEASE_S / 9)
+PREFIX = "lease."
+ATTEMPTS = 8  # rounds of claim, read, withdraw before two drivers that keep colliding give up
+
+
+class SweepHeld(TrackingError):
+    """Another driver holds the sweep; the message names it (one line)."""
+
+
+class LeaseLost(RuntimeError):
+    """This driver no longer holds its sweep: it stops, and leaves the sweep to the holder."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds (or asks for) a sweep, as its tag value says."""
+
+    host: str
+    pid: int
+    pidns: int | None  # the pid namespace: containers on one host share a hostname
+    heartbeat: float  # time.time() of the last renewal
+    lease_s: float
+
+    @classmethod
+    def mine(cls) -> Claim:
+        return cls(socket.gethostname(), os.getpid(), _pid_namespace(), time.time(), LEASE_S)
+
+    @classmethod
+    def parse(cls, text: str) -> Claim | None:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError):
+            return None  # not a claim this code wrote: ignored
+
+    def text(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.heartbeat)
+
+    def live(self) -> bool:
+        if self.age > self.lease_s:
+            return False
+        here = self.host == socket.gethostname() and self.pidns == _pid_namespace()
+        return not here or _process_exists(self.pid)
+
+    def describe(self) -> str:
+        return f"host {self.host}, pid {self.pid}, heartbeat {self.age:.0f} s ago"
+
+
+class Lease:
+    """This driver's claim on one sweep: acquired once, renewed by a thread, released at the end."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.key = f"{PREFIX}{uuid.uuid4().hex[:12]}"
+        self.parent_id: str | None = None
+        self._renewed = now()
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The claim, as a tag to create a parent run with."""
+        return {self.key: Claim.mine().text()}
+
+    def acquire(
+        self, experiment_id: str, sweep_key: str, create: Callable[[dict], str]
+    ) -> tuple[str, bool]:
+        """Hold the sweep: its latest parent run, or one made by ``create(tags)`` if it has
+        none. Returns (parent run id, whether it existed). Raises :class:`SweepHeld`, having
+        written nothing, if another driver holds it."""
+        for attempt in range(ATTEMPTS):
+            parents = self.tracker.sweeps(experiment_id, sweep_key)
+            self._refuse_if_held(parents)
+            placed = now()  # the claim's heartbeat is no later than this
+            if parents:
+                parent_id, existed = parents[0].info.run_id, True
+                self.tracker.log(parent_id, tags=self.tags())
+            else:
+                parent_id, existed = create(self.tags()), False
+            other = self._other(self.tracker.sweeps(experiment_id, sweep_key))
+            if other is None:
+                self._hold(parent_id, placed)
+                return parent_id, existed
+            # Someone claimed at the same time: withdraw, and try again after a random pause.
+            if existed:
+                self.tracker.delete_tag(parent_id, self.key)
+            else:
+                self.tracker.delete_run(parent_id)
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
+        raise SweepHeld(
+            f"this sweep is claimed by another driver at the same time ({other.describe()}): "
+            "wait for it to finish, or start a separate sweep with --restart"
+        )
+
+    def start(self, create: Callable[[dict], str]) -> str:
+        """Hold a new parent run made by ``create(tags)``, no question asked (``--restart``:
+        a separate sweep, whoever runs the old one)."""
+        placed = now()
+        parent_id = create(self.tags())
+        self._hold(parent_id, placed)
+        return parent_id
+
+    def held(self) -> bool:
+        """Whether this driver may still act on the sweep (renewed recently, claim intact)."""
+        silent = now() - self._renewed
+        if self._lost is None and silent > 2 * LEASE_S / 3:
+            self._lost = f"its claim was not renewed for {silent:.0f} s"
+        return self._lost is None
+
+    def check(self) -> None:
+        if not self.held():
+            raise LeaseLost(
+                f"this driver lost the sweep ({self._lost}); another driver may hold it now: "
+                "run the same command to resume once it is done"
+            )
+
+    def release(self) -> None:
+        """Stop renewing, and remove the claim if it is still ours (the next driver need not
+        wait for it to go stale)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.parent_id is not None and self.held():
+            self.tracker.delete_tag(self.parent_id, self.key)
+
+    def abandon(self) -> None:
+        """Stop renewing, without a word to the store (it is away): the claim goes stale, or
+        dies with this process on its machine."""
+        self._stop.set()
+
+    # --- inside -----------------------------------------------------------------------------
+    def _hold(self, parent_id: str, placed: float) -> None:
+        self.parent_id = parent_id
+        self._renewed = placed
+        for key in _claims(self.tracker.run(parent_id)):  # dead claims go: their holders stop
+            if key != self.key:
+                self.tracker.delete_tag(parent_id, key)
+        self._thread = threading.Thread(target=self._beat, name="lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        """Renew the claim while it is safe to: never after a silence long enough that another
+        driver may have taken over (it waits a whole lease; this stops at 2/3), and never by a
+        write so slow (this process stopped in the middle of it) that another driver could
+        have read the old heartbeat meanwhile."""
+        tracker = Tracker(self.tracker.uri)  # a client of its own for this thread
+        while not self._stop.wait(BEAT_S):
+            start = now()
+            if not self.held():
+                return
+            try:
+                if not tracker.renew(self.parent_id, self.key, Claim.mine().text()):
+                    self._lost = "another driver took it over"
+                    return
+            except Exception:  # the store is away for now: held() judges by the silence
+                continue
+            if now() - start > LEASE_S / 3:
+                self._lost = f"renewing its claim took {now() - start:.0f} s"
+                return
+            self._renewed = start
+
+    def _other(self, parents) -> Claim | None:
+        """Another live claim on any parent run of the sweep, or None."""
+        for run in parents:
+            for key, claim in _claims(run).items():
+                if key != self.key and claim is not None and claim.live():
+                    return claim
+        return None
+
+    def _refuse_if_held(self, parents) -> None:
+        other = self._other(parents)
+        if other is not None:
+            raise SweepHeld(
+                f"this sweep is being run by another driver ({other.describe()}; it is taken "
+                f"for dead after {other.lease_s:.0f} s without one): wait for it to finish, or "
+                "start a separate sweep with --restart"
+            )
+
+
+def _claims(run) -> dict[str, Claim | None]:
+    return {k: Claim.parse(v) for k, v in run.data.tags.items() if k.startswith(PREFIX)}
+
+
+def now() -> float:
+    """Seconds on a clock that runs while the machine sleeps (a laptop's lid shut is silence
+    too), where there is one."""
+    return (
+        time.clock_gettime(time.CLOCK_BOOTTIME)
+        if hasattr(time, "CLOCK_BOOTTIME")
+        else time.monotonic()
+    )
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
