@@ -22,9 +22,11 @@ claim gone and stops too.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -33,9 +35,22 @@ from dataclasses import dataclass
 
 from experiments.tracking import Tracker, TrackingError
 
+
+def _lease_seconds() -> float:
+    text = os.environ.get("EXPERIMENTS_LEASE_SECONDS", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # read at import: a bad value is one line and exit 2 too
+        print(f"error: EXPERIMENTS_LEASE_SECONDS takes seconds > 0, got {text!r}", file=sys.stderr)
+        raise SystemExit(2)
+    return value
+
+
 # Silence after which a claim is dead, and the heartbeat's period. A holder stops acting after
 # 2/3 of it, 80 s: an outage of the store up to a minute (MLflow's own retries) costs no lease.
-LEASE_S = float(os.environ.get("EXPERIMENTS_LEASE_SECONDS", 120))
+LEASE_S = _lease_seconds()
 BEAT_S = min(10.0, LEASE_S / 9)
 PREFIX = "lease."
 ATTEMPTS = 8  # rounds of claim, read, withdraw before two drivers that keep colliding give up

@@ -10,11 +10,9 @@ line checks its input and the store before paying for it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import functools
-import json
 import logging
 import os
 import re
@@ -466,19 +464,18 @@ class Tracker:
         return True
 
     def _rest(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
-        """One call of MLflow's REST API, with the credentials MLflow's client would send."""
-        headers = {"Content-Type": "application/json"}
-        user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
-        if user and password:
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
-        data = json.dumps(body).encode() if body is not None else None
-        url = f"{self.uri.rstrip('/')}/api/2.0/mlflow/{path}"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.loads(reply.read() or b"{}")
+        """One call of MLflow's REST API, no retries, with the credentials MLflow's own client
+        would send (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``TOKEN``, ...)."""
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        payload = {"json": body} if body is not None else {}
+        reply = http_request(
+            get_default_host_creds(self.uri), f"/api/2.0/mlflow/{path}", method,
+            max_retries=0, timeout=timeout, **payload,
+        )  # fmt: skip
+        reply.raise_for_status()
+        return reply.json() if reply.content else {}
 
     @retry_when_locked
     def delete_tag(self, run_id: str, key: str) -> None:
