@@ -112,16 +112,21 @@ class Sweep:
         with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
             self.lease = Lease(self.tracker)
 
-            def create(tags: dict[str, str]) -> str:
-                return self._new_parent(config, grid, command, tags)
+            def create(claim: dict[str, str]) -> str:  # the run alone: filled once held
+                stamp = time.strftime("%Y-%m-%d %H:%M")
+                name = f"sweep · {config.name} · {len(grid)} runs · {stamp}"
+                tags = {**records.sweep_tags(config, len(grid), command), **claim}
+                return self.tracker.start_run(self.experiment_id, name, tags=tags)
 
             if restart:
-                self.parent_id = self.lease.start(create)
-                return
-            self.parent_id, existed = self.lease.acquire(self.experiment_id, config.key, create)
+                self.parent_id, existed = self.lease.start(create), False
+            else:
+                self.parent_id, existed = self.lease.acquire(self.experiment_id, config.key, create)
             if existed:
                 self.tracker.reopen(self.parent_id)
                 self._resume()
+            else:
+                self._describe_parent(config, grid)
 
     def _resume(self) -> None:
         for child in self.tracker.children(self.experiment_id, self.parent_id):
@@ -132,17 +137,13 @@ class Sweep:
                 self.tracker.log(child.info.run_id, tags=stale)
                 self.tracker.finish(child.info.run_id, "KILLED")
 
-    def _new_parent(
-        self, config: SweepConfig, grid: list[RunConfig], command: str, claim: dict[str, str]
-    ) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M")
-        name = f"sweep · {config.name} · {len(grid)} runs · {stamp}"
-        tags = {**records.sweep_tags(config, len(grid), command), **claim}
-        parent_id = self.tracker.start_run(self.experiment_id, name, tags=tags)
-        self.tracker.log(parent_id, params=config.params(), metrics={"sweep/runs": len(grid)})
-        self.tracker.log_text(parent_id, config.to_yaml(), "config.yaml")
-        records.log_inputs(self.tracker, parent_id, grid)
-        return parent_id
+    def _describe_parent(self, config: SweepConfig, grid: list[RunConfig]) -> None:
+        """A new sweep's params, config file and data, written once this driver holds it (a
+        driver that loses the race to create the sweep writes nothing but the run it deletes)."""
+        parent = self.parent_id
+        self.tracker.log(parent, params=config.params(), metrics={"sweep/runs": len(grid)})
+        self.tracker.log_text(parent, config.to_yaml(), "config.yaml")
+        records.log_inputs(self.tracker, parent, grid)
 
     # --- the passes, on the engine ---------------------------------------------------------
     def drive(self, engine: Engine, passes: list[list[RunConfig]], bar) -> None:

@@ -224,8 +224,10 @@ def trajectory_table(history: History):
 
 def retry_when_locked(method):
     """SQLite lets one writer in at a time; parallel workers see transient `database is
-    locked` errors. Retry those with backoff (~10 s in all). A server that stopped answering
-    (MLflow has retried it already) is :class:`StoreLost`; anything else goes through."""
+    locked` errors. Retry those with backoff (~10 s in all), and a unique key two processes
+    inserted at once (two sweeps logging the same dataset: the retry finds it there). A server
+    that stopped answering (MLflow has retried it already) is :class:`StoreLost`; anything
+    else goes through."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -237,7 +239,8 @@ def retry_when_locked(method):
                     if unreachable(err):
                         first = str(err).splitlines()[0][:300]
                         raise StoreLost(f"tracking store {self.uri} went away: {first}") from None
-                    if "database is locked" not in str(err) or attempt == 11:
+                    transient = ("database is locked", "IntegrityError", "UNIQUE constraint")
+                    if not any(t in str(err) for t in transient) or attempt == 11:
                         raise
                     time.sleep(min(0.02 * 2**attempt, 2.0))
         raise AssertionError("unreachable")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.cli import CONFIGS, run
+from experiments.cli import CONFIGS, Integer, run
 
 QUICK = str(CONFIGS / "quick.yaml")
 
@@ -156,5 +156,5 @@ def test_numbers_as_typed_on_the_command_line(tmp_path, capsys):
     args = ["train", "--dataset", "iris", "--impl", "manual", *options]
     assert run([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
     assert "1 finished" in capsys.readouterr().out
-    assert run(["sweep", QUICK, "--quiet", "--workers", "1e0", "--set", "steps=1e1",
-                "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0  # fmt: skip
+    workers = Integer(min=1)
+    assert [workers.convert(v, None, None) for v in ("4", "1e1", "1_0", 3)] == [4, 10, 10, 3]

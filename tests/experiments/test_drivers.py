@@ -21,8 +21,7 @@ from experiments.cli import CONFIGS
 from experiments.config import load_sweep
 
 QUICK = CONFIGS / "quick.yaml"
-GRID = {"steps": 6000, "lrs": [0.1]}  # 6 runs of a second or two: long enough to race
-OPTIONS = ["--quiet", "--set", "steps=6000", "--set", "lrs=[0.1]"]
+STEPS = 6000  # 6 runs of a second or two: long enough for a second driver to arrive mid-sweep
 LEASE = {"EXPERIMENTS_LEASE_SECONDS": "20"}  # a short lease, for the test that outwaits one
 
 
@@ -86,11 +85,12 @@ def server(tmp_path, free_port):
     server.stop()
 
 
-def start(uri: str, env: dict | None = None) -> subprocess.Popen:
+def start(uri: str, env: dict | None = None, steps: int = STEPS) -> subprocess.Popen:
     command = [sys.executable, "-m", "experiments", "sweep", str(QUICK), "--tracking-uri", uri]
+    options = ["--quiet", "--set", f"steps={steps}", "--set", "lrs=[0.1]"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    return subprocess.Popen([*command, *OPTIONS], env=environment, **pipes)
+    return subprocess.Popen([*command, *options], env=environment, **pipes)
 
 
 def finish(uri: str, env: dict | None = None) -> tuple[int, str, str]:
@@ -123,7 +123,7 @@ def wait_for(uri: str, finished: int, process: subprocess.Popen, running: bool =
         time.sleep(0.1)
 
 
-def assert_complete(uri: str) -> list:
+def assert_complete(uri: str, steps: int = STEPS) -> list:
     """Every grid point FINISHED exactly once, under one FINISHED parent; nothing RUNNING."""
     found = runs(uri)
     parents = [r for r in found if r.data.tags.get("kind") == "sweep"]
@@ -131,7 +131,8 @@ def assert_complete(uri: str) -> list:
     assert not [k for k in parents[0].data.tags if k.startswith("lease.")]  # released
     kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     finished = sorted(r.data.tags["config_key"] for r in kids if r.info.status == "FINISHED")
-    assert finished == sorted(p.key for p in load_sweep(QUICK, GRID).grid())  # each once
+    grid = load_sweep(QUICK, {"steps": steps, "lrs": [0.1]}).grid()
+    assert finished == sorted(p.key for p in grid)  # each once
     assert "RUNNING" not in {r.info.status for r in found}
     return kids
 
@@ -143,16 +144,17 @@ def one_line(err: str) -> str:
 
 
 def test_two_drivers_started_together_run_each_grid_point_once(store):
-    a, b = start(store.uri), start(store.uri)
+    a, b = start(store.uri, steps=2000), start(store.uri, steps=2000)  # they race at the start
     (_out_a, err_a), (_out_b, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)
     assert sorted([a.returncode, b.returncode]) == [0, 2], (err_a, err_b)
     winner, loser_err = (a, err_b) if a.returncode == 0 else (b, err_a)
     line = one_line(loser_err)
     assert line.startswith("error: this sweep is being run by another driver (host ")
     assert f"pid {winner.pid}, heartbeat" in line and "--restart" in line
-    assert_complete(store.uri)
+    assert_complete(store.uri, steps=2000)
 
 
+@pytest.mark.slow
 def test_a_second_driver_mid_sweep_exits_2_and_writes_nothing(store):
     first = start(store.uri)
     wait_for(store.uri, 1, first)
