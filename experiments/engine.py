@@ -269,7 +269,9 @@ class _Loop:
         values.update(self.describe("grad", grads["dw"], grads["db"]))
         if self.reference is not None:
             values.update(self.check(w, b, grads) if checked else self.unchecked())
-        finite = torch.isfinite(values["train/loss"]) & torch.isfinite(self.flat(w, b)).all(0)
+        finite = torch.isfinite(values["train/loss"])  # each part as a view: nothing copied
+        for part in (w, b):
+            finite &= torch.isfinite(self.flat(part)).all(0)
         metrics = torch.stack([*(values[name] for name in self.names), finite.to(w.dtype)])
         parameters = (t.reshape(-1, *self.runs) for t in (w, b, grads["dw"], grads["db"]))
         return torch.cat([metrics, *parameters])

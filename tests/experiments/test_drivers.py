@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
 
 from experiments.cli import CONFIGS
 from experiments.config import load_sweep
+from experiments.tracking import TrackingError, check_reachable
 
 QUICK = CONFIGS / "quick.yaml"
 STEPS = 6000  # 6 runs of a second or two: long enough for a second driver to arrive mid-sweep
@@ -44,7 +46,7 @@ class Server:
         log = open(self.folder / "server.log", "a")  # noqa: SIM115 - the server keeps it
         self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 120
-        while not _healthy(self.uri):
+        while not _healthy(self.uri):  # the sweep's own probe of /health
             assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the tracking server did not start"
             time.sleep(0.2)
@@ -55,34 +57,29 @@ class Server:
             self.process.wait(timeout=30)
 
 
-def _healthy(uri: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
-def store(request, tmp_path, free_port):
-    """The store drivers share: a SQLite file, or a tracking server (``.server`` to stop it)."""
-    if request.param == "sqlite":
-        yield type("Store", (), {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "server": None})
-        return
-    server = Server(tmp_path, free_port())
-    server.start()
-    yield type("Store", (), {"uri": server.uri, "server": server})
-    server.stop()
-
-
 @pytest.fixture
 def server(tmp_path, free_port):
     server = Server(tmp_path, free_port())
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
+def store(request, tmp_path):
+    """The store drivers share: a SQLite file, or a tracking server (``.server`` to stop it)."""
+    if request.param == "sqlite":
+        return SimpleNamespace(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", server=None)
+    server = request.getfixturevalue("server")
+    return SimpleNamespace(uri=server.uri, server=server)
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        check_reachable(uri, timeout=2)
+    except TrackingError:
+        return False
+    return True
 
 
 def start(uri: str, env: dict | None = None, steps: int = STEPS) -> subprocess.Popen:
