@@ -146,7 +146,9 @@ def charts(page) -> None:
     assert len(points) >= 2 and min(points.values()) >= 200, points  # the page draws these
     legend = page.get_by_text(re.compile(r" · cpu · float32 \(train/loss\)$"))
     legend.first.wait_for()
-    assert page.locator(".js-fill").count() >= 1  # a min–max band over the seeds
+    # A min–max band over the seeds. Plotly draws the fill after the legend (under CI's load, a
+    # moment later), so wait for it rather than count at once; a page without one times out.
+    page.locator(".js-fill").first.wait_for(state="attached")
     page.screenshot(path=str(SCREENSHOTS / "charts.png"))
     card = page.locator("div", has=page.locator(".js-plotly-plot")).filter(
         has=page.get_by_text("train/loss", exact=True)
