@@ -12,7 +12,7 @@ DEVICE ?= cpu
 BENCH_OUT ?= reports
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-e2e test-cluster mutants tracking-server tracking-server-stop test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
+.PHONY: help install test test-all test-e2e test-cluster mutants tracking-server tracking-user tracking-server-stop test-gpu bench bench-quick sweep ui analyze notebooks lint format lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,8 +37,12 @@ test-e2e: ## the MLflow UI in headless Chromium (apt-get install chromium; pip i
 test-cluster: ## the sweep on a Dask cluster against a PostgreSQL-backed MLflow server (.ci/run starts them)
 	$(PYTEST) -m cluster
 
-tracking-server: ## MLflow server on PostgreSQL with served artifacts, on 127.0.0.1:5000 (data in .tracking/)
+tracking-server: ## MLflow with logins, on a private PostgreSQL, on 127.0.0.1:5000 (data and credentials in .tracking/)
 	PY=$(PY) scripts/tracking-server.sh start
+
+tracking-user: ## add user NAME (ROLE=read or edit, default edit) to it, as its admin; prints the password once
+	@test -n "$(NAME)" || { echo "error: NAME is missing: make tracking-user NAME=alice ROLE=edit (or ROLE=read)" >&2; exit 2; }
+	@PY=$(PY) scripts/tracking-server.sh user "$(NAME)" --role "$(or $(ROLE),edit)"
 
 tracking-server-stop: ## stop it (the data stays in .tracking/)
 	PY=$(PY) scripts/tracking-server.sh stop

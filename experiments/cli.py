@@ -1,11 +1,14 @@
-"""``python -m experiments sweep|train``: the command line over configs, engine and tracker.
+"""``python -m experiments sweep|train|ui|bench|tracking-user``: the command line over configs,
+engine and tracker.
 
 Every user mistake (a bad key or value, a missing or malformed file, an absent device, a store
-that cannot be reached) ends as one line on stderr and exit code 2, before anything is written.
+that cannot be reached, a login it refuses) ends as one line on stderr and exit code 2, before
+anything is written.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -14,7 +17,7 @@ from typing import Any
 
 import click
 
-from experiments import interrupts
+from experiments import interrupts, users
 from experiments.bench import markdown, run_bench, write
 from experiments.config import (
     CONFIGS,
@@ -29,7 +32,7 @@ from experiments.executors import ENGINES, EngineError, open_engine
 from experiments.lease import LeaseLost
 from experiments.records import latest_attempts, summary
 from experiments.sweep import SweepOutcome, run_sweep
-from experiments.tracking import StoreLost, Tracker, TrackingError, check_reachable
+from experiments.tracking import StoreLost, Tracker, TrackingError, check_reachable, unusable
 from manual_models.validation import resolve_device
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -207,6 +210,34 @@ def ui(tracking_uri, host, port) -> None:
     os.execv(sys.executable, command)
 
 
+@main.command("tracking-user")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(sorted(users.ROLES)),
+    default="edit",
+    show_default=True,
+    help="read: see every experiment; edit: also run sweeps into them",
+)
+@click.option("--tracking-uri", metavar="URI", help="the server (default: $MLFLOW_TRACKING_URI)")
+def tracking_user(name, role, tracking_uri) -> None:
+    """Add user NAME to a tracking server with logins (`make tracking-server`), or move an
+    existing one to ROLE. Run it as the server's admin: `make tracking-user NAME=… ROLE=…`."""
+    tracker = Tracker(tracking_uri)
+    if not tracker.uri.startswith(("http://", "https://")):
+        raise TrackingError(f"{tracker.uri} is not a tracking server: users live on one (http://…)")
+    check_reachable(tracker.uri)
+    password = users.add_user(tracker.uri, name, role)
+    if password is None:
+        click.echo(f"user {name!r} now has role {role} on {tracker.uri}; its password is unchanged")
+        return
+    click.echo(f"user {name!r} added to {tracker.uri} with role {role}. Give {name} these three")
+    click.echo("lines by a private channel; the password is shown this once and kept nowhere:")
+    click.echo(f"  export MLFLOW_TRACKING_URI={tracker.uri}")
+    click.echo(f"  export MLFLOW_TRACKING_USERNAME={name}")
+    click.echo(f"  export MLFLOW_TRACKING_PASSWORD={password}")
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="fewer sizes, K up to 16, 3 repeats (about a minute)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
@@ -257,7 +288,8 @@ def execute(
     check_reachable(tracker.uri)
     engine = open_engine(config.engine, config.address, workers)
     try:
-        engine.check(gpu="cuda" in config.resolved_devices())
+        probe = functools.partial(unusable, tracker.uri)
+        engine.check(gpu="cuda" in config.resolved_devices(), probe=probe)
         if not quiet:
             click.echo(f"engine: {engine.describe()}", err=True)
         outcome = run_sweep(

@@ -46,9 +46,10 @@ class Engine:
     def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
         raise NotImplementedError
 
-    def check(self, gpu: bool) -> None:
+    def check(self, gpu: bool, probe: Callable[[], str | None] | None = None) -> None:
         """Raise :class:`EngineError` if the engine cannot run the grid (``gpu``: it has
-        CUDA points)."""
+        CUDA points), or if ``probe`` (can a worker reach and log in to the store? None if
+        so, else why not) says why not on a worker with an environment of its own."""
 
     def capacity(self) -> int:
         """How many passes to keep in flight."""
@@ -185,7 +186,11 @@ class DaskEngine(Engine):
         # A local cluster shares this machine's GPU among its workers: no resource to ask for.
         return (self.gpu if gpu and self.cluster is None else self.cpu).submit(fn, *args)
 
-    def check(self, gpu: bool) -> None:
+    def check(self, gpu: bool, probe: Callable[[], str | None] | None = None) -> None:
+        if probe is not None:  # each worker's own environment: its login, its network
+            for worker, why in self.client.run(probe, on_error="return").items():
+                if why is not None:
+                    raise EngineError(f"dask worker {worker}: {why}")
         if gpu and self.cluster is None:
             workers = self.client.scheduler_info()["workers"].values()
             if not any(w.get("resources", {}).get("GPU") for w in workers):

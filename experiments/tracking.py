@@ -20,6 +20,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from experiments import logins
 from experiments.data import digest
 from experiments.datasets import Split
 from experiments.engine import History
@@ -65,8 +67,12 @@ def unreachable(err: BaseException) -> bool:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default local store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default local store;
+    never one with a password in it."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if why := logins.password_in(uri):
+        raise TrackingError(why)
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -87,13 +93,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking store {uri!r}: folder {str(folder)!r} does not exist")
         _check_sqlite_writable(uri, path)
     elif scheme in ("http", "https"):
+        base = uri.rstrip("/")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            with urllib.request.urlopen(f"{base}/health", timeout=timeout) as reply:
                 if reply.status != 200:
                     raise TrackingError(f"tracking server {uri} answered {reply.status} on /health")
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingError(f"tracking server {uri} cannot be reached: {reason}") from None
+        _check_login(base, timeout)
     elif scheme in ("postgresql", "mysql", "mssql") or scheme.startswith(("postgresql+", "mysql+")):
         pass  # reached when the store opens, still before any training
     else:
@@ -101,6 +109,31 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"unsupported tracking URI {uri!r}; use sqlite:///PATH.db, http(s)://HOST:PORT "
             "or a database URI (postgresql://...)"
         )
+
+
+def unusable(uri: str) -> str | None:
+    """Why this process cannot use the store (:func:`check_reachable`'s one line), or None: what
+    a worker of a cluster answers, from its own environment and network."""
+    try:
+        check_reachable(uri)
+    except TrackingError as err:
+        return str(err)
+    return None
+
+
+def _check_login(base: str, timeout: float) -> None:
+    """A server with logins (MLflow's basic-auth app) answers 401 to a request without a good
+    one: say so now, in one line, rather than on the first write."""
+    asked = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=logins.headers()
+    )
+    try:
+        urllib.request.urlopen(asked, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise TrackingError(logins.not_let_in(base)) from None
+    except (urllib.error.URLError, OSError):
+        pass  # /health answered: the store's first call says what is wrong
 
 
 def _check_sqlite_writable(uri: str, path: Path) -> None:
@@ -239,6 +272,8 @@ def retry_when_locked(method):
                     if unreachable(err):
                         first = str(err).splitlines()[0][:300]
                         raise StoreLost(f"tracking store {self.uri} went away: {first}") from None
+                    if refused := logins.refusal(err, self.uri, method.__name__):
+                        raise TrackingError(refused) from None
                     transient = ("database is locked", "IntegrityError", "UNIQUE constraint")
                     if not any(t in str(err) for t in transient) or attempt == 11:
                         raise
@@ -286,9 +321,11 @@ class Tracker:
 
     @retry_when_locked
     def experiment(self, name: str) -> str:
-        """The experiment's id, created on first use (artifacts beside a SQLite store)."""
+        """The experiment's id, created on first use (artifacts beside a SQLite store); on a
+        server with logins, one this user may write runs to."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            self._check_writable(found.experiment_id, name)
             return found.experiment_id
         location = None
         path = sqlite_path(self.uri)
@@ -302,6 +339,32 @@ class Tracker:
             if found is None:
                 raise
             return found.experiment_id
+
+    def _check_writable(self, experiment_id: str, name: str) -> None:
+        """Before anything is written: may this login write runs to the experiment? (MLflow's
+        basic-auth app answers for the asking user; a server without it has no such call.)"""
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not self.uri.startswith(("http://", "https://")) or not user:
+            return
+        query = urllib.parse.urlencode(
+            {"username": user, "resource_type": "experiment", "resource_id": experiment_id}
+        )
+        try:
+            found = self.rest("GET", f"3.0/mlflow/users/permissions/get?{query}", None, 10.0)
+        except Exception as err:
+            if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                return  # no logins on this server (or an MLflow without the call)
+            raise
+        if found.get("permission") not in ("EDIT", "MANAGE") and not self._is_admin(user):
+            raise TrackingError(
+                f"user {user!r} may not write runs to experiment {name!r} on {self.uri} "
+                f"(it has {found.get('permission')}): its admin grants it with "
+                f"make tracking-user NAME={user} ROLE=edit"
+            )
+
+    def _is_admin(self, user: str) -> bool:
+        found = self.rest("GET", f"2.0/mlflow/users/get?username={user}", None, 10.0)
+        return bool(found.get("user", {}).get("is_admin"))
 
     @retry_when_locked
     def start_run(
@@ -460,21 +523,28 @@ class Tracker:
                 return False
             self.log(run_id, tags={key: value})
             return True
-        found = self._rest("GET", f"runs/get?run_id={run_id}", None, timeout)
+        found = self.rest("GET", f"2.0/mlflow/runs/get?run_id={run_id}", None, timeout)
         if key not in {tag["key"] for tag in found["run"]["data"].get("tags", [])}:
             return False
-        self._rest("POST", "runs/set-tag", {"run_id": run_id, "key": key, "value": value}, timeout)
+        self.rest(
+            "POST",
+            "2.0/mlflow/runs/set-tag",
+            {"run_id": run_id, "key": key, "value": value},
+            timeout,
+        )
         return True
 
-    def _rest(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
-        """One call of MLflow's REST API, no retries, with the credentials MLflow's own client
-        would send (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``TOKEN``, ...)."""
+    def rest(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0):
+        """One call of a server's REST API (``path`` after ``/api/``: ``2.0/mlflow/runs/get?…``),
+        no retries, with the credentials MLflow's own client would send
+        (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``TOKEN``, ...); a ``requests.HTTPError``
+        for an answer that is not 2xx."""
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
 
         payload = {"json": body} if body is not None else {}
         reply = http_request(
-            get_default_host_creds(self.uri), f"/api/2.0/mlflow/{path}", method,
+            get_default_host_creds(self.uri), f"/api/{path}", method,
             max_retries=0, timeout=timeout, **payload,
         )  # fmt: skip
         reply.raise_for_status()

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,49 +19,10 @@ from mlflow import MlflowClient
 
 from experiments.cli import CONFIGS
 from experiments.config import load_sweep
-from experiments.tracking import TrackingError, check_reachable
 
 QUICK = CONFIGS / "quick.yaml"
 STEPS = 6000  # 6 runs of a second or two: long enough for a second driver to arrive mid-sweep
 LEASE = {"EXPERIMENTS_LEASE_SECONDS": "20"}  # a short lease, for the test that outwaits one
-
-
-class Server:
-    """`mlflow server` on a SQLite file and a loopback port, stopped and started again on the
-    same port and data (an outage), as a team's tracking server would be."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-            "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-            "--artifacts-destination", str(self.folder / "artifacts"),
-        ]  # fmt: skip
-        log = open(self.folder / "server.log", "a")  # noqa: SIM115 - the server keeps it
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while not _healthy(self.uri):  # the sweep's own probe of /health
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the tracking server did not start"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its worker
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def server(tmp_path, free_port):
-    server = Server(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
@@ -72,14 +32,6 @@ def store(request, tmp_path):
         return SimpleNamespace(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", server=None)
     server = request.getfixturevalue("server")
     return SimpleNamespace(uri=server.uri, server=server)
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        check_reachable(uri, timeout=2)
-    except TrackingError:
-        return False
-    return True
 
 
 def start(uri: str, env: dict | None = None, steps: int = STEPS) -> subprocess.Popen:
