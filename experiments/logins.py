@@ -59,7 +59,7 @@ def not_let_in(uri: str) -> str:
             f"tracking server {uri} refused the login of user {user!r} "
             "(MLFLOW_TRACKING_USERNAME): wrong password (MLFLOW_TRACKING_PASSWORD), or no such user"
         )
-    if os.environ.get("MLFLOW_TRACKING_TOKEN") and not user:
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):  # what headers() sent without both
         return f"tracking server {uri} refused the token in MLFLOW_TRACKING_TOKEN"
     return (
         f"tracking server {uri} asks for a login: set MLFLOW_TRACKING_USERNAME and "
