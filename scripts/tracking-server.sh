@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A shared MLflow tracking server with logins, on a private PostgreSQL, with served artifacts:
 #   scripts/tracking-server.sh start|stop|status   (make tracking-server / tracking-server-stop)
-#   scripts/tracking-server.sh user NAME [read|edit]   (make tracking-user NAME=… ROLE=…)
+#   scripts/tracking-server.sh user NAME [--role read|edit]   (make tracking-user NAME=… ROLE=…)
 # Everything lives in $TRACKING_DIR (default .tracking/): the database cluster, the server's
 # artifacts, logs, pid files, and `credentials`, made at the first start and readable by its
 # owner only: the admin's login, the database's password and the key that signs UI sessions.
