@@ -2,10 +2,10 @@
 
 A driver claims its sweep with a tag on the sweep's parent run, ``lease.<claim id>``, whose
 value says who holds it and when it last said so (host, pid, heartbeat). A thread renews the
-heartbeat every :data:`BEAT_S` seconds, one quick attempt each time (no minute of retries: it
-must know as soon as the store is back). A claim is live while its heartbeat is younger
-than :data:`LEASE_S`; on the claimant's own machine it is dead at once when its process is
-gone (SIGKILL, a crash), so the next driver there need not wait.
+heartbeat every ``lease_s / 9`` seconds (at most 10), one quick attempt each time (no minute of
+retries: it must know as soon as the store is back). A claim is live while its heartbeat is
+younger than its ``lease_s`` (:func:`lease_seconds`); on the claimant's own machine it is dead
+at once when its process is gone (SIGKILL, a crash), so the next driver there need not wait.
 
 MLflow has no compare-and-swap, so two drivers are kept apart by reading after writing: a
 driver places its claim, then reads every claim on every parent run of the sweep, and goes on
@@ -26,34 +26,31 @@ import math
 import os
 import random
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from experiments.config import ConfigError
 from experiments.tracking import Tracker, TrackingError
 
+PREFIX = "lease."
+ATTEMPTS = 8  # rounds of claim, read, withdraw before two drivers that keep colliding give up
 
-def _lease_seconds() -> float:
+
+def lease_seconds() -> float:
+    """The silence after which a claim is dead: 120 s, or ``$EXPERIMENTS_LEASE_SECONDS``. A
+    holder stops acting after 2/3 of it, 80 s: an outage of the store up to a minute (MLflow's
+    own retries) costs no lease."""
     text = os.environ.get("EXPERIMENTS_LEASE_SECONDS", "120")
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:  # read at import: a bad value is one line and exit 2 too
-        print(f"error: EXPERIMENTS_LEASE_SECONDS takes seconds > 0, got {text!r}", file=sys.stderr)
-        raise SystemExit(2)
+    if not 0 < value < math.inf:
+        raise ConfigError(f"EXPERIMENTS_LEASE_SECONDS takes seconds > 0, got {text!r}")
     return value
-
-
-# Silence after which a claim is dead, and the heartbeat's period. A holder stops acting after
-# 2/3 of it, 80 s: an outage of the store up to a minute (MLflow's own retries) costs no lease.
-LEASE_S = _lease_seconds()
-BEAT_S = min(10.0, LEASE_S / 9)
-PREFIX = "lease."
-ATTEMPTS = 8  # rounds of claim, read, withdraw before two drivers that keep colliding give up
 
 
 class SweepHeld(TrackingError):
@@ -75,8 +72,8 @@ class Claim:
     lease_s: float
 
     @classmethod
-    def mine(cls) -> Claim:
-        return cls(socket.gethostname(), os.getpid(), _pid_namespace(), time.time(), LEASE_S)
+    def mine(cls, lease_s: float) -> Claim:
+        return cls(socket.gethostname(), os.getpid(), _pid_namespace(), time.time(), lease_s)
 
     @classmethod
     def parse(cls, text: str) -> Claim | None:
@@ -103,10 +100,13 @@ class Claim:
 
 
 class Lease:
-    """This driver's claim on one sweep: acquired once, renewed by a thread, released at the end."""
+    """This driver's claim on one sweep: acquired once, renewed by a thread, released at the end.
+    Made before the store is touched: a bad ``$EXPERIMENTS_LEASE_SECONDS`` writes nothing."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
+        self.lease_s = lease_seconds()
+        self.beat_s = min(10.0, self.lease_s / 9)
         self.key = f"{PREFIX}{uuid.uuid4().hex[:12]}"
         self.parent_id: str | None = None
         self._renewed = now()
@@ -116,7 +116,7 @@ class Lease:
 
     def tags(self) -> dict[str, str]:
         """The claim, as a tag to create a parent run with."""
-        return {self.key: Claim.mine().text()}
+        return {self.key: Claim.mine(self.lease_s).text()}
 
     def acquire(
         self, experiment_id: str, sweep_key: str, create: Callable[[dict], str]
@@ -159,7 +159,7 @@ class Lease:
     def held(self) -> bool:
         """Whether this driver may still act on the sweep (renewed recently, claim intact)."""
         silent = now() - self._renewed
-        if self._lost is None and silent > 2 * LEASE_S / 3:
+        if self._lost is None and silent > 2 * self.lease_s / 3:
             self._lost = f"its claim was not renewed for {silent:.0f} s"
         return self._lost is None
 
@@ -200,17 +200,17 @@ class Lease:
         write so slow (this process stopped in the middle of it) that another driver could
         have read the old heartbeat meanwhile."""
         tracker = Tracker(self.tracker.uri)  # a client of its own for this thread
-        while not self._stop.wait(BEAT_S):
+        while not self._stop.wait(self.beat_s):
             start = now()
             if not self.held():
                 return
             try:
-                if not tracker.renew(self.parent_id, self.key, Claim.mine().text()):
+                if not tracker.renew(self.parent_id, self.key, self.tags()[self.key]):
                     self._lost = "another driver took it over"
                     return
             except Exception:  # the store is away for now: held() judges by the silence
                 continue
-            if now() - start > LEASE_S / 3:
+            if now() - start > self.lease_s / 3:
                 self._lost = f"renewing its claim took {now() - start:.0f} s"
                 return
             self._renewed = start

@@ -64,8 +64,9 @@ def run_sweep(
     (``experiments train``) records the runs without a parent.
     """
     grid = config.grid()
+    lease = Lease(tracker) if nested else None  # a sweep with a parent is held by one driver
     tracker.open()
-    sweep = Sweep.open(tracker, experiment or config.name)
+    sweep = Sweep.open(tracker, experiment or config.name, lease)
     try:
         if nested:
             sweep.open_parent(config, grid, command, restart)
@@ -99,9 +100,9 @@ class Sweep:
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
 
     @classmethod
-    def open(cls, tracker: Tracker, experiment: str) -> Sweep:
+    def open(cls, tracker: Tracker, experiment: str, lease: Lease | None) -> Sweep:
         TRACKERS[tracker.uri] = tracker  # a pass run in this process records through it
-        return cls(tracker, tracker.experiment(experiment))
+        return cls(tracker, tracker.experiment(experiment), lease=lease)
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -110,7 +111,6 @@ class Sweep:
         (then its finished grid points are known, and runs a dead driver left RUNNING are
         marked KILLED), else new; with ``restart`` new in any case."""
         with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
-            self.lease = Lease(self.tracker)
 
             def create(claim: dict[str, str]) -> str:  # the run alone: filled once held
                 stamp = time.strftime("%Y-%m-%d %H:%M")

@@ -59,6 +59,15 @@ def test_sweep_bad_input(case, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # no store, no artifacts
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
+def test_a_bad_lease_length_is_one_line_and_nothing_written(value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EXPERIMENTS_LEASE_SECONDS", value)
+    assert run(["sweep", QUICK, "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: EXPERIMENTS_LEASE_SECONDS takes seconds > 0, got {value!r}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -11,7 +11,7 @@ from experiments.lease import Claim
 
 
 def test_a_claim_is_live_while_its_heartbeat_is_young_and_its_process_exists():
-    mine = Claim.mine()
+    mine = Claim.mine(120.0)
     assert mine.live() and mine.describe().startswith(f"host {mine.host}, pid {mine.pid}, ")
     assert not replace(mine, heartbeat=time.time() - mine.lease_s - 1).live()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -23,6 +23,6 @@ def test_a_claim_is_live_while_its_heartbeat_is_young_and_its_process_exists():
 
 
 def test_a_claim_round_trips_and_anything_else_is_ignored():
-    mine = Claim.mine()
+    mine = Claim.mine(120.0)
     assert Claim.parse(mine.text()) == mine
     assert Claim.parse("not json") is None and Claim.parse('{"host": "x"}') is None
