@@ -65,7 +65,7 @@ class Sweep:
         w = torch.tensor(trajectory.filter(regex=r"^w_\d+$").to_numpy())
         dw = torch.tensor(trajectory.filter(regex=r"^dw_\d+$").to_numpy())
         run = self.runs.set_index("run_id").loc[run_id]
-        every = int(kept[1] - kept[0]) if len(kept) > 2 else 1  # as the loop spaced them
+        every = int(run["trajectory_every"])  # as the loop spaced the kept rows
         classes = int(run["n_classes"])
         if classes == 2:  # w in the trajectory, b as the param/b series
             b, db = metrics["param/b"][kept], metrics["grad/b"][kept]

@@ -121,6 +121,12 @@ def keep_every(rows: int, values_per_row: int, max_values: int | None) -> int:
     return max(1, -(-rows * values_per_row // max_values))
 
 
+def kept_rows(steps: int, every: int) -> torch.Tensor:
+    """The rows whose parameters a run keeps: 0, every, 2·every, … and the last (``steps``)."""
+    rows = torch.arange(0, steps + 1, every)
+    return rows if rows[-1] == steps else torch.cat([rows, torch.tensor([steps])])
+
+
 def fit(
     model: GradientDescentModel,
     X: torch.Tensor,
@@ -210,7 +216,7 @@ class _Loop:
     def run(self, steps: int, every: int, graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(every row's metrics and finiteness, the kept rows' parameters and gradients)."""
         model, head = self.model, len(self.names) + 1
-        kept = len(range(0, steps + 1, every)) + (steps % every != 0)
+        kept = len(kept_rows(steps, every))
         like = {"device": model.device, "dtype": model.dtype}
         # Metric-major, so that each metric's series is one contiguous slice to hand out.
         metrics = torch.empty(head, steps + 1, *self.runs, **like)
@@ -312,9 +318,7 @@ class _Loop:
         finite = head[len(self.names)] == 1
         parts = kept.split(self.sizes, dim=1)
         w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
-        last = head.shape[1] - 1
-        rows = torch.arange(0, last + 1, every)
-        rows = torch.cat([rows, torch.tensor([last])]) if len(rows) < len(kept) else rows
+        rows = kept_rows(head.shape[1] - 1, every)
         return History(metrics, w, b, dw, db, rows, every, finite)
 
 
