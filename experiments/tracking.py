@@ -20,7 +20,6 @@ import sqlite3
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -346,13 +345,13 @@ class Tracker:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         if not self.uri.startswith(("http://", "https://")) or not user:
             return
-        query = urllib.parse.urlencode(
-            {"username": user, "resource_type": "experiment", "resource_id": experiment_id}
-        )
+        from requests import HTTPError  # MLflow's own HTTP client: imported with it
+
+        asked = {"username": user, "resource_type": "experiment", "resource_id": experiment_id}
         try:
-            found = self.rest("GET", f"3.0/mlflow/users/permissions/get?{query}", None, 10.0)
-        except Exception as err:
-            if getattr(getattr(err, "response", None), "status_code", None) == 404:
+            found = self.rest("GET", "3.0/mlflow/users/permissions/get", asked)
+        except HTTPError as err:
+            if err.response.status_code == 404:
                 return  # no logins on this server (or an MLflow without the call)
             raise
         if found.get("permission") not in ("EDIT", "MANAGE") and not self._is_admin(user):
@@ -363,7 +362,7 @@ class Tracker:
             )
 
     def _is_admin(self, user: str) -> bool:
-        found = self.rest("GET", f"2.0/mlflow/users/get?username={user}", None, 10.0)
+        found = self.rest("GET", "2.0/mlflow/users/get", {"username": user})
         return bool(found.get("user", {}).get("is_admin"))
 
     @retry_when_locked
@@ -523,26 +522,22 @@ class Tracker:
                 return False
             self.log(run_id, tags={key: value})
             return True
-        found = self.rest("GET", f"2.0/mlflow/runs/get?run_id={run_id}", None, timeout)
+        found = self.rest("GET", "2.0/mlflow/runs/get", {"run_id": run_id}, timeout=timeout)
         if key not in {tag["key"] for tag in found["run"]["data"].get("tags", [])}:
             return False
-        self.rest(
-            "POST",
-            "2.0/mlflow/runs/set-tag",
-            {"run_id": run_id, "key": key, "value": value},
-            timeout,
-        )
+        tag = {"run_id": run_id, "key": key, "value": value}
+        self.rest("POST", "2.0/mlflow/runs/set-tag", tag, timeout=timeout)
         return True
 
-    def rest(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0):
-        """One call of a server's REST API (``path`` after ``/api/``: ``2.0/mlflow/runs/get?…``),
-        no retries, with the credentials MLflow's own client would send
-        (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``TOKEN``, ...); a ``requests.HTTPError``
-        for an answer that is not 2xx."""
+    def rest(self, method: str, path: str, body: dict | None = None, *, timeout: float = 10.0):
+        """One call of a server's REST API (``path`` after ``/api/``: ``2.0/mlflow/runs/get``;
+        ``body`` is the query of a GET, the JSON of anything else), no retries, with the
+        credentials MLflow's own client would send (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``,
+        ``TOKEN``, ...); a ``requests.HTTPError`` for an answer that is not 2xx."""
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
 
-        payload = {"json": body} if body is not None else {}
+        payload = {"params" if method == "GET" else "json": body} if body is not None else {}
         reply = http_request(
             get_default_host_creds(self.uri), f"/api/{path}", method,
             max_retries=0, timeout=timeout, **payload,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import urllib.parse
 
 import requests
 
@@ -48,10 +47,8 @@ def add_user(uri: str, name: str, role: str) -> str | None:
         if not _exists(server, name):
             password = secrets.token_urlsafe(18)
             server.rest("POST", "2.0/mlflow/users/create", {"username": name, "password": password})
-        query = urllib.parse.urlencode({"username": name})
-        held = {
-            r["id"] for r in server.rest("GET", f"3.0/mlflow/users/roles/list?{query}")["roles"]
-        }
+        listed = server.rest("GET", "3.0/mlflow/users/roles/list", {"username": name})["roles"]
+        held = {r["id"] for r in listed}
         for other, role_id in roles.items():
             if other != role and role_id in held:
                 unassign = {"username": name, "role_id": role_id}
@@ -67,7 +64,7 @@ def add_user(uri: str, name: str, role: str) -> str | None:
 
 def _team_roles(server: Tracker) -> dict[str, int]:
     """The ids of the two team roles, made with their grants the first time."""
-    listed = server.rest("GET", f"3.0/mlflow/roles/list?workspace={WORKSPACE}")["roles"]
+    listed = server.rest("GET", "3.0/mlflow/roles/list", {"workspace": WORKSPACE})["roles"]
     found = {r["name"]: r["id"] for r in listed}
     for role, permission in ROLES.items():
         if team_role(role) not in found:
@@ -86,7 +83,7 @@ def _team_roles(server: Tracker) -> dict[str, int]:
 
 def _exists(server: Tracker, name: str) -> bool:
     try:
-        server.rest("GET", f"2.0/mlflow/users/get?{urllib.parse.urlencode({'username': name})}")
+        server.rest("GET", "2.0/mlflow/users/get", {"username": name})
     except requests.HTTPError as err:
         if err.response.status_code == 404:
             return False
