@@ -258,9 +258,7 @@ class Sweep:
         again on resume), and leave the runs in flight RUNNING, for the next run of the same
         command to mark KILLED once the store is back."""
         if self.writer is not None:
-            writer, self.writer = self.writer, None
-            WRITERS.pop(self.tracker.uri, None)
-            writer.close()
+            self._detach_writer().close()
         if self.lease is not None:
             self.lease.abandon()
 
@@ -298,13 +296,18 @@ class Sweep:
     def _settle_writer(self) -> set[str]:
         """Wait until the writer has recorded every run it holds, then stop it; the runs it
         could not record come back, still RUNNING."""
-        writer, self.writer = self.writer, None
-        WRITERS.pop(self.tracker.uri, None)
-        torch.set_num_threads(self.threads)
+        writer = self._detach_writer()
         try:
             return writer.drain()
         finally:
             writer.close()  # stops it even when a second interrupt cut the wait short
+
+    def _detach_writer(self) -> Writer:
+        """The writer, no longer this sweep's or this process's; the caller stops it."""
+        writer, self.writer = self.writer, None
+        WRITERS.pop(self.tracker.uri, None)
+        torch.set_num_threads(self.threads)  # the core it took is the training's again
+        return writer
 
     def runs(self) -> pd.DataFrame:
         """Every run of this sweep, one row per attempt (without a parent: those started)."""
