@@ -167,6 +167,23 @@ def _schema_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _write_ahead_log(uri: str) -> None:
+    """Put a SQLite store in write-ahead-log mode, once (the file keeps it). In SQLite's default
+    mode a reader blocks the writer's commit: a driver frozen mid-read (Ctrl-Z, SIGSTOP, a
+    paused VM) stops every other process's writes until it wakes, and the UI reading a live
+    sweep makes the sweep wait. With the log, readers and the one writer never wait for each
+    other (sqlite.org/wal.html). Switching needs no other process inside a read or a write:
+    if one is, the store stays as it is, and the next open tries again."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    with (
+        contextlib.closing(sqlite3.connect(path, timeout=5)) as con,
+        contextlib.suppress(sqlite3.OperationalError),
+    ):
+        con.execute("PRAGMA journal_mode=WAL")
+
+
 def thin(n: int, max_points: int) -> np.ndarray:
     """At most ``max_points`` of the steps 0 … n − 1, the first and the last included.
 
@@ -256,25 +273,34 @@ def trajectory_table(history: History):
 
 def retry_when_locked(method):
     """SQLite lets one writer in at a time; parallel workers see transient `database is
-    locked` errors. Retry those with backoff (~10 s in all), and a unique key two processes
-    inserted at once (two sweeps logging the same dataset: the retry finds it there). A server
-    that stopped answering (MLflow has retried it already) is :class:`StoreLost`; anything
-    else goes through."""
+    locked` errors. Retry those with backoff (~10 s besides SQLite's own 20 s wait in each
+    try), and a unique key two processes inserted at once (two sweeps logging the same dataset:
+    the retry finds it there). A server that stopped answering (MLflow has retried it already),
+    or a SQLite file locked through every try (a process stopped mid-write holds its one write
+    lock until it goes on), is :class:`StoreLost`; anything else goes through."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        began = time.monotonic()
         with shielded():  # an interrupt waits for the call: no transaction cut in half
             for attempt in range(12):
                 try:
                     return method(self, *args, **kwargs)
                 except Exception as err:
+                    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
                     if unreachable(err):
-                        first = str(err).splitlines()[0][:300]
                         raise StoreLost(f"tracking store {self.uri} went away: {first}") from None
                     if refused := logins.refusal(err, self.uri, method.__name__):
                         raise TrackingError(refused) from None
-                    transient = ("database is locked", "IntegrityError", "UNIQUE constraint")
-                    if not any(t in str(err) for t in transient) or attempt == 11:
+                    locked = "database is locked" in str(err)
+                    if locked and attempt == 11:
+                        waited = time.monotonic() - began
+                        raise StoreLost(
+                            f"tracking store {self.uri} stayed locked by another process for "
+                            f"{waited:.0f} s: {first}"
+                        ) from None
+                    clash = any(t in str(err) for t in ("IntegrityError", "UNIQUE constraint"))
+                    if not (locked or clash) or attempt == 11:
                         raise
                     time.sleep(min(0.02 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
@@ -300,6 +326,9 @@ class Tracker:
 
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # Its SQL store logs each database error with its traceback, then raises it:
+            # retry_when_locked takes what passes, and the sweep says in one line what does not.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             # On a tracking server MLflow prints two "View run" lines per run it ends: a sweep
             # prints its progress and one runs page instead.
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -314,6 +343,7 @@ class Tracker:
         try:
             with shielded(), _schema_lock(self.uri):  # may create or migrate the schema
                 self.client.search_experiments(max_results=1)
+                _write_ahead_log(self.uri)
         except Exception as err:  # MLflow raises many kinds; the user needs the first line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrackingError(f"tracking store {self.uri} cannot be used: {first}") from None

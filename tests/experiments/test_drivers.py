@@ -6,9 +6,11 @@ Every test ends by reading the store: each grid point FINISHED exactly once, und
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from mlflow import MlflowClient
 
 from experiments.cli import CONFIGS
 from experiments.config import load_sweep
+from experiments.tracking import sqlite_path
 
 QUICK = CONFIGS / "quick.yaml"
 STEPS = 6000  # 6 runs of a second or two: long enough for a second driver to arrive mid-sweep
@@ -86,6 +89,31 @@ def assert_complete(uri: str, steps: int = STEPS) -> list:
     return kids
 
 
+def freeze(process: subprocess.Popen, uri: str) -> None:
+    """SIGSTOP a driver at a moment it is not writing: on SQLite, one stopped inside a write
+    holds the file's one write lock until it goes on, which no lease can take from it (the
+    others' writes wait, then stop with exit 75: docs/reliability.md). Mid-read is fine: the
+    store's write-ahead log lets the others write past a reader."""
+    path = sqlite_path(uri)
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        if path is None or writable(path):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the driver was always inside a write")
+
+
+def writable(path) -> bool:
+    with contextlib.closing(sqlite3.connect(path, timeout=1)) as con:
+        try:
+            con.execute("BEGIN IMMEDIATE")  # the write lock, at once or within a second
+        except sqlite3.OperationalError:
+            return False
+        con.rollback()
+        return True
+
+
 def one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if "Warning" not in line and "warn(" not in line]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -126,7 +154,7 @@ def test_a_frozen_driver_loses_the_sweep_once_its_lease_expires(store):
     again, finds it lost the sweep and stops without ending anything of the second's."""
     first = start(store.uri, LEASE)
     wait_for(store.uri, 1, first, running=True)
-    first.send_signal(signal.SIGSTOP)
+    freeze(first, store.uri)
     stopped = time.monotonic()
     try:
         code, _, err = finish(store.uri, LEASE)  # within the lease: refused

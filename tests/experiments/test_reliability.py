@@ -6,6 +6,7 @@ acts on it from outside, and then reads the store run by run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -27,6 +28,7 @@ from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
 from experiments.executors import Engine
 from experiments.sweep import Sweep
+from experiments.tracking import StoreLost, Tracker, retry_when_locked
 
 QUICK = CONFIGS / "quick.yaml"
 # 6 runs of ~0.5 s: slow enough to stop in the middle, quick enough for `make test`.
@@ -154,6 +156,43 @@ def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
     children = assert_complete(uri)
     stale = children[children.status == "KILLED"]
     assert len(stale) >= 1  # the run in flight at the kill, marked and then run again
+
+
+def test_a_process_stopped_mid_read_does_not_hold_up_a_sweep(tmp_path):
+    """A read left open on the store, as a process stopped mid-read leaves it (Ctrl-Z, a paused
+    VM), does not block the sweep's writes: the store keeps a write-ahead log. In SQLite's
+    default mode the sweep waited on it and failed with `database is locked` after 4 min."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    Tracker(uri).open()
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM runs").fetchall()  # its snapshot, held open
+        done = finish(sweep_command(uri), timeout=120)
+        reader.execute("COMMIT")
+    assert done.returncode == 0, done.stderr
+    assert_complete(uri)
+
+
+def test_a_store_locked_through_every_retry_is_lost_in_one_line(monkeypatch):
+    """A process stopped inside a write keeps SQLite's one write lock: after SQLite's wait and
+    the retries, the call stops the sweep as a lost store does (exit 75, resume later)."""
+    tries = []
+
+    class Store:
+        uri = "sqlite:///x.db"
+
+        @retry_when_locked
+        def write(self):
+            tries.append(time.monotonic())
+            raise RuntimeError("(sqlite3.OperationalError) database is locked\n(Background: …)")
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    line = r"^tracking store sqlite:///x.db stayed locked by another process for \d+ s: "
+    with pytest.raises(StoreLost, match=line + r"\(sqlite3.OperationalError\) database is locked$"):
+        Store().write()
+    assert len(tries) == 12
 
 
 def test_four_workers_on_a_brand_new_store(tmp_path):
