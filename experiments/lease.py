@@ -16,7 +16,7 @@ the first read, and never withdrawn by a driver that went on), so at most one go
 A holder stops acting on the sweep when it has not renewed its claim for 2/3 of the lease (the
 store was away, or the process was stopped), before any other driver may take it over; and a
 driver that takes a sweep over removes the dead claims, so a holder that comes back finds its
-claim gone and stops too.
+claim gone and stops too. Whichever way a driver ends, it removes its own claim last.
 """
 
 from __future__ import annotations
@@ -171,12 +171,17 @@ class Lease:
             )
 
     def release(self) -> None:
-        """Stop renewing, and remove the claim if it is still ours (the next driver need not
-        wait for it to go stale)."""
+        """Stop renewing, then remove this driver's claim (the next driver need not wait for
+        it to go stale), held or lost: a renewal this process was stopped in the middle of
+        writes the claim again when it wakes, after a taker removed it. Once the thread has
+        stopped, nothing of this driver's can write it again; if it has not, the claim is left
+        to go stale."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.parent_id is not None and self.held():
+            self._thread.join(timeout=15)  # a renewal is two calls of at most 5 s each
+            if self._thread.is_alive():
+                return
+        if self.parent_id is not None:
             self.tracker.delete_tag(self.parent_id, self.key)
 
     def abandon(self) -> None:

@@ -7,7 +7,8 @@ import sys
 import time
 from dataclasses import replace
 
-from experiments.lease import Claim
+from experiments.lease import PREFIX, Claim, Lease
+from experiments.tracking import Tracker
 
 
 def test_a_claim_is_live_while_its_heartbeat_is_young_and_its_process_exists():
@@ -26,3 +27,21 @@ def test_a_claim_round_trips_and_anything_else_is_ignored():
     mine = Claim.mine(120.0)
     assert Claim.parse(mine.text()) == mine
     assert Claim.parse("not json") is None and Claim.parse('{"host": "x"}') is None
+
+
+def test_a_lost_driver_removes_its_claim_even_when_a_late_renewal_wrote_it_again(tmp_path):
+    """A driver stopped between reading its claim and renewing it wakes after a taker removed
+    the claim: its renewal writes the claim again, then it sees the silence and stops. At its
+    end it removes that claim, which would otherwise stay on the parent for good."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.open()
+    experiment = tracker.experiment("leases")
+    lease = Lease(tracker)
+    parent = lease.start(lambda claim: tracker.start_run(experiment, "sweep", tags=claim))
+    stale = lease.tags()  # the renewal's value, made before the process was stopped
+    tracker.delete_tag(parent, lease.key)  # a taker removes the dead claim ...
+    lease._renewed -= lease.lease_s  # ... while this driver was silent for a whole lease
+    tracker.log(parent, tags=stale)  # the renewal it was in the middle of lands on waking
+    assert not lease.held()
+    lease.release()
+    assert not [k for k in tracker.run(parent).data.tags if k.startswith(PREFIX)]
