@@ -54,6 +54,13 @@ class StoreLost(RuntimeError):
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
 
 
+def _first_line(err: BaseException) -> str:
+    """What a one-line error quotes of an exception MLflow or SQLite raised (their messages run
+    to a traceback's length: SQL, parameters, a link)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
 def unreachable(err: BaseException) -> bool:
     """Whether MLflow gave up on a call because the server did not answer (refused, timed
     out, or 5xx after its retries), not because the call itself was wrong."""
@@ -287,9 +294,9 @@ def retry_when_locked(method):
                 try:
                     return method(self, *args, **kwargs)
                 except Exception as err:
-                    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
                     if unreachable(err):
-                        raise StoreLost(f"tracking store {self.uri} went away: {first}") from None
+                        lost = f"tracking store {self.uri} went away: {_first_line(err)}"
+                        raise StoreLost(lost) from None
                     if refused := logins.refusal(err, self.uri, method.__name__):
                         raise TrackingError(refused) from None
                     locked = "database is locked" in str(err)
@@ -297,7 +304,7 @@ def retry_when_locked(method):
                         waited = time.monotonic() - began
                         raise StoreLost(
                             f"tracking store {self.uri} stayed locked by another process for "
-                            f"{waited:.0f} s: {first}"
+                            f"{waited:.0f} s: {_first_line(err)}"
                         ) from None
                     clash = any(t in str(err) for t in ("IntegrityError", "UNIQUE constraint"))
                     if not (locked or clash) or attempt == 11:
@@ -345,8 +352,9 @@ class Tracker:
                 self.client.search_experiments(max_results=1)
                 _write_ahead_log(self.uri)
         except Exception as err:  # MLflow raises many kinds; the user needs the first line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise TrackingError(f"tracking store {self.uri} cannot be used: {first}") from None
+            raise TrackingError(
+                f"tracking store {self.uri} cannot be used: {_first_line(err)}"
+            ) from None
 
     @retry_when_locked
     def experiment(self, name: str) -> str:

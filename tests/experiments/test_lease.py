@@ -29,19 +29,24 @@ def test_a_claim_round_trips_and_anything_else_is_ignored():
     assert Claim.parse("not json") is None and Claim.parse('{"host": "x"}') is None
 
 
-def test_a_lost_driver_removes_its_claim_even_when_a_late_renewal_wrote_it_again(tmp_path):
+def test_a_lost_driver_removes_its_claim_even_when_a_late_renewal_wrote_it_again(
+    tmp_path, monkeypatch
+):
     """A driver stopped between reading its claim and renewing it wakes after a taker removed
-    the claim: its renewal writes the claim again, then it sees the silence and stops. At its
-    end it removes that claim, which would otherwise stay on the parent for good."""
+    the claim: its renewal writes the claim again, then it sees it lost the sweep and stops. At
+    its end it removes that claim, which would otherwise stay on the parent for good."""
+    monkeypatch.setenv("EXPERIMENTS_LEASE_SECONDS", "9")  # a heartbeat every second
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.open()
     experiment = tracker.experiment("leases")
     lease = Lease(tracker)
     parent = lease.start(lambda claim: tracker.start_run(experiment, "sweep", tags=claim))
-    stale = lease.tags()  # the renewal's value, made before the process was stopped
-    tracker.delete_tag(parent, lease.key)  # a taker removes the dead claim ...
-    lease._renewed -= lease.lease_s  # ... while this driver was silent for a whole lease
-    tracker.log(parent, tags=stale)  # the renewal it was in the middle of lands on waking
-    assert not lease.held()
+    late = lease.tags()  # the renewal's value, made before the process was stopped
+    tracker.delete_tag(parent, lease.key)  # a taker removes the claim
+    deadline = time.monotonic() + 30
+    while lease.held():  # the heartbeat finds its claim gone
+        assert time.monotonic() < deadline, "the heartbeat never noticed"
+        time.sleep(0.1)
+    tracker.log(parent, tags=late)  # the renewal it was in the middle of lands on waking
     lease.release()
     assert not [k for k in tracker.run(parent).data.tags if k.startswith(PREFIX)]
