@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from experiments import records
-from experiments.engine import History
+from experiments.loop import History
 
 TOLERANCES = {getattr(torch, dtype): tol for dtype, tol in records.TOLERANCES.items()}
 

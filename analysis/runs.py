@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments.engine import History
+from experiments.loop import History
 from experiments.records import KEYS, runs_table
 from experiments.tracking import Tracker
 

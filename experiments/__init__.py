@@ -5,7 +5,7 @@ plain PyTorch and knows nothing of any tracker.
 """
 
 from experiments.datasets import DATASETS, Split, load, split
-from experiments.engine import History, fit
+from experiments.loop import History, fit
 from experiments.lr_batch import LrBatch
 
 __all__ = ["DATASETS", "History", "LrBatch", "Split", "fit", "load", "split"]

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from experiments.config import CONFIGS, RunConfig, build, load_sweep
-from experiments.engine import fit
-from experiments.executors import InlineEngine
+from experiments.engines import InlineEngine
+from experiments.loop import fit
 from experiments.lr_batch import LrBatch
 from experiments.records import run_tags
 from experiments.records import write as write_run
@@ -187,7 +187,7 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
                 times = timer.interleaved(
                     {
                         "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
-                        "K": stepper(LrBatch(impl, n, rates(k), device=device), X, y),
+                        "K": stepper(LrBatch(make_model(impl, n, device=device), rates(k)), X, y),
                     }
                 )
                 rows.append(batch_row("step", impl, m, n, k, times["one"], times["K"]))
@@ -207,7 +207,8 @@ def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -
             )
             lrs = rates(k)
             batch = run(
-                LrBatch(impl, n, lrs, device=device), LrBatch("autograd", n, lrs, device=device)
+                LrBatch(make_model(impl, n, device=device), lrs),
+                LrBatch(make_model("autograd", n, device=device), lrs),
             )
             times = whole_runs.interleaved({"one": one, "K": batch})
             what = f"run ({run_steps} steps, checked)"

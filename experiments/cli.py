@@ -22,13 +22,15 @@ from experiments.bench import markdown, run_bench, write
 from experiments.config import (
     CONFIGS,
     ConfigError,
+    RunConfig,
     SweepConfig,
     build,
     integral,
     load_sweep,
     parse_overrides,
+    run_keys,
 )
-from experiments.executors import ENGINES, EngineError, open_engine
+from experiments.engines import ENGINES, EngineError, open_engine
 from experiments.lease import LeaseLost
 from experiments.records import latest_attempts, summary
 from experiments.sweep import SweepOutcome, run_sweep
@@ -124,52 +126,38 @@ def sweep(
     )
 
 
+def run_key_options(command):
+    """One option per key of a run (``RunConfig``), its help and default read off the model:
+    ``--steps 200`` is ``--set steps=200``, VALUE YAML as in a config file."""
+    for key, field in reversed(run_keys().items()):
+        if field.is_required():
+            shown = " [required]"
+        else:
+            shown = "" if field.default is None else f" [default: {_shown(field.default)}]"
+        command = click.option(
+            f"--{key.replace('_', '-')}",
+            key,
+            metavar="VALUE",
+            help=f"{field.description or key}{shown}",
+        )(command)
+    return command
+
+
+def _shown(value: Any) -> str:
+    return str(value.as_yaml()) if hasattr(value, "as_yaml") else str(value)
+
+
 @main.command()
-@click.option("--dataset", required=True, help="a name, or YAML: '{name: moons, noise: 0.3}'")
-@click.option("--impl", required=True, help="manual, autograd or function")
-@click.option("--lr", required=True, help="learning rate > 0")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps")
-@click.option("--seed", default="0", show_default=True)
-@click.option(
-    "--optimizer",
-    default="sgd",
-    show_default=True,
-    help="sgd, momentum, nesterov, adam, or YAML: '{name: adam, weight_decay: 0.01}'",
-)
-@click.option("--steps", help="gradient-descent steps [1000]")
-@click.option("--dtype", help="float32 or float64 [float32]")
-@click.option("--val-fraction", help="held-out share [0.25]")
-@click.option("--check-every", help="steps between gradient checks [auto]")
-@click.option("--max-metric-points", help="points per charted series sent to MLflow [200]")
-@click.option("--max-trajectory-values", help="w, dw values kept per run [1e7]")
-@click.option("--cuda-graphs", help="replay steps as CUDA graphs on CUDA: true/false [true]")
+@run_key_options
 @tracking_options
-def train(
-    dataset,
-    impl,
-    lr,
-    device,
-    seed,
-    optimizer,
-    overrides,
-    experiment,
-    tracking_uri,
-    quiet,
-    **common,
-) -> int:
-    """Train one run, with the same keys as a sweep config (as options)."""
-    data: dict[str, Any] = {
-        "name": "train",
-        "datasets": [parse_overrides([f"dataset={dataset}"])["dataset"]],
-        "impls": [impl],
-        "lrs": [lr],
-        "devices": [device],
-        "seeds": [seed],
-        "optimizers": [parse_overrides([f"optimizer={optimizer}"])["optimizer"]],
-        **{k: v for k, v in common.items() if v is not None},
-        **parse_overrides(overrides),
-    }
-    config = build(SweepConfig, data)
+def train(overrides, experiment, tracking_uri, quiet, **options) -> int:
+    """Train one run: the keys of a sweep's grid point, as options or --set KEY=VALUE."""
+    given = {k: v for k, v in options.items() if v is not None}
+    data = {**parse_overrides([f"{k}={v}" for k, v in given.items()]), **parse_overrides(overrides)}
+    missing = [k for k, field in run_keys().items() if field.is_required() and k not in data]
+    if missing:
+        raise ConfigError(f"missing option --{missing[0].replace('_', '-')}")
+    config = SweepConfig.of_run(build(RunConfig, data), name="train")
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments", *sys.argv[1:]])
     return execute(config, tracking_uri, experiment, command, nested=False, quiet=True)
 

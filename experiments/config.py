@@ -9,6 +9,7 @@ value, a file that is not there or not YAML, a device this machine lacks — is 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import shlex
@@ -137,6 +138,10 @@ class DatasetConfig(BaseModel):
         inside = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inside})"
 
+    def as_yaml(self) -> str | dict[str, Any]:
+        """As a config file writes it: the name, or ``{name: …, **params}``."""
+        return self.name if not self.params else {"name": self.name, **self.params}
+
     def __hash__(self) -> int:
         return hash(self.label)
 
@@ -186,6 +191,11 @@ class OptimizerConfig(BaseModel):
     def label(self) -> str:
         return self.rule().label
 
+    def as_yaml(self) -> str | dict[str, Any]:
+        """As a config file writes it: the name, or ``{name: …}`` with what is not default."""
+        given = self.model_dump(mode="json", exclude_defaults=True, exclude={"name"})
+        return self.name if not given else {"name": self.name, **given}
+
     def __hash__(self) -> int:
         return hash(self.label)
 
@@ -214,7 +224,7 @@ class _Common(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     steps: Count = Field(1000, ge=1, description="full-batch gradient-descent steps per run")
-    dtype: Dtype = "float32"
+    dtype: Dtype = Field("float32", description="float32 or float64")
     val_fraction: Real = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
     check_every: Count | None = Field(
         None,
@@ -326,36 +336,53 @@ class SweepConfig(_Common):
     def to_yaml(self) -> str:
         """The config as a file that ``load_sweep`` reads back to the same config."""
         data = self.model_dump(mode="json")
-        data["datasets"] = [
-            d["name"] if not d["params"] else {"name": d["name"], **d["params"]}
-            for d in data["datasets"]
-        ]
+        data["datasets"] = [d.as_yaml() for d in self.datasets]
         return yaml.safe_dump(data, sort_keys=False)
 
     def grid(self) -> list[RunConfig]:
         """The runs, grouped so that runs differing only in impl and lr sit together."""
-        common = _Common.model_fields
-        shared = {k: getattr(self, k) for k in common}
-        return [
-            RunConfig(dataset=d, device=dev, seed=s, optimizer=o, impl=i, lr=lr, **shared)
-            for d in self.datasets
-            for dev in self.resolved_devices()
-            for s in self.seeds
-            for o in self.optimizers
-            for i in self.impls
-            for lr in self.lrs
+        shared = {k: getattr(self, k) for k in _Common.model_fields}
+        lists = [
+            self.resolved_devices() if key == "device" else getattr(self, plural)
+            for key, plural in AXES.items()
         ]
+        return [
+            RunConfig(**dict(zip(AXES, point, strict=True)), **shared)
+            for point in itertools.product(*lists)
+        ]
+
+    @classmethod
+    def of_run(cls, run: RunConfig, name: str) -> SweepConfig:
+        """The sweep of this one run (``experiments train``)."""
+        data = {AXES.get(k, k): [v] if k in AXES else v for k, v in run.model_dump().items()}
+        return build(cls, {"name": name, **data})  # checks the device is here
+
+
+# A run's key → the sweep's list of them; the grid is their product, in this order.
+AXES = {
+    "dataset": "datasets",
+    "device": "devices",
+    "seed": "seeds",
+    "optimizer": "optimizers",
+    "impl": "impls",
+    "lr": "lrs",
+}
 
 
 class RunConfig(_Common):
     """One grid point: everything that determines one run, logged whole as its params."""
 
-    dataset: DatasetConfig
-    impl: Impl
-    lr: PositiveFloat
-    device: Device
-    seed: Count = Field(0, ge=0)
-    optimizer: OptimizerConfig = SGD
+    dataset: DatasetConfig = Field(
+        description="a name, or YAML with the loader's parameters: '{name: moons, noise: 0.3}'"
+    )
+    impl: Impl = Field(description="manual, autograd or function")
+    lr: PositiveFloat = Field(description="learning rate > 0")
+    device: Device = Field("cpu", description="cpu, cuda or mps")
+    seed: Count = Field(0, ge=0, description="seed of the split and the initialisation")
+    optimizer: OptimizerConfig = Field(
+        SGD,
+        description="sgd, momentum, nesterov, adam, or YAML: '{name: adam, weight_decay: 0.01}'",
+    )
 
     @property
     def key(self) -> str:
@@ -381,34 +408,28 @@ class RunConfig(_Common):
         return {k: _text(v) for k, v in flat.items()}
 
     def command(self) -> str:
-        """The shell command that repeats this run on its own."""
-        dataset = self.dataset.name
-        if self.dataset.params:
-            dataset = yaml.safe_dump(
-                {"name": dataset, **self.dataset.params}, default_flow_style=True
-            )
-        parts = [
-            "python -m experiments train",
-            f"--dataset {shlex.quote(dataset.strip())}",
-            f"--impl {self.impl}",
-            f"--lr {self.lr}",
-            f"--device {self.device}",
-            f"--seed {self.seed}",
-        ]
-        if self.optimizer != SGD:
-            given = self.optimizer.model_dump(exclude_defaults=True)
-            text = yaml.safe_dump({"name": self.optimizer.name, **given}, default_flow_style=True)
-            parts.append(f"--optimizer {shlex.quote(text.strip())}")
-        for key, field in _Common.model_fields.items():
+        """The shell command that repeats this run on its own: ``experiments train`` with
+        every key that has no default or is not at it, as ``train`` reads them."""
+        parts = ["python -m experiments train"]
+        for key, field in run_keys().items():
             value = getattr(self, key)
-            if value != field.default:
-                parts.append(f"--{key.replace('_', '-')} {value}")
+            if field.is_required() or value != field.default:
+                text = value.as_yaml() if isinstance(value, BaseModel) else value
+                if not isinstance(text, str | int | float):  # a mapping: YAML on one line
+                    text = yaml.safe_dump(text, default_flow_style=True, width=10**6).strip()
+                parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(text))}")
         return " ".join(parts)
 
     def check_every_for(self, n_values: int) -> int:
         if self.check_every is not None:
             return self.check_every
         return 1 if n_values <= 1_000_000 else max(1, math.ceil(self.steps / 100))
+
+
+def run_keys() -> dict[str, Any]:
+    """A run's keys and their fields: its own first (the grid's axes), then the shared ones."""
+    own = [k for k in RunConfig.model_fields if k not in _Common.model_fields]
+    return {k: RunConfig.model_fields[k] for k in [*own, *_Common.model_fields]}
 
 
 def _text(value: object) -> str:

@@ -23,72 +23,47 @@ from collections.abc import Sequence
 import torch
 
 from experiments.config import RunConfig
-from manual_models import GradientDescentModel, make_model
-from manual_models.base import HandStepped, Model
-from manual_models.optimizers import HandOptimizer
+from manual_models import GradientDescentModel, HandModel, Implementation, make_model
 from manual_models.validation import check_lr
 
 # Trained K rates at a time in a sweep; autograd, the reference, stays one textbook run each.
 BATCHED = ("manual", "function")
 
 
-class LrBatch(HandStepped, Model):
-    """K models of one implementation, one per learning rate, trained in one pass.
+class LrBatch(HandModel):
+    """K copies of one model, one per learning rate, trained in one pass.
 
-    It offers the models' own interface with a trailing axis of K: ``w`` (n, K), ``b`` (K,),
-    a loss and an accuracy per column, logits (m, K). Every column starts from the same seeded
-    draw. Two classes only: softmax regression's functions do not take a trailing axis yet.
+    It offers the model's own interface with a trailing axis of K: ``w`` (n, K), ``b`` (K,),
+    a loss and an accuracy per column, logits (m, K). Every column starts from the model's
+    parameters. It asks the model only what :class:`manual_models.Implementation` lists: its
+    kind, its rule, and its loss and gradient at any parameters. Two classes only: softmax
+    regression's functions do not take a trailing axis yet.
     """
 
-    def __init__(
-        self,
-        impl: str,
-        n_features: int,
-        lrs: Sequence[float],
-        *,
-        n_classes: int = 2,
-        **kwargs,
-    ) -> None:
+    def __init__(self, model: Implementation, lrs: Sequence[float]) -> None:
+        if not isinstance(model, Implementation):
+            raise TypeError(f"LrBatch needs a manual_models.Implementation, got {model!r}")
         if isinstance(lrs, str) or not isinstance(lrs, Sequence) or not lrs:
             raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
-        self.lrs = tuple(check_lr(lr) for lr in lrs)
-        if n_classes != 2:
+        if model.kind.n_classes != 2:
             raise ValueError(
                 "several learning rates in one pass is for two classes; "
                 "softmax regression trains one rate a run"
             )
-        self.model = make_model(impl, n_features, self.lrs[0], n_classes=n_classes, **kwargs)
-        model = self.model
-        self.n_features, self.n_classes = model.n_features, model.n_classes
-        self.device, self.dtype, self.rule = model.device, model.dtype, model.rule
+        self.lrs = tuple(check_lr(lr) for lr in lrs)
+        super().__init__(model.kind, self.lrs[0], optimizer=model.rule)
+        self.model = model
         self.lr = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)  # a rate a column
         k = len(self.lrs)
         self.w = model.w.unsqueeze(-1).repeat(*(1 for _ in model.w.shape), k)
         self.b = model.b.unsqueeze(-1).repeat(*(1 for _ in model.b.shape), k)
-        self.optimizer = HandOptimizer(self.rule)
-        self.grads = {}
 
-    # --- the model's checks and math, taken at the stacked parameters --------------------------
-    def _y(self, y, n_samples, check):
-        return self.model._y(y, n_samples, check)
-
-    def link(self, z):
-        return self.model.link(z)
-
-    def logits_at(self, X, w, b):
-        return self.model.logits_at(X, w, b)
-
+    # --- where the loss and gradient come from: the model's own, at the stacked parameters -----
     def loss_at(self, X, y, w, b):
         return self.model.loss_at(X, y, w, b)
 
-    def loss_and_gradients(self, X, y, w, b):
-        return self.model.loss_and_gradients(X, y, w, b)
-
-    def accuracy(self, logits, y):
-        return self.model.accuracy(logits, y)
-
-    def summands_at(self, X, y, z):
-        return self.model.summands_at(X, y, z)
+    def evaluate_at(self, X, y, w, b):
+        return self.model.evaluate_at(X, y, w, b)
 
     def __repr__(self) -> str:
         return f"LrBatch({self.model!r}, lrs={list(self.lrs)})"
@@ -96,9 +71,8 @@ class LrBatch(HandStepped, Model):
 
 def build(impl: str, n_features: int, lrs: Sequence[float], **kwargs) -> GradientDescentModel:
     """One model for one rate; K side by side for K rates."""
-    if len(lrs) == 1:
-        return make_model(impl, n_features, lrs[0], **kwargs)
-    return LrBatch(impl, n_features, lrs, **kwargs)
+    model = make_model(impl, n_features, lrs[0], **kwargs)
+    return model if len(lrs) == 1 else LrBatch(model, lrs)
 
 
 def passes(points: list[RunConfig], batch: bool = True) -> list[list[RunConfig]]:

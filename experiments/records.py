@@ -227,11 +227,6 @@ def fail(tracker: Tracker, run_id: str, reason: str) -> None:
     tracker.finish(run_id, "FAILED")
 
 
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def log_inputs(tracker: Tracker, run_id: str, configs: list[RunConfig]) -> None:
     """Each distinct split among ``configs`` as MLflow dataset inputs of ``run_id`` (a sweep
     logs them once, on its parent; every child names its split by ``data_digest``)."""

@@ -23,7 +23,8 @@ import torch
 
 from experiments import lr_batch, records
 from experiments.config import RunConfig, SweepConfig
-from experiments.executors import Engine
+from experiments.engines import Engine
+from experiments.errors import first_line
 from experiments.interrupts import shielded
 from experiments.lease import Lease
 from experiments.tracking import StoreLost, Tracker
@@ -225,7 +226,7 @@ class Sweep:
         except Exception as err:  # one pass's crash does not end the sweep
             died = engine.lost_worker(err)
             broke = died and engine.breaks
-            reason = "its worker process died" if died else records.first_line(err)
+            reason = "its worker process died" if died else first_line(err, named=True)
             for run_id in run_ids:
                 records.fail(self.tracker, run_id, reason)
         for run_id in run_ids:

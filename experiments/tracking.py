@@ -33,8 +33,9 @@ import torch
 from experiments import logins
 from experiments.data import digest
 from experiments.datasets import Split
-from experiments.engine import History
+from experiments.errors import first_line
 from experiments.interrupts import shielded
+from experiments.loop import History
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -52,13 +53,6 @@ class StoreLost(RuntimeError):
 # server restarted, a network blip) is absorbed; a longer one stops the sweep (StoreLost). Its
 # own default, 7 retries, waits four minutes on every call before saying so.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
-
-
-def _first_line(err: BaseException) -> str:
-    """What a one-line error quotes of an exception MLflow or SQLite raised (their messages run
-    to a traceback's length: SQL, parameters, a link)."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def unreachable(err: BaseException) -> bool:
@@ -295,7 +289,7 @@ def retry_when_locked(method):
                     return method(self, *args, **kwargs)
                 except Exception as err:
                     if unreachable(err):
-                        lost = f"tracking store {self.uri} went away: {_first_line(err)}"
+                        lost = f"tracking store {self.uri} went away: {first_line(err, limit=300)}"
                         raise StoreLost(lost) from None
                     if refused := logins.refusal(err, self.uri, method.__name__):
                         raise TrackingError(refused) from None
@@ -304,7 +298,7 @@ def retry_when_locked(method):
                         waited = time.monotonic() - began
                         raise StoreLost(
                             f"tracking store {self.uri} stayed locked by another process for "
-                            f"{waited:.0f} s: {_first_line(err)}"
+                            f"{waited:.0f} s: {first_line(err, limit=300)}"
                         ) from None
                     clash = any(t in str(err) for t in ("IntegrityError", "UNIQUE constraint"))
                     if not (locked or clash) or attempt == 11:
@@ -353,7 +347,7 @@ class Tracker:
                 _write_ahead_log(self.uri)
         except Exception as err:  # MLflow raises many kinds; the user needs the first line
             raise TrackingError(
-                f"tracking store {self.uri} cannot be used: {_first_line(err)}"
+                f"tracking store {self.uri} cannot be used: {first_line(err, limit=300)}"
             ) from None
 
     @retry_when_locked

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from experiments import lr_batch
 from experiments.config import RunConfig
 from experiments.data import run_data
-from experiments.engine import History, fit
+from experiments.loop import History, fit
 
 
 @dataclass(frozen=True)

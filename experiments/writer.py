@@ -24,6 +24,7 @@ import signal
 import torch
 
 from experiments import records
+from experiments.errors import first_line
 from experiments.tracking import StoreLost, Tracker
 from experiments.training import RunResult
 
@@ -133,7 +134,7 @@ def _record(tracker: Tracker, run_id: str, result: RunResult, inputs: bool, guar
         return False
     except Exception as err:
         try:
-            records.fail(tracker, run_id, f"recording failed: {records.first_line(err)}")
+            records.fail(tracker, run_id, f"recording failed: {first_line(err, named=True)}")
         except Exception:  # the store itself is gone: drain() names the run
             return False
     return True

@@ -2,7 +2,10 @@
 update rules (SGD, momentum, Nesterov, Adam, L2 weight decay) written by hand.
 
 All implementations share one interface (:class:`GradientDescentModel`), so one training loop
-drives them, and the same ``seed`` gives all three the same initial parameters:
+drives them, and the same ``seed`` gives all three the same initial parameters. A model is a
+:class:`Kind` (the math: ``Logistic``, ``Softmax``, or one of your own) and an implementation
+(:class:`HandModel`, :class:`AutogradTwin`, :class:`FunctionTwin`); ``interface.py`` lists what
+each must provide.
 
 - ``LogisticRegression`` / ``SoftmaxRegression``: hand-written forward / backward / optimize;
   no autograd inside, the update rule from :mod:`manual_models.optimizers`.
@@ -12,18 +15,33 @@ drives them, and the same ``seed`` gives all three the same initial parameters:
   with the hand-written backward, stepped by torch.optim.
 """
 
+from manual_models.base import HandModel, Model
 from manual_models.compare import Comparison, compare, relative_error
-from manual_models.interface import GradientDescentModel, Step
-from manual_models.logistic import LogisticRegression, bce_from_logits, bce_gradients, logits
+from manual_models.interface import Evaluation, GradientDescentModel, Implementation, Kind, Step
+from manual_models.logistic import (
+    Logistic,
+    LogisticRegression,
+    bce_from_logits,
+    bce_gradients,
+    logits,
+)
 from manual_models.optimizers import RULES, HandOptimizer, Optimizer
-from manual_models.softmax import SoftmaxRegression, cross_entropy_from_logits, softmax_gradients
+from manual_models.softmax import (
+    Softmax,
+    SoftmaxRegression,
+    cross_entropy_from_logits,
+    softmax_gradients,
+)
 from manual_models.twins import (
     AutogradLogisticRegression,
     AutogradSoftmaxRegression,
+    AutogradTwin,
     FunctionLogisticRegression,
     FunctionSoftmaxRegression,
+    FunctionTwin,
     LogisticLoss,
     SoftmaxLoss,
+    Twin,
 )
 
 __all__ = [
@@ -32,17 +50,27 @@ __all__ = [
     "RULES",
     "AutogradLogisticRegression",
     "AutogradSoftmaxRegression",
+    "AutogradTwin",
     "Comparison",
+    "Evaluation",
     "FunctionLogisticRegression",
     "FunctionSoftmaxRegression",
+    "FunctionTwin",
     "GradientDescentModel",
+    "HandModel",
     "HandOptimizer",
+    "Implementation",
+    "Kind",
+    "Logistic",
     "LogisticLoss",
     "LogisticRegression",
+    "Model",
     "Optimizer",
+    "Softmax",
     "SoftmaxLoss",
     "SoftmaxRegression",
     "Step",
+    "Twin",
     "bce_from_logits",
     "bce_gradients",
     "compare",

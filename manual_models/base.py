@@ -1,84 +1,78 @@
-"""What every model shares, whoever computes its gradient.
+"""The contract at a model's own parameters, written once, and the model stepped by hand.
 
-A model is three layers, each in one place:
+A model is a :class:`~manual_models.interface.Kind` (the math) and an implementation (where
+the gradient comes from and how the step is taken):
 
-- :class:`Model`: checked arguments, checked inputs, a readable repr, and the contract at the
-  model's own parameters (``forward``, ``logits``, ``loss``, ``gradients``, ``summands``),
-  written once over the functional forms below.
-- its kind (``Logistic`` in ``logistic.py``, ``Softmax`` in ``softmax.py``): labels, the
-  seeded start, and the kind's math as functions of the parameters: ``logits_at``,
-  ``loss_at``, ``accuracy``, ``summands_at`` (from the logits).
-- its implementation: where the gradient comes from (``loss_and_gradients``: by hand, through
-  an ``autograd.Function``, or by autograd) and how it steps (by hand, :class:`HandStepped`, or
-  ``torch.optim``, in ``twins.py``).
-
-The functional forms take the parameters as arguments, so they serve any parameters: the
-model's own, a reference's, or several models' stacked along a trailing axis.
+- :class:`Model`: checked arguments, a readable repr, and the loop's contract (``forward``,
+  ``logits``, ``loss``, ``evaluate``, ``gradients``, ``accuracy``, ``summands``) at the own
+  parameters, over the kind's functions and the implementation's ``loss_at`` / ``evaluate_at``.
+- :class:`HandModel`: the gradient the kind derives by hand, the step written by hand
+  (:class:`~manual_models.optimizers.HandOptimizer`). ``twins.py`` holds the autograd ones.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
-from manual_models.interface import Evaluation, Step
+from manual_models.interface import Evaluation, Kind, Step
 from manual_models.optimizers import HandOptimizer, Optimizer, check_rule
-from manual_models.validation import check_count, check_dtype, check_lr, check_X, resolve_device
+from manual_models.validation import check_lr
 
 
-class Model:
-    """Validated constructor arguments, input checks, and the contract at the own parameters."""
+class Model(ABC):
+    """The contract at the model's own parameters, over its kind and its implementation."""
 
-    n_features: int
-    n_classes: int
+    kind: Kind
     lr: float
-    device: torch.device
-    dtype: torch.dtype
     rule: Optimizer
     grads: dict[str, torch.Tensor]
     w: torch.Tensor
     b: torch.Tensor
 
-    def _setup(self, n_features, lr, device, dtype, optimizer) -> None:
-        self.n_features = check_count("n_features", n_features)
+    def __init__(self, kind: Kind, lr: float, optimizer: Optimizer | None) -> None:
+        if not isinstance(kind, Kind):
+            raise TypeError(f"kind must be a manual_models.Kind, got {kind!r}")
+        self.kind = kind
+        self.n_features, self.n_classes = kind.n_features, kind.n_classes
+        self.device, self.dtype = kind.device, kind.dtype
         self.lr = check_lr(lr)
-        self.device = resolve_device(device)
-        self.dtype = check_dtype(dtype)
         self.rule = check_rule(optimizer)
         self.grads = {}
 
-    # --- supplied by the kind of model and by the implementation -----------------------------
-    def _y(self, y: torch.Tensor, n_samples: int, check: bool) -> torch.Tensor:
-        raise NotImplementedError
-
-    def link(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def logits_at(self, X, w, b) -> torch.Tensor:
-        raise NotImplementedError
-
+    # --- what an implementation writes ---------------------------------------------------------
+    @abstractmethod
     def loss_at(self, X, y, w, b) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss at (w, b), as this implementation computes it."""
 
-    def loss_and_gradients(self, X, y, w, b) -> Evaluation:
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate_at(self, X, y, w, b) -> Evaluation:
+        """The loss, its gradient and the logits at (w, b), any parameters (a trailing axis
+        of K columns too): the derivation, an ``autograd.Function``, or autograd."""
 
-    def summands_at(self, X, y, z) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
+        """One full-batch step; the loss and logits at the parameters before it."""
+
+    @abstractmethod
+    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        """Copy ``w`` and ``b`` in, in place (a captured CUDA graph keeps their storage)."""
 
     # --- the contract, at the model's own parameters -----------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.link(self.logits(X))
+        return self.kind.link(self.logits(X))
 
     def logits(self, X: torch.Tensor) -> torch.Tensor:
-        return self.logits_at(self._X(X), self.w, self.b)
+        return self.kind.logits_at(self.kind.features(X), self.w, self.b)
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        return self.loss_at(*self._inputs(X, y, check), self.w, self.b)
+        return self.loss_at(*self.kind.inputs(X, y, check=check), self.w, self.b)
 
     def evaluate(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Evaluation:
         """The loss, ∂J/∂w and ∂J/∂b, and the logits at the current parameters, from one pass
         over X, without updating anything."""
-        return self.loss_and_gradients(*self._inputs(X, y, check), self.w, self.b)
+        return self.evaluate_at(*self.kind.inputs(X, y, check=check), self.w, self.b)
 
     def gradients(
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
@@ -86,22 +80,17 @@ class Model:
         """∂J/∂w and ∂J/∂b at the current parameters, without updating anything."""
         return self.evaluate(X, y, check=check).grads
 
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.kind.accuracy(logits, y)
+
     def summands(
         self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """The size of the terms the gradient sums; ``logits``: this model's logits on X, when
         the caller has them already (from :meth:`evaluate`: one product X w fewer)."""
-        X, y = self._inputs(X, y, False)
-        z = self.logits_at(X, self.w, self.b) if logits is None else logits
-        return self.summands_at(X, y, z)
-
-    # --- checks ------------------------------------------------------------------------------
-    def _X(self, X: torch.Tensor) -> torch.Tensor:
-        return check_X(X, self.n_features, self.device, self.dtype)
-
-    def _inputs(self, X, y, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        X = self._X(X)
-        return X, self._y(y, X.shape[0], check)
+        X, y = self.kind.inputs(X, y, check=False)
+        z = self.kind.logits_at(X, self.w, self.b) if logits is None else logits
+        return self.kind.summands_at(X, y, z)
 
     def __repr__(self) -> str:
         classes = "" if self.n_classes == 2 else f", n_classes={self.n_classes}"
@@ -111,21 +100,29 @@ class Model:
         )
 
 
-class HandStepped:
-    """A model whose parameters are plain tensors and whose step is written by hand: the
-    post's ``optimize``, gradients kept the way ``.grad`` keeps them, and the step.
+class HandModel(Model):
+    """Any kind, differentiated by hand: the kind's derived gradient, the post's ``optimize``,
+    gradients kept the way ``.grad`` keeps them. Nothing requires grad, so it runs unchanged
+    under ``torch.inference_mode()``."""
 
-    Needs ``w``, ``b``, ``lr`` (a number, or a row of rates for models side by side), ``rule``,
-    ``grads``, ``_inputs`` and ``loss_and_gradients``.
-    """
+    def __init__(
+        self, kind: Kind, lr: float = 0.01, *, seed: int = 0, optimizer: Optimizer | None = None
+    ) -> None:
+        super().__init__(kind, lr, optimizer)
+        self.w, self.b = kind.initial_parameters(seed)
+        self.optimizer = HandOptimizer(self.rule)  # plain SGD unless told otherwise
 
-    optimizer: HandOptimizer
+    def loss_at(self, X, y, w, b) -> torch.Tensor:
+        return self.kind.loss_at(X, y, w, b)
+
+    def evaluate_at(self, X, y, w, b) -> Evaluation:
+        return self.kind.gradients_at(X, y, w, b)
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
         """One full-batch step: the loss and logits at the parameters before it, then the
         update by the rule (plain SGD: θ ← θ − lr·∂J/∂θ)."""
-        X, y = self._inputs(X, y, check)
-        loss, grads, z = self.loss_and_gradients(X, y, self.w, self.b)
+        X, y = self.kind.inputs(X, y, check=check)
+        loss, grads, z = self.evaluate_at(X, y, self.w, self.b)
         self._keep(grads)
         self.optimize()
         return Step(loss, z)

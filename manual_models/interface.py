@@ -1,10 +1,28 @@
-"""The one contract between the training loop and every model, and what a step returns."""
+"""The contract, both sides of it: what the training loop may use of a model
+(:class:`GradientDescentModel`), and what whoever adds a model fills in (:class:`Kind` for a new
+kind of model, :class:`Implementation` for a new way to compute its gradient).
+
+How to add a model (docs/design.md says it with an example):
+
+1. A kind is the math: subclass :class:`Kind` and write its abstract methods (labels, the
+   seeded start, the link, the logits, the loss, the gradient by hand, accuracy, the size of
+   the gradient's terms, and the same loss through torch's own functions for the reference).
+2. ``HandModel(kind, lr)`` trains it with the gradient you derived, ``AutogradTwin(kind, lr)``
+   with autograd's, ``FunctionTwin(kind, Loss, lr)`` through an ``autograd.Function``. All three
+   satisfy :class:`GradientDescentModel`, so the loop, K learning rates in one pass
+   (``experiments.lr_batch``) and the per-step gradient check take them as they are.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
+from manual_models.optimizers import Optimizer
+from manual_models.validation import check_count, check_dtype, check_X, resolve_device
 
 
 class Evaluation(NamedTuple):
@@ -74,3 +92,103 @@ class GradientDescentModel(Protocol):
     ) -> dict[str, torch.Tensor]: ...
 
     def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None: ...
+
+
+class Kind(ABC):
+    """A kind of model: its labels, its seeded start, and its math as functions of the
+    parameters. Subclass it and write every abstract method; nothing else is asked.
+
+    Every function takes the parameters as arguments and reduces over the samples (dim 0)
+    only, so w and b may carry a trailing axis of K models side by side (w (n, K), b (K,) for
+    a kind whose own w is (n,)): each column is then exactly the model it would be alone. That
+    is all K learning rates in one pass needs of a kind.
+    """
+
+    n_classes: int = 2
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.n_features = check_count("n_features", n_features)
+        self.device = resolve_device(device)
+        self.dtype = check_dtype(dtype)
+
+    # --- what a kind writes --------------------------------------------------------------------
+    @abstractmethod
+    def labels(self, y: object, n_samples: int, *, check: bool = True) -> torch.Tensor:
+        """y checked (its values only with ``check``: reading them syncs a GPU) and cast."""
+
+    @abstractmethod
+    def initial_parameters(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, b) drawn from ``seed`` alone, the same on every device and in every
+        implementation (``manual_models.initialisation.init_linear``: nn.Linear's draw)."""
+
+    @abstractmethod
+    def link(self, z: torch.Tensor) -> torch.Tensor:
+        """The prediction from the logits: σ(z), softmax(Z), …"""
+
+    @abstractmethod
+    def logits_at(self, X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """z at (w, b)."""
+
+    @abstractmethod
+    def loss_at(self, X, y, w, b) -> torch.Tensor:
+        """J at (w, b), as written by hand: one loss, or one per trailing column."""
+
+    @abstractmethod
+    def gradients_at(self, X, y, w, b) -> Evaluation:
+        """J, its gradient {"dw", "db"} derived by hand, and z, at (w, b), from one pass."""
+
+    @abstractmethod
+    def accuracy(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The fraction predicted right from the logits (one per trailing column)."""
+
+    @abstractmethod
+    def summands_at(self, X, y, z) -> dict[str, torch.Tensor]:
+        """The gradient's sums taken over absolute values: what a correct gradient's rounding
+        is relative to, however much its terms cancel."""
+
+    @abstractmethod
+    def reference_loss_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J, z) at (w, b) through torch's own functions (``F.linear`` and the textbook
+        criterion), one loss per trailing column: what autograd differentiates for the
+        reference."""
+
+    @abstractmethod
+    def criterion(self) -> nn.Module:
+        """The textbook loss module on ``nn.Linear``'s outputs (the post's ``criterion``)."""
+
+    @abstractmethod
+    def from_linear(self, weight: torch.Tensor, bias: torch.Tensor):
+        """(w, b) as views of ``nn.Linear(n_features, n_outputs)``'s weight and bias."""
+
+    # --- written once from the above -----------------------------------------------------------
+    def features(self, X: object) -> torch.Tensor:
+        """X checked: a 2-D tensor of n_features columns on the kind's device and dtype."""
+        return check_X(X, self.n_features, self.device, self.dtype)
+
+    def inputs(self, X: object, y: object, *, check: bool = True):
+        X = self.features(X)
+        return X, self.labels(y, X.shape[0], check=check)
+
+    def __repr__(self) -> str:
+        classes = "" if self.n_classes == 2 else f", n_classes={self.n_classes}"
+        return f"{type(self).__name__}(n_features={self.n_features}{classes})"
+
+
+@runtime_checkable
+class Implementation(GradientDescentModel, Protocol):
+    """A model as K learning rates in one pass and the per-step check use it: the loop's
+    contract, the kind it trains, its update rule, and where its loss and gradient at any
+    parameters come from (the derivation, an ``autograd.Function``, or autograd)."""
+
+    kind: Kind
+    rule: Optimizer
+
+    def loss_at(self, X, y, w, b) -> torch.Tensor: ...
+
+    def evaluate_at(self, X, y, w, b) -> Evaluation: ...

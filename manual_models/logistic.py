@@ -18,9 +18,11 @@ Derivation of the gradient, one line at a time:
 
 and gradient descent, θ ← θ − α ∂J/∂θ.
 
-The pure functions below are the math; :class:`Logistic` is what the three implementations of
-the binary model share, and :class:`LogisticRegression` is the post's class around them,
-corrected (its ``init`` is ``__init__``, and its ``forward`` adds ``b``).
+The pure functions below are the math; :class:`Logistic` is the kind the three implementations
+of the binary model share (the math, the labels, the start), and :class:`LogisticRegression`
+is the post's class around them, corrected (its ``init`` is ``__init__``, and its ``forward``
+adds ``b``). The kind's ``reference_loss_at`` and ``criterion`` are torch's own functions, for
+the autograd reference: the only lines here that are not the derivation.
 
 Every function takes the parameters as arguments and reduces over the samples (dim 0) only, so
 w may carry a trailing axis: w (n, K) and b (K,) are K models side by side, each column exactly
@@ -30,12 +32,13 @@ the model it would be alone (the columns never mix), and X is read once for all 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from manual_models.base import HandStepped, Model
+from manual_models.base import HandModel
 from manual_models.initialisation import init_linear
-from manual_models.interface import Evaluation
-from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.interface import Evaluation, Kind
+from manual_models.optimizers import Optimizer
 from manual_models.validation import check_binary_labels
 
 # Rows of X above this many bytes are processed in blocks on the CPU (see blocked_step).
@@ -118,47 +121,56 @@ def loss_and_gradients(X, y, w, b) -> Evaluation:
     return Evaluation(bce_from_logits(z, y), bce_gradients(X, torch.sigmoid(z), y), z)
 
 
-class Logistic(Model):
-    """What the three logistic regressions share: labels in {0, 1}, the seeded start w (n,)
-    and b (), the link σ, and the kind's math as functions of the parameters."""
+class Logistic(Kind):
+    """Binary logistic regression as a kind: labels in {0, 1}, the seeded start w (n,) and
+    b (), the link σ, and the math above as functions of the parameters."""
 
     n_classes = 2
 
-    def _start(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def labels(self, y, n_samples, *, check=True):
+        return check_binary_labels(y, n_samples, self.device, self.dtype, values=check)
+
+    def initial_parameters(self, seed):
         """nn.Linear(n, 1)'s init from ``seed``: its weight row is w, its bias b."""
         weight, bias = init_linear(self.n_features, 1, seed, self.device, self.dtype)
         return weight[0], bias[0]
 
-    def _y(self, y, n_samples, check):
-        return check_binary_labels(y, n_samples, self.device, self.dtype, values=check)
+    def link(self, z):
+        return torch.sigmoid(z)
 
-    @staticmethod
-    def from_linear(weight, bias):
+    def logits_at(self, X, w, b):
+        return logits(X, w, b)
+
+    def loss_at(self, X, y, w, b):
+        return bce_from_logits(logits(X, w, b), y)
+
+    def gradients_at(self, X, y, w, b):
+        return loss_and_gradients(X, y, w, b)
+
+    def accuracy(self, z, y):
+        return accuracy(z, y)
+
+    def summands_at(self, X, y, z):
+        return summand_sizes(X, torch.sigmoid(z), y)
+
+    def reference_loss_at(self, X, y, w, b):
+        """nn.Linear is F.linear, and BCEWithLogitsLoss is F.binary_cross_entropy_with_logits,
+        here per column."""
+        z = F.linear(X, w.reshape(self.n_features, -1).T, b.reshape(-1)).view(-1, *b.shape)
+        per_sample = F.binary_cross_entropy_with_logits(
+            z, column(y, z).expand_as(z), reduction="none"
+        )
+        return per_sample.mean(0), z
+
+    def criterion(self):
+        return nn.BCEWithLogitsLoss()
+
+    def from_linear(self, weight, bias):
         """w and b as views of ``nn.Linear(n, 1)``'s weight (1, n) and bias (1,)."""
         return weight[0], bias[0]
 
-    @staticmethod
-    def link(z):
-        return torch.sigmoid(z)
 
-    @staticmethod
-    def logits_at(X, w, b):
-        return logits(X, w, b)
-
-    @staticmethod
-    def loss_at(X, y, w, b):
-        return bce_from_logits(logits(X, w, b), y)
-
-    @staticmethod
-    def accuracy(logits, y):
-        return accuracy(logits, y)
-
-    @staticmethod
-    def summands_at(X, y, z):
-        return summand_sizes(X, torch.sigmoid(z), y)
-
-
-class LogisticRegression(HandStepped, Logistic):
+class LogisticRegression(HandModel):
     """The post's logistic regression, differentiated by hand.
 
     ``forward`` → ``backward`` → ``optimize`` is the manual version of autograd's
@@ -179,14 +191,13 @@ class LogisticRegression(HandStepped, Logistic):
         seed: int = 0,
         optimizer: Optimizer | None = None,
     ) -> None:
-        self._setup(n_features, lr, device, dtype, optimizer)
-        self.w, self.b = self._start(seed)
-        self.optimizer = HandOptimizer(self.rule)  # plain SGD unless told otherwise
+        kind = Logistic(n_features, device=device, dtype=dtype)
+        super().__init__(kind, lr, seed=seed, optimizer=optimizer)
 
     # --- the post's three methods -------------------------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """ŷ = σ(X w + b), shape (n_samples,)."""
-        return torch.sigmoid(logits(self._X(X), self.w, self.b))
+        return torch.sigmoid(logits(self.kind.features(X), self.w, self.b))
 
     def backward(
         self, X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor, *, check: bool = True
@@ -195,7 +206,7 @@ class LogisticRegression(HandStepped, Logistic):
 
         With ``optimizer=Optimizer(zero_grad=False)`` they are added to the ones kept, as
         autograd adds into ``.grad`` when nothing zeroes it (the zero_grad ablation)."""
-        X, y = self._inputs(X, y, check)
+        X, y = self.kind.inputs(X, y, check=check)
         if not isinstance(y_hat, torch.Tensor) or y_hat.shape != y.shape:
             raise ValueError(f"y_hat must be a tensor of shape {tuple(y.shape)}")
         return self._keep(bce_gradients(X, y_hat, y))
@@ -205,8 +216,3 @@ class LogisticRegression(HandStepped, Logistic):
         Nesterov, Adam and weight decay are the same call with another ``optimizer`` rule;
         they live in :mod:`manual_models.optimizers`)."""
         super().optimize()
-
-    # --- where the gradient comes from: the derivation above -----------------------------
-    @staticmethod
-    def loss_and_gradients(X, y, w, b) -> Evaluation:
-        return loss_and_gradients(X, y, w, b)

@@ -20,12 +20,14 @@ The update rules are the binary model's (``optimizers``).
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
-from manual_models.base import HandStepped, Model
+from manual_models.base import HandModel
 from manual_models.initialisation import init_linear
-from manual_models.interface import Evaluation
+from manual_models.interface import Evaluation, Kind
 from manual_models.logistic import logits
-from manual_models.optimizers import HandOptimizer, Optimizer
+from manual_models.optimizers import Optimizer
 from manual_models.validation import check_class_labels, check_count
 
 
@@ -71,48 +73,61 @@ def loss_and_gradients(X, y, W, b) -> Evaluation:
     return Evaluation(loss, softmax_gradients(X, torch.softmax(Z, dim=1), y), Z)
 
 
-class Softmax(Model):
-    """What the three softmax regressions share: class-index labels, the seeded start W (n, C)
-    and b (C,) (``nn.Linear(n, C)``'s draw, its weight is Wᵀ), the link softmax, and the kind's
-    math as functions of the parameters."""
+class Softmax(Kind):
+    """Softmax regression as a kind: class-index labels, the seeded start W (n, C) and b (C,)
+    (``nn.Linear(n, C)``'s draw, its weight is Wᵀ), the link softmax, and the math above as
+    functions of the parameters."""
 
-    def _setup_classes(self, n_classes: object) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(n_features, device=device, dtype=dtype)
         self.n_classes = check_count("n_classes", n_classes, least=2)
 
-    def _start(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def labels(self, y, n_samples, *, check=True):
+        return check_class_labels(y, n_samples, self.device, self.n_classes, values=check)
+
+    def initial_parameters(self, seed):
         weight, bias = init_linear(self.n_features, self.n_classes, seed, self.device, self.dtype)
         return weight.T.contiguous(), bias
 
-    def _y(self, y, n_samples, check):
-        return check_class_labels(y, n_samples, self.device, self.n_classes, values=check)
+    def link(self, Z):
+        return torch.softmax(Z, dim=1)
 
-    @staticmethod
-    def from_linear(weight, bias):
+    def logits_at(self, X, W, b):
+        return logits(X, W, b)
+
+    def loss_at(self, X, y, W, b):
+        return cross_entropy_from_logits(logits(X, W, b), y)
+
+    def gradients_at(self, X, y, W, b):
+        return loss_and_gradients(X, y, W, b)
+
+    def accuracy(self, Z, y):
+        return accuracy(Z, y)
+
+    def summands_at(self, X, y, Z):
+        return summand_sizes(X, torch.softmax(Z, 1), y)
+
+    def reference_loss_at(self, X, y, W, b):
+        """nn.Linear is F.linear (its weight is Wᵀ), CrossEntropyLoss is F.cross_entropy."""
+        Z = F.linear(X, W.T, b)
+        return F.cross_entropy(Z, y, reduction="none").mean(0), Z
+
+    def criterion(self):
+        return nn.CrossEntropyLoss()
+
+    def from_linear(self, weight, bias):
         """W and b as views of ``nn.Linear(n, C)``'s weight (C, n), which is Wᵀ, and bias."""
         return weight.T, bias
 
-    @staticmethod
-    def link(Z):
-        return torch.softmax(Z, dim=1)
 
-    @staticmethod
-    def logits_at(X, W, b):
-        return logits(X, W, b)
-
-    @staticmethod
-    def loss_at(X, y, W, b):
-        return cross_entropy_from_logits(logits(X, W, b), y)
-
-    @staticmethod
-    def accuracy(logits, y):
-        return accuracy(logits, y)
-
-    @staticmethod
-    def summands_at(X, y, Z):
-        return summand_sizes(X, torch.softmax(Z, 1), y)
-
-
-class SoftmaxRegression(HandStepped, Softmax):
+class SoftmaxRegression(HandModel):
     """Multinomial logistic regression, differentiated by hand, with the binary model's methods.
 
     ``W`` (also ``w``) is (n_features, n_classes) and ``b`` (n_classes,), drawn like
@@ -131,10 +146,8 @@ class SoftmaxRegression(HandStepped, Softmax):
         seed: int = 0,
         optimizer: Optimizer | None = None,
     ) -> None:
-        self._setup(n_features, lr, device, dtype, optimizer)
-        self._setup_classes(n_classes)
-        self.w, self.b = self._start(seed)
-        self.optimizer = HandOptimizer(self.rule)
+        kind = Softmax(n_features, n_classes, device=device, dtype=dtype)
+        super().__init__(kind, lr, seed=seed, optimizer=optimizer)
 
     @property
     def W(self) -> torch.Tensor:
@@ -143,22 +156,17 @@ class SoftmaxRegression(HandStepped, Softmax):
     # --- the post's three methods, for C classes ------------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """P = softmax(X W + b), shape (n_samples, n_classes)."""
-        return torch.softmax(logits(self._X(X), self.w, self.b), dim=1)
+        return torch.softmax(logits(self.kind.features(X), self.w, self.b), dim=1)
 
     def backward(
         self, X: torch.Tensor, P: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
         """dW = Xᵀ(P − Y)/m, db = mean(P − Y); kept in ``self.grads`` (added to the kept ones
         when the rule has ``zero_grad=False``)."""
-        X, y = self._inputs(X, y, check)
+        X, y = self.kind.inputs(X, y, check=check)
         expected = (X.shape[0], self.n_classes)
         if not isinstance(P, torch.Tensor) or P.shape != expected:
             raise ValueError(f"P must be a tensor of shape {expected}")
         return self._keep(softmax_gradients(X, P, y))
 
-    # optimize(): the binary model's, θ ← θ − lr·dθ by the rule (HandStepped)
-
-    # --- where the gradient comes from: the derivation above -----------------------------
-    @staticmethod
-    def loss_and_gradients(X, y, W, b) -> Evaluation:
-        return loss_and_gradients(X, y, W, b)
+    # optimize(): the binary model's, θ ← θ − lr·dθ by the rule (HandModel)

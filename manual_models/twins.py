@@ -8,18 +8,21 @@ start, the gradient from PyTorch. Each reads like d2l's concise version beside i
   ``torch.autograd.Function`` (:class:`LogisticLoss`, :class:`SoftmaxLoss`) whose ``backward``
   is the hand derivation, and ``torch.optim`` applies it.
 
-Both are one :class:`Twin`, parametrised by the loss; the kind of model (``Logistic``,
-``Softmax``) brings the labels, the start and the link.
+Both are one :class:`Twin`: ``nn.Linear`` trained by ``torch.optim`` through the post's loop,
+given the loop's contract by a few lines of adapter. The two differ in one method, the loss;
+the kind (``Logistic``, ``Softmax``, or a kind of your own) brings the labels, the start, the
+link and the criterion. Nothing of a twin comes from the hand-written model.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from manual_models.base import Model
-from manual_models.interface import Evaluation, Step
+from manual_models.interface import Evaluation, Kind, Step
 from manual_models.logistic import Logistic, bce_from_logits, bce_gradients, column, logits
 from manual_models.optimizers import Optimizer
 from manual_models.softmax import (
@@ -103,56 +106,45 @@ class SoftmaxLoss(torch.autograd.Function):
 
 
 class Twin(Model, nn.Module):
-    """What both twins share: parameters as ``nn.Parameter``, stepped by ``torch.optim``.
-
-    A twin says how it holds its parameters (``_build``, ``_leaves``, and ``_view``, which
-    shows them in the model's shapes w, b), its loss with a graph (``objective``), and where a
-    gradient at any parameters comes from (``loss_and_gradients``).
-    """
+    """d2l's concise model with the loop's contract: ``nn.Linear``, a loss, ``torch.optim``,
+    trained by the post's loop. A twin says one thing, its loss (:meth:`objective` on the own
+    parameters, :meth:`loss_graph_at` on any); ``w`` and ``b`` are the kind's views of the
+    layer's weight and bias, without their graph."""
 
     def __init__(
-        self,
-        n_features: int,
-        lr: float = 0.01,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-        seed: int = 0,
-        optimizer: Optimizer | None = None,
+        self, kind: Kind, lr: float = 0.01, *, seed: int = 0, optimizer: Optimizer | None = None
     ) -> None:
         nn.Module.__init__(self)
-        self._setup(n_features, lr, device, dtype, optimizer)
-        self._build(*self._start(seed))
-        # w and b: live views of the parameters, without their graph (the optimizer updates
-        # the parameters in place, so the views follow; writing them writes the parameters).
-        self._w, self._b = (t.detach() for t in self._view(*self._leaves()))
-        self.optimizer = self.rule.torch_optimizer(*self._leaves(), self.lr, self.device)
+        Model.__init__(self, kind, lr, optimizer)
+        w, b = kind.initial_parameters(seed)
+        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
+        self.linear = nn.utils.skip_init(
+            nn.Linear, kind.n_features, b.numel(), device=self.device, dtype=self.dtype
+        )
+        views = kind.from_linear(self.linear.weight, self.linear.bias)
+        with torch.no_grad():
+            for view, start in zip(views, (w, b), strict=True):
+                view.copy_(start)
+        # Live views: the optimizer updates the parameters in place, so w and b follow, and
+        # writing them writes the parameters.
+        self.w, self.b = (view.detach() for view in views)
+        self.optimizer = self.rule.torch_optimizer(
+            self.linear.weight, self.linear.bias, self.lr, self.device
+        )
 
-    def _build(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _leaves(self) -> tuple[nn.Parameter, nn.Parameter]:
-        raise NotImplementedError
-
-    def _view(self, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
+    @abstractmethod
     def objective(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss with its autograd graph, and the logits it came from (inputs checked)."""
-        raise NotImplementedError
+        """The post's ``outputs = model(inputs); loss = criterion(outputs, labels)``: the loss
+        with its graph, and the logits."""
 
-    @property
-    def w(self) -> torch.Tensor:
-        return self._w
-
-    @property
-    def b(self) -> torch.Tensor:
-        return self._b
+    @abstractmethod
+    def loss_graph_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same loss at any (w, b), with its graph (one per trailing column), and z."""
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
         """The post's loop: zero_grad → forward → loss → backward → step. (Without zero_grad
         when the rule says so: then ``.grad`` sums every step's gradient.)"""
-        X, y = self._inputs(X, y, check)
+        X, y = self.kind.inputs(X, y, check=check)
         self._require_autograd()
         with torch.enable_grad():
             if self.rule.zero_grad:
@@ -160,12 +152,12 @@ class Twin(Model, nn.Module):
             loss, outputs = self.objective(X, y)
             loss.backward()
             self.optimizer.step()
-        dw, db = self._view(*(p.grad for p in self._leaves()))
+        dw, db = self.kind.from_linear(self.linear.weight.grad, self.linear.bias.grad)
         self.grads = {"dw": dw, "db": db}
         return Step(loss.detach(), outputs.detach())
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        X, y = self._inputs(X, y, check)
+        X, y = self.kind.inputs(X, y, check=check)
         with torch.no_grad():
             return self.objective(X, y)[0]
 
@@ -173,28 +165,30 @@ class Twin(Model, nn.Module):
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
         """∂J/∂w and ∂J/∂b by autograd at the current parameters; ``.grad`` is left alone."""
-        X, y = self._inputs(X, y, check)
+        X, y = self.kind.inputs(X, y, check=check)
         self._require_autograd()
         with torch.enable_grad():
-            dw, db = self._view(*torch.autograd.grad(self.objective(X, y)[0], self._leaves()))
+            leaves = (self.linear.weight, self.linear.bias)
+            dw, db = self.kind.from_linear(*torch.autograd.grad(self.objective(X, y)[0], leaves))
         return {"dw": dw, "db": db}
 
-    def loss_and_gradients(self, X, y, w, b) -> Evaluation:
+    def loss_at(self, X, y, w, b) -> torch.Tensor:
+        with torch.no_grad():
+            return self.loss_graph_at(X, y, w, b)[0]
+
+    def evaluate_at(self, X, y, w, b) -> Evaluation:
         """The loss, its gradient by autograd, and the logits at (w, b), any parameters (one
         loss, or one per trailing column: the gradient of their sum is each column's own)."""
         self._require_autograd()
         w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
         with torch.enable_grad():
-            loss, z = self._loss_at(X, y, w, b)
+            loss, z = self.loss_graph_at(X, y, w, b)
             dw, db = torch.autograd.grad(loss.sum(), (w, b))
         return Evaluation(loss.detach(), {"dw": dw, "db": db}, z.detach())
 
-    def _loss_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
     def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        self._w.copy_(torch.as_tensor(w).reshape(self._w.shape))  # copy_ casts and moves
-        self._b.copy_(torch.as_tensor(b).reshape(self._b.shape))
+        self.w.copy_(torch.as_tensor(w).reshape(self.w.shape))  # copy_ casts and moves
+        self.b.copy_(torch.as_tensor(b).reshape(self.b.shape))
 
     def _require_autograd(self) -> None:
         if torch.is_inference_mode_enabled():
@@ -205,101 +199,76 @@ class Twin(Model, nn.Module):
 
 
 class AutogradTwin(Twin):
-    """``nn.Linear`` + a criterion + ``torch.optim``: the textbook model, the reference."""
+    """The textbook model, the reference: ``nn.Linear`` + the kind's criterion."""
 
-    Criterion: type[nn.Module]
-
-    def _build(self, w, b):
-        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
-        self.linear = nn.utils.skip_init(
-            nn.Linear, self.n_features, b.numel(), device=self.device, dtype=self.dtype
-        )
-        self.criterion = self.Criterion()
-        with torch.no_grad():
-            for view, start in zip(self.from_linear(*self._leaves()), (w, b), strict=True):
-                view.copy_(start)
-
-    def _leaves(self):
-        return self.linear.weight, self.linear.bias
-
-    def _view(self, weight, bias):
-        return self.from_linear(weight, bias)
+    def __init__(self, kind: Kind, lr: float = 0.01, **kwargs) -> None:
+        super().__init__(kind, lr, **kwargs)
+        self.criterion = kind.criterion()
 
     def objective(self, X, y):
         outputs = self.linear(X).squeeze(-1)  # the logits: (m,) for one output, (m, C) for C
         return self.criterion(outputs, y), outputs
 
-    def loss_at(self, X, y, w, b):
-        with torch.no_grad():
-            return self._loss_at(X, y, w, b)[0]
+    def loss_graph_at(self, X, y, w, b):
+        return self.kind.reference_loss_at(X, y, w, b)
 
 
 class FunctionTwin(Twin):
-    """Parameters ``weight`` and ``bias`` in the model's shapes; the loss through an
-    ``autograd.Function`` with the hand-written backward; ``torch.optim`` steps it."""
+    """The same, with the loss replaced by an ``autograd.Function`` whose backward is the
+    hand derivation (``Loss.apply(X, w, b, y)``)."""
 
-    Loss: type[torch.autograd.Function]
-
-    def _build(self, w, b):
-        self.weight = nn.Parameter(w)
-        self.bias = nn.Parameter(b)
-
-    def _leaves(self):
-        return self.weight, self.bias
-
-    def _view(self, weight, bias):
-        return weight, bias
+    def __init__(
+        self, kind: Kind, Loss: type[torch.autograd.Function], lr: float = 0.01, **kwargs
+    ) -> None:
+        super().__init__(kind, lr, **kwargs)
+        self.Loss = Loss
 
     def objective(self, X, y):
-        return self._loss_at(X, y, self.weight, self.bias)
+        return self.loss_graph_at(
+            X, y, *self.kind.from_linear(self.linear.weight, self.linear.bias)
+        )
 
-    def _loss_at(self, X, y, w, b):
+    def loss_graph_at(self, X, y, w, b):
         with torch.no_grad():  # for the accuracy: the Function keeps its own logits inside
-            z = self.logits_at(X, w, b)
+            z = self.kind.logits_at(X, w, b)
         return self.Loss.apply(X, w, b, y), z
 
 
-class AutogradLogisticRegression(AutogradTwin, Logistic):
+class AutogradLogisticRegression(AutogradTwin):
     """The reference: ``nn.Linear(n_features, 1)`` + ``nn.BCEWithLogitsLoss`` + ``optim.SGD``."""
 
-    Criterion = nn.BCEWithLogitsLoss
-
-    def _loss_at(self, X, y, w, b):
-        """The same loss as a function of the parameters: nn.Linear is F.linear, and
-        BCEWithLogitsLoss is F.binary_cross_entropy_with_logits, per column."""
-        z = F.linear(X, w.reshape(self.n_features, -1).T, b.reshape(-1)).view(-1, *b.shape)
-        per_sample = F.binary_cross_entropy_with_logits(
-            z, column(y, z).expand_as(z), reduction="none"
-        )
-        return per_sample.mean(0), z
+    def __init__(
+        self, n_features: int, lr: float = 0.01, *, device=None, dtype=torch.float32, **kw
+    ):
+        super().__init__(Logistic(n_features, device=device, dtype=dtype), lr, **kw)
 
 
-class FunctionLogisticRegression(FunctionTwin, Logistic):
-    """Parameters ``weight`` (n,) and ``bias`` (); the loss through :class:`LogisticLoss`."""
+class FunctionLogisticRegression(FunctionTwin):
+    """``nn.Linear(n_features, 1)``; the loss through :class:`LogisticLoss`."""
 
-    Loss = LogisticLoss
+    def __init__(
+        self, n_features: int, lr: float = 0.01, *, device=None, dtype=torch.float32, **kw
+    ):
+        super().__init__(Logistic(n_features, device=device, dtype=dtype), LogisticLoss, lr, **kw)
 
 
-class AutogradSoftmaxRegression(AutogradTwin, Softmax):
+class AutogradSoftmaxRegression(AutogradTwin):
     """The reference: ``nn.Linear(n_features, n_classes)`` + ``nn.CrossEntropyLoss`` +
     ``torch.optim``; its weight (C, n) is Wᵀ."""
 
-    Criterion = nn.CrossEntropyLoss
-
-    def __init__(self, n_features: int, n_classes: int, lr: float = 0.01, **kwargs) -> None:
-        self._setup_classes(n_classes)
-        super().__init__(n_features, lr, **kwargs)
-
-    def _loss_at(self, X, y, W, b):
-        Z = F.linear(X, W.T, b)
-        return F.cross_entropy(Z, y, reduction="none").mean(0), Z
+    def __init__(
+        self, n_features: int, n_classes: int, lr: float = 0.01, *, device=None,
+        dtype=torch.float32, **kw,
+    ) -> None:  # fmt: skip
+        super().__init__(Softmax(n_features, n_classes, device=device, dtype=dtype), lr, **kw)
 
 
-class FunctionSoftmaxRegression(FunctionTwin, Softmax):
-    """Parameters ``weight`` (n, C) and ``bias`` (C,); the loss through :class:`SoftmaxLoss`."""
+class FunctionSoftmaxRegression(FunctionTwin):
+    """``nn.Linear(n_features, n_classes)``; the loss through :class:`SoftmaxLoss`."""
 
-    Loss = SoftmaxLoss
-
-    def __init__(self, n_features: int, n_classes: int, lr: float = 0.01, **kwargs) -> None:
-        self._setup_classes(n_classes)
-        super().__init__(n_features, lr, **kwargs)
+    def __init__(
+        self, n_features: int, n_classes: int, lr: float = 0.01, *, device=None,
+        dtype=torch.float32, **kw,
+    ) -> None:  # fmt: skip
+        kind = Softmax(n_features, n_classes, device=device, dtype=dtype)
+        super().__init__(kind, SoftmaxLoss, lr, **kw)

@@ -23,21 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = [
     "tests/experiments/test_logged_rows.py",
     "tests/manual_models",
-    "tests/experiments/test_engine.py",
+    "tests/experiments/test_loop.py",
 ]
 MUTANTS = {
     "validation loss scored on the training data": (
-        "experiments/engine.py",
+        "experiments/loop.py",
         'values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)',
         'values["val/loss"] = model.loss(X, y, check=False)',
     ),
     "validation accuracy scored on the training data": (
-        "experiments/engine.py",
+        "experiments/loop.py",
         'values["val/accuracy"] = model.accuracy(model.logits(self.X_val), self.y_val)',
         'values["val/accuracy"] = model.accuracy(model.logits(X), y)',
     ),
     "the loss recorded after the step": (
-        "experiments/engine.py",
+        "experiments/loop.py",
         'values["train/loss"], z = model.train_step(X, y, check=False)',
         "_, z = model.train_step(X, y, check=False)\n"
         '            values["train/loss"] = model.loss(X, y, check=False)',

@@ -113,10 +113,10 @@ def test_absent_device(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--lr", "-0.1"], "lrs.0: Input should be greater than 0"),
+        (["--lr", "-0.1"], "lr: Input should be greater than 0"),
         (["--lr", "abc"], "valid number"),
         (["--lr", "0.1", "--steps", "-3"], "steps"),
-        (["--lr", "0.1", "--device", "gpu"], "'auto', 'cpu', 'cuda' or 'mps'"),
+        (["--lr", "0.1", "--device", "gpu"], "'cpu', 'cuda' or 'mps'"),
         (["--lr", "0.1", "--nonsense", "1"], "No such option"),
         (["--lr", "nan"], "finite number"),
         (["--lr", "inf"], "finite number"),
@@ -126,7 +126,7 @@ def test_absent_device(tmp_path, capsys):
             ["--lr", "0.1", "--max-trajectory-values", "1.5"],
             "max_trajectory_values: Input should be a valid integer",
         ),
-        (["--lr", "1e-1", "--seed", "0.5"], "seeds.0: Input should be a valid integer"),
+        (["--lr", "1e-1", "--seed", "0.5"], "seed: Input should be a valid integer"),
     ],
 )
 def test_train_bad_input(options, message, tmp_path, capsys):

@@ -65,7 +65,7 @@ def test_batched_run_equals_separate_runs(impl, dtype, breast_cancer):
 def test_a_diverging_rate_does_not_touch_the_others(breast_cancer):
     X, y = breast_cancer
     new = {"dtype": X.dtype, "device": X.device}
-    together = fit(LrBatch("manual", 30, [0.1, 1e308], **new), X, y, 20).runs()
+    together = fit(LrBatch(make_model("manual", 30, **new), [0.1, 1e308]), X, y, 20).runs()
     (alone,) = fit(make_model("manual", 30, 0.1, **new), X, y, 20).runs()
     assert together[0].diverged_at is None and together[0].steps == 20
     assert relative(together[0].w, alone.w) <= 1e-12
@@ -75,7 +75,7 @@ def test_a_diverging_rate_does_not_touch_the_others(breast_cancer):
 def test_every_column_starts_from_the_seeded_draw():
     single = make_model("manual", 5, 0.1, dtype=torch.float64, seed=3)
     for impl in ("manual", "function", "autograd"):
-        model = LrBatch(impl, 5, [0.1, 0.2, 0.3], dtype=torch.float64, seed=3)
+        model = LrBatch(make_model(impl, 5, dtype=torch.float64, seed=3), [0.1, 0.2, 0.3])
         assert model.w.shape == (5, 3) and model.b.shape == (3,)
         assert all(torch.equal(model.w[:, k], single.w) for k in range(3))
 
@@ -83,19 +83,19 @@ def test_every_column_starts_from_the_seeded_draw():
 @pytest.mark.parametrize("lrs", [[], [0.1, -1.0], [0.1, float("nan")], [[0.1]], 0.1, "0.1"])
 def test_bad_rate_lists(lrs):
     with pytest.raises(ValueError, match=r"lrs? must be"):
-        LrBatch("manual", 3, lrs)
+        LrBatch(make_model("manual", 3), lrs)
 
 
 def test_one_rate_per_model_and_two_classes_per_batch():
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         make_model("manual", 3, [0.1, 0.2])
     with pytest.raises(ValueError, match="for two classes"):
-        LrBatch("manual", 3, [0.1, 0.2], n_classes=3)
+        LrBatch(make_model("manual", 3, n_classes=3), [0.1, 0.2])
 
 
 def test_the_reference_must_match_the_batch(breast_cancer):
     X, y = breast_cancer
-    model = LrBatch("manual", 30, [0.1, 0.2], dtype=X.dtype, device=X.device)
+    model = LrBatch(make_model("manual", 30, dtype=X.dtype, device=X.device), [0.1, 0.2])
     with pytest.raises(ValueError, match="as many learning rates"):
         fit(
             model,
@@ -133,7 +133,7 @@ def test_batched_gradients_are_each_models_own(impl, breast_cancer):
     X, y = breast_cancer
     w = torch.randn(30, 3, generator=torch.Generator().manual_seed(0), dtype=X.dtype)
     b = torch.tensor([0.3, -0.2, 0.0], dtype=X.dtype)
-    together = LrBatch(impl, 30, [0.1, 0.2, 0.3], dtype=X.dtype, device=X.device)
+    together = LrBatch(make_model(impl, 30, dtype=X.dtype, device=X.device), [0.1, 0.2, 0.3])
     together.set_parameters(w, b)
     got, terms = together.gradients(X, y), together.summands(X, y)
     assert got["dw"].shape == (30, 3) and got["db"].shape == (3,)
@@ -159,7 +159,7 @@ def test_every_rule_batches(name, impl):
     X = torch.randn(60, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 2, (60,), generator=g).double()
     lrs = [0.01, 0.1, 0.5]
-    batched = LrBatch(impl, 5, lrs, dtype=torch.float64, optimizer=rule)
+    batched = LrBatch(make_model(impl, 5, dtype=torch.float64, optimizer=rule), lrs)
     alone = [make_model(impl, 5, lr, dtype=torch.float64, optimizer=rule) for lr in lrs]
     for _ in range(30):
         batched.train_step(X, y)

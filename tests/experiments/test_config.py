@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-import pytest
+import shlex
 
+import pytest
+from click.testing import CliRunner
+
+from experiments import cli
 from experiments.cli import CONFIGS
 from experiments.config import (
     ConfigError,
@@ -79,8 +83,24 @@ def test_run_command_reproduces_the_config():
     command = run.command()
     assert command == (
         "python -m experiments train --dataset '{name: moons, noise: 0.3}' "
-        "--impl function --lr 0.25 --device cpu --seed 4 --steps 50"
+        "--impl function --lr 0.25 --seed 4 --steps 50"
     )
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{}, {"optimizer": {"name": "adam", "weight_decay": 0.01}, "max_trajectory_values": "1e3"}],
+)
+def test_train_reads_the_command_a_run_writes(update, monkeypatch):
+    """One list of keys: ``train`` parses RunConfig.command() back into the very run."""
+    data = {"dataset": {"name": "moons", "noise": 0.3}, "impl": "manual", "lr": 0.5, "seed": 3}
+    run = build(RunConfig, {**data, **update})
+    seen = []
+    monkeypatch.setattr(cli, "execute", lambda config, *args, **kwargs: seen.append(config))
+    words = shlex.split(run.command())[3:]
+    done = CliRunner().invoke(cli.main, words)
+    assert done.exit_code == 0, done.output
+    assert seen[0].grid() == [run]
 
 
 def test_check_cadence_is_every_step_on_small_data():

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from experiments import records
 from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
-from experiments.executors import Engine
+from experiments.engines import Engine
 from experiments.sweep import Sweep
 from experiments.tracking import StoreLost, Tracker, retry_when_locked
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from experiments.data import digest
-from experiments.engine import History
+from experiments.loop import History
 from experiments.tracking import CURVES, series, thin, trajectory_table
 
 

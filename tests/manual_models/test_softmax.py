@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch.autograd import gradcheck, gradgradcheck
 
-from experiments.engine import fit
+from experiments.loop import fit
 from manual_models import (
     LogisticRegression,
     SoftmaxLoss,

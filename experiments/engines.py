@@ -22,6 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from experiments.errors import first_line
+
 ENGINES = ("local", "dask")
 INSTALL_HINT = "pip install -e '.[cluster]' (make install does)"
 
@@ -176,9 +178,10 @@ class DaskEngine(Engine):
             else:
                 self.client = Client(address, timeout=timeout)
         except (OSError, TimeoutError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             where = address or "a local cluster"
-            raise EngineError(f"dask scheduler {where} cannot be reached: {first}") from None
+            raise EngineError(
+                f"dask scheduler {where} cannot be reached: {first_line(err)}"
+            ) from None
         self.cpu = self.client.get_executor(pure=False)
         self.gpu = self.client.get_executor(pure=False, resources={"GPU": 1})
 

@@ -8,7 +8,7 @@ import torch
 
 import manual_models.logistic
 from analysis import TOLERANCES, trajectory_gap
-from experiments import datasets, engine, fit
+from experiments import datasets, fit, loop
 from experiments.lr_batch import build
 from manual_models import Optimizer, make_model
 
@@ -280,8 +280,8 @@ def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_canc
     model = build(impl, 30, lrs, device="cuda")
     reference = None if impl == "autograd" else build("autograd", 30, lrs, device="cuda")
     runs = model.loss(X, y).shape  # the one label check, outside the loop (as fit() does)
-    loop = engine._Loop(model, X, y, X, y, reference, 2, runs)
-    history = run_without_host_syncs(loop, 50, graphs)
+    steps = loop._Loop(model, X, y, X, y, reference, 2, runs)
+    history = run_without_host_syncs(steps, 50, graphs)
     assert torch.isfinite(history.loss).all() and (history.loss[-1] < history.loss[0]).all()
     if reference is not None:  # checked rows (even, and the last) and only those
         checked = ~torch.isnan(history.metrics["check/grad_rel_err"])
@@ -334,8 +334,8 @@ def test_rules_and_softmax_replay_as_graphs_without_host_syncs(impl, n_classes, 
         model = make_model(impl, 6, 0.05, **new)
         reference = None if impl == "autograd" else make_model("autograd", 6, 0.05, **new)
         model.loss(X, y)
-        loop = engine._Loop(model, X, y, X, y, reference, 1, ())
-        return run_without_host_syncs(loop, 40, graphs)
+        steps = loop._Loop(model, X, y, X, y, reference, 1, ())
+        return run_without_host_syncs(steps, 40, graphs)
 
     eager, graphs = run(False), run(True)
     torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)
