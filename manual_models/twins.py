@@ -106,31 +106,30 @@ class SoftmaxLoss(torch.autograd.Function):
 
 
 class Twin(Model, nn.Module):
-    """d2l's concise model with the loop's contract: ``nn.Linear``, a loss, ``torch.optim``,
-    trained by the post's loop. A twin says one thing, its loss (:meth:`objective` on the own
-    parameters, :meth:`loss_graph_at` on any); ``w`` and ``b`` are the kind's views of the
-    layer's weight and bias, without their graph."""
+    """d2l's concise model with the loop's contract: a module's parameters, a loss,
+    ``torch.optim``, trained by the post's loop. A twin says where its parameters live
+    (:meth:`hold`, :meth:`as_kind`) and what its loss is (:meth:`objective` on the own
+    parameters, :meth:`loss_graph_at` on any); ``w`` and ``b`` are live views of the
+    parameters in the kind's shapes, without their graph."""
 
     def __init__(
         self, kind: Kind, lr: float = 0.01, *, seed: int = 0, optimizer: Optimizer | None = None
     ) -> None:
         nn.Module.__init__(self)
         Model.__init__(self, kind, lr, optimizer)
-        w, b = kind.initial_parameters(seed)
-        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
-        self.linear = nn.utils.skip_init(
-            nn.Linear, kind.n_features, b.numel(), device=self.device, dtype=self.dtype
-        )
-        views = kind.from_linear(self.linear.weight, self.linear.bias)
-        with torch.no_grad():
-            for view, start in zip(views, (w, b), strict=True):
-                view.copy_(start)
+        self.leaves = self.hold(*kind.initial_parameters(seed))
         # Live views: the optimizer updates the parameters in place, so w and b follow, and
         # writing them writes the parameters.
-        self.w, self.b = (view.detach() for view in views)
-        self.optimizer = self.rule.torch_optimizer(
-            self.linear.weight, self.linear.bias, self.lr, self.device
-        )
+        self.w, self.b = (view.detach() for view in self.as_kind(*self.leaves))
+        self.optimizer = self.rule.torch_optimizer(*self.leaves, self.lr, self.device)
+
+    @abstractmethod
+    def hold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
+        """Make the module's weight and bias, started at the kind's (w, b); return them."""
+
+    @abstractmethod
+    def as_kind(self, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and bias (or their gradients) as views in the kind's shapes (w, b)."""
 
     @abstractmethod
     def objective(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +151,7 @@ class Twin(Model, nn.Module):
             loss, outputs = self.objective(X, y)
             loss.backward()
             self.optimizer.step()
-        dw, db = self.kind.from_linear(self.linear.weight.grad, self.linear.bias.grad)
+        dw, db = self.as_kind(*(p.grad for p in self.leaves))
         self.grads = {"dw": dw, "db": db}
         return Step(loss.detach(), outputs.detach())
 
@@ -168,8 +167,7 @@ class Twin(Model, nn.Module):
         X, y = self.kind.inputs(X, y, check=check)
         self._require_autograd()
         with torch.enable_grad():
-            leaves = (self.linear.weight, self.linear.bias)
-            dw, db = self.kind.from_linear(*torch.autograd.grad(self.objective(X, y)[0], leaves))
+            dw, db = self.as_kind(*torch.autograd.grad(self.objective(X, y)[0], self.leaves))
         return {"dw": dw, "db": db}
 
     def loss_at(self, X, y, w, b) -> torch.Tensor:
@@ -205,6 +203,20 @@ class AutogradTwin(Twin):
         super().__init__(kind, lr, **kwargs)
         self.criterion = kind.criterion()
 
+    def hold(self, w, b):
+        # skip_init: the parameters come from the shared seed, not from torch's global RNG.
+        self.linear = nn.utils.skip_init(
+            nn.Linear, self.n_features, b.numel(), device=self.device, dtype=self.dtype
+        )
+        views = self.as_kind(self.linear.weight, self.linear.bias)
+        with torch.no_grad():
+            for view, start in zip(views, (w, b), strict=True):
+                view.copy_(start)
+        return self.linear.weight, self.linear.bias
+
+    def as_kind(self, weight, bias):
+        return self.kind.from_linear(weight, bias)
+
     def objective(self, X, y):
         outputs = self.linear(X).squeeze(-1)  # the logits: (m,) for one output, (m, C) for C
         return self.criterion(outputs, y), outputs
@@ -215,7 +227,8 @@ class AutogradTwin(Twin):
 
 class FunctionTwin(Twin):
     """The same, with the loss replaced by an ``autograd.Function`` whose backward is the
-    hand derivation (``Loss.apply(X, w, b, y)``)."""
+    hand derivation (``Loss.apply(X, w, b, y)``); its weight and bias are held in the kind's
+    shapes, as the Function takes them (no view between them and the loss)."""
 
     def __init__(
         self, kind: Kind, Loss: type[torch.autograd.Function], lr: float = 0.01, **kwargs
@@ -223,10 +236,15 @@ class FunctionTwin(Twin):
         super().__init__(kind, lr, **kwargs)
         self.Loss = Loss
 
+    def hold(self, w, b):
+        self.weight, self.bias = nn.Parameter(w), nn.Parameter(b)
+        return self.weight, self.bias
+
+    def as_kind(self, weight, bias):
+        return weight, bias
+
     def objective(self, X, y):
-        return self.loss_graph_at(
-            X, y, *self.kind.from_linear(self.linear.weight, self.linear.bias)
-        )
+        return self.loss_graph_at(X, y, self.weight, self.bias)
 
     def loss_graph_at(self, X, y, w, b):
         with torch.no_grad():  # for the accuracy: the Function keeps its own logits inside
