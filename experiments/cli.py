@@ -13,7 +13,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -24,10 +23,12 @@ from experiments.config import (
     ConfigError,
     RunConfig,
     SweepConfig,
+    as_yaml,
     build,
     integral,
     load_sweep,
     parse_overrides,
+    parse_value,
     run_keys,
 )
 from experiments.engines import ENGINES, EngineError, open_engine
@@ -133,7 +134,7 @@ def run_key_options(command):
         if field.is_required():
             shown = " [required]"
         else:
-            shown = "" if field.default is None else f" [default: {_shown(field.default)}]"
+            shown = "" if field.default is None else f" [default: {as_yaml(field.default)}]"
         command = click.option(
             f"--{key.replace('_', '-')}",
             key,
@@ -143,17 +144,15 @@ def run_key_options(command):
     return command
 
 
-def _shown(value: Any) -> str:
-    return str(value.as_yaml()) if hasattr(value, "as_yaml") else str(value)
-
-
 @main.command()
 @run_key_options
 @tracking_options
 def train(overrides, experiment, tracking_uri, quiet, **options) -> int:
     """Train one run: the keys of a sweep's grid point, as options or --set KEY=VALUE."""
-    given = {k: v for k, v in options.items() if v is not None}
-    data = {**parse_overrides([f"{k}={v}" for k, v in given.items()]), **parse_overrides(overrides)}
+    given = {
+        k: parse_value(f"--{k.replace('_', '-')}", v) for k, v in options.items() if v is not None
+    }
+    data = {**given, **parse_overrides(overrides)}
     missing = [k for k, field in run_keys().items() if field.is_required() and k not in data]
     if missing:
         raise ConfigError(f"missing option --{missing[0].replace('_', '-')}")

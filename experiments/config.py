@@ -414,7 +414,7 @@ class RunConfig(_Common):
         for key, field in run_keys().items():
             value = getattr(self, key)
             if field.is_required() or value != field.default:
-                text = value.as_yaml() if isinstance(value, BaseModel) else value
+                text = as_yaml(value)
                 if not isinstance(text, str | int | float):  # a mapping: YAML on one line
                     text = yaml.safe_dump(text, default_flow_style=True, width=10**6).strip()
                 parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(text))}")
@@ -462,11 +462,21 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value") from None
+        out[key.strip()] = parse_value(f"--set {key.strip()}", raw)
     return out
+
+
+def parse_value(where: str, raw: str) -> Any:
+    """One value as a config file would hold it: ``raw`` read as YAML."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: {raw!r} is not a YAML value") from None
+
+
+def as_yaml(value: Any) -> Any:
+    """A key's value as a config file writes it (a dataset or rule by name where it can)."""
+    return value.as_yaml() if isinstance(value, BaseModel) else value
 
 
 def build(model: type[BaseModel], data: dict[str, Any]) -> Any:

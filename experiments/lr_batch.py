@@ -51,12 +51,11 @@ class LrBatch(HandModel):
                 "softmax regression trains one rate a run"
             )
         self.lrs = tuple(check_lr(lr) for lr in lrs)
-        super().__init__(model.kind, self.lrs[0], optimizer=model.rule)
+        k = len(self.lrs)
+        start = (t.unsqueeze(-1).repeat(*(1 for _ in t.shape), k) for t in (model.w, model.b))
+        super().__init__(model.kind, self.lrs[0], optimizer=model.rule, start=tuple(start))
         self.model = model
         self.lr = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)  # a rate a column
-        k = len(self.lrs)
-        self.w = model.w.unsqueeze(-1).repeat(*(1 for _ in model.w.shape), k)
-        self.b = model.b.unsqueeze(-1).repeat(*(1 for _ in model.b.shape), k)
 
     # --- where the loss and gradient come from: the model's own, at the stacked parameters -----
     def loss_at(self, X, y, w, b):

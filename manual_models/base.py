@@ -35,11 +35,15 @@ class Model(ABC):
         if not isinstance(kind, Kind):
             raise TypeError(f"kind must be a manual_models.Kind, got {kind!r}")
         self.kind = kind
-        self.n_features, self.n_classes = kind.n_features, kind.n_classes
-        self.device, self.dtype = kind.device, kind.dtype
         self.lr = check_lr(lr)
         self.rule = check_rule(optimizer)
         self.grads = {}
+
+    # The kind's, not copies: one place says what a model's shapes, device and dtype are.
+    n_features = property(lambda self: self.kind.n_features)
+    n_classes = property(lambda self: self.kind.n_classes)
+    device = property(lambda self: self.kind.device)
+    dtype = property(lambda self: self.kind.dtype)
 
     # --- what an implementation writes ---------------------------------------------------------
     @abstractmethod
@@ -106,10 +110,17 @@ class HandModel(Model):
     under ``torch.inference_mode()``."""
 
     def __init__(
-        self, kind: Kind, lr: float = 0.01, *, seed: int = 0, optimizer: Optimizer | None = None
+        self,
+        kind: Kind,
+        lr: float = 0.01,
+        *,
+        seed: int = 0,
+        optimizer: Optimizer | None = None,
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """``start``: (w, b) to begin from instead of the kind's draw from ``seed``."""
         super().__init__(kind, lr, optimizer)
-        self.w, self.b = kind.initial_parameters(seed)
+        self.w, self.b = kind.initial_parameters(seed) if start is None else start
         self.optimizer = HandOptimizer(self.rule)  # plain SGD unless told otherwise
 
     def loss_at(self, X, y, w, b) -> torch.Tensor:

@@ -171,7 +171,10 @@ class Kind(ABC):
         """X checked: a 2-D tensor of n_features columns on the kind's device and dtype."""
         return check_X(X, self.n_features, self.device, self.dtype)
 
-    def inputs(self, X: object, y: object, *, check: bool = True):
+    def inputs(
+        self, X: object, y: object, *, check: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """X and y checked together: y's length is X's rows."""
         X = self.features(X)
         return X, self.labels(y, X.shape[0], check=check)
 

@@ -150,6 +150,8 @@ def test_store_that_is_not_a_database(tmp_path, capsys):
     [
         (["--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["--dataset", "iris", "--impl", "jax"], "'manual', 'autograd' or 'function'"),
+        (["--impl", "manual"], "missing option --dataset"),
+        (["--dataset", "{name: iris"], "--dataset: '{name: iris' is not a YAML value"),
     ],
 )
 def test_train_bad_names(options, message, tmp_path, capsys):
