@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments import records
+from experiments import findings
 from experiments.loop import History
 
-TOLERANCES = {getattr(torch, dtype): tol for dtype, tol in records.TOLERANCES.items()}
+TOLERANCES = {getattr(torch, dtype): tol for dtype, tol in findings.TOLERANCES.items()}
 
 
 @dataclass(frozen=True)

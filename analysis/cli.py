@@ -8,7 +8,7 @@ from analysis.report import make_report
 from analysis.run_notebooks import execute
 from analysis.runs import AnalysisError
 from experiments.cli import entry
-from experiments.tracking import TrackingError
+from experiments.stores import TrackingError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression as SkLogistic
 from analysis.agreement import TOLERANCES, trajectory_gap
 from analysis.runs import KEYS, Sweep
 from experiments.data import load_split
-from experiments.records import best_lrs as _best_lrs
+from experiments.findings import best_lrs as _best_lrs
 from experiments.records import dataset_config
 from manual_models import make_model
 
@@ -219,7 +219,7 @@ def stability(sweep: Sweep) -> pd.DataFrame:
 def best_lrs(sweep: Sweep) -> pd.DataFrame:
     """Per dataset × impl × rule × device × dtype: the lr with the lowest mean final validation
     loss over seeds, flagged on the grid's edge, beside autograd's own best (the summary a
-    sweep records, :func:`experiments.records.best_lrs`)."""
+    sweep records, :func:`experiments.findings.best_lrs`)."""
     return _best_lrs(sweep.runs)
 
 

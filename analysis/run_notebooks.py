@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from analysis.runs import load_sweep
-from experiments.tracking import resolve_uri
+from experiments.stores import resolve_uri
 
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 

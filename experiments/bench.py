@@ -37,10 +37,10 @@ from experiments.config import CONFIGS, RunConfig, build, load_sweep
 from experiments.engines import InlineEngine
 from experiments.loop import fit
 from experiments.lr_batch import LrBatch
-from experiments.records import run_tags
+from experiments.records import charted, run_tags
 from experiments.records import write as write_run
 from experiments.sweep import run_sweep
-from experiments.tracking import Tracker, charted
+from experiments.tracking import Tracker
 from experiments.training import train_pass
 from experiments.writer import Writer
 from manual_models import logistic, make_model
@@ -313,7 +313,7 @@ def sweep_share(config_file: str) -> dict:
     config = load_sweep(CONFIGS / config_file, {"devices": ["cpu"]})
     with tempfile.TemporaryDirectory() as folder:
         tracker = Tracker(f"sqlite:///{folder}/sweep.db")
-        outcome = run_sweep(config, tracker, InlineEngine(), progress=False)
+        outcome = run_sweep(config, tracker, engine=InlineEngine(), progress=False)
     share = (outcome.seconds - outcome.train_seconds) / outcome.seconds
     return {
         "config": config_file,

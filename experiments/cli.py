@@ -8,7 +8,6 @@ anything is written.
 
 from __future__ import annotations
 
-import functools
 import os
 import shlex
 import sys
@@ -31,11 +30,14 @@ from experiments.config import (
     parse_value,
     run_keys,
 )
-from experiments.engines import ENGINES, EngineError, open_engine
+from experiments.engines import ENGINES, EngineError
+from experiments.findings import summary
 from experiments.lease import LeaseLost
-from experiments.records import latest_attempts, summary
+from experiments.records import latest_attempts
+from experiments.retries import StoreFull, StoreLost
+from experiments.stores import TrackingError, check_reachable
 from experiments.sweep import SweepOutcome, run_sweep
-from experiments.tracking import StoreLost, Tracker, TrackingError, check_reachable, unusable
+from experiments.tracking import Tracker
 from manual_models.validation import resolve_device
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -269,29 +271,19 @@ def execute(
     workers: int = 1,
     restart: bool = False,
 ) -> int:
-    """Check the store and the engine before anything is written, run the sweep, and say how
-    it went: exit code 1 if a run failed with an error, else 0."""
+    """Run the sweep (which checks the store and the engine before anything is written), and
+    say how it went: exit code 1 if a run failed with an error, else 0."""
     tracker = Tracker(uri)
-    check_reachable(tracker.uri)
-    engine = open_engine(config.engine, config.address, workers)
-    try:
-        probe = functools.partial(unusable, tracker.uri)
-        engine.check(gpu="cuda" in config.resolved_devices(), probe=probe)
-        if not quiet:
-            click.echo(f"engine: {engine.describe()}", err=True)
-        outcome = run_sweep(
-            config,
-            tracker,
-            engine,
-            experiment=experiment,
-            command=command,
-            nested=nested,
-            progress=not quiet,
-            restart=restart,
-        )
-    except BaseException:
-        engine.stop()  # a Dask cluster of its own, or workers still running: not left behind
-        raise
+    outcome = run_sweep(
+        config,
+        tracker,
+        workers=workers,
+        experiment=experiment,
+        command=command,
+        nested=nested,
+        progress=not quiet,
+        restart=restart,
+    )
     return say_outcome(outcome, tracker.uri, experiment or config.name, nested)
 
 
@@ -360,7 +352,7 @@ EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the same command later will
 
 def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> int:
     """Run a click group; a user's mistake becomes one line on stderr and exit code 2; a store
-    that went away mid-sweep, or a sweep another driver took over, exit code 75."""
+    that went away or filled up mid-sweep, or a sweep another driver took over, exit code 75."""
     try:
         with interrupts.installed():
             code = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -378,6 +370,9 @@ def entry(group: click.Group, prog_name: str, user_errors: tuple, argv=None) -> 
             f"{stop}: runs in flight marked KILLED; run the same command to resume", err=True
         )
         return stop.exit_code
+    except StoreFull as full:
+        click.echo(f"error: {full} (the runs in flight stay RUNNING until then)", err=True)
+        return EX_TEMPFAIL
     except StoreLost as lost:
         click.echo(
             f"error: {lost}; the runs in flight stay RUNNING until the same command runs again "

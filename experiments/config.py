@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,7 +31,7 @@ from pydantic import (
 from experiments.datasets import CLASSES, DATASETS
 from manual_models import IMPLEMENTATIONS, Optimizer
 from manual_models.optimizers import Rule
-from manual_models.validation import DEVICE_TYPES, device_available
+from manual_models.validation import available_devices
 
 Impl = Literal["manual", "autograd", "function"]
 Device = Literal["cpu", "cuda", "mps"]
@@ -276,6 +277,8 @@ class SweepConfig(_Common):
         "one pass over the data (each is still its own run); autograd runs stay one per run",
     )
 
+    _offered: list[str] | None = PrivateAttr(None)  # where the runs train (see on())
+
     @field_validator("lrs", mode="before")
     @classmethod
     def _logspace(cls, value: Any) -> Any:
@@ -300,15 +303,6 @@ class SweepConfig(_Common):
             raise ValueError("has a repeated entry")
         return values
 
-    @field_validator("devices")
-    @classmethod
-    def _present(cls, devices: list[str]) -> list[str]:
-        for device in devices:
-            if device != "auto" and not device_available(device):
-                present = ", ".join(d for d in DEVICE_TYPES if device_available(d))
-                raise ValueError(f"device {device!r} is not available here; present: {present}")
-        return devices
-
     @property
     def key(self) -> str:
         """A stable hash of the whole sweep: the same command resumes the same sweep, on any
@@ -316,13 +310,27 @@ class SweepConfig(_Common):
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
         return _key(dumped, {"optimizers": [SGD.model_dump(mode="json")]})
 
+    def on(self, offered: list[str], where: str = "here") -> SweepConfig:
+        """This sweep where its runs will train, which ``offered`` those devices (an engine's
+        workers: :meth:`experiments.engines.Engine.devices`): ``auto`` becomes each of them; a
+        device named but not offered is a :class:`ConfigError`. Its key does not change."""
+        for device in self.devices:
+            if device != "auto" and device not in offered:
+                raise ConfigError(
+                    f"devices: device {device!r} is not available {where}; "
+                    f"present: {', '.join(offered)}"
+                )
+        placed = self.model_copy()
+        placed._offered = list(offered)
+        return placed
+
     def resolved_devices(self) -> list[str]:
-        """``auto`` becomes every device present, in the order cpu, cuda, mps."""
+        """The devices of the grid, in the order cpu, cuda, mps: ``auto`` is every device
+        offered where the runs train (:meth:`on`; this process's own until then)."""
+        offered = self._offered if self._offered is not None else available_devices()
         out: list[str] = []
         for device in self.devices:
-            for d in DEVICE_TYPES if device == "auto" else [device]:
-                if device_available(d) and d not in out:
-                    out.append(d)
+            out += [d for d in (offered if device == "auto" else [device]) if d not in out]
         return out
 
     def params(self) -> dict[str, str]:

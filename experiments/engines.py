@@ -6,8 +6,12 @@ A sweep hands its training passes to an :class:`Engine`: this process, one pass 
 :mod:`experiments.sweep` has one code path. Another engine (Ray, say) is another subclass here;
 the training code does not change.
 
-Opening an engine is checked before anything is written: an engine that is not installed or a
-scheduler that does not answer is a :class:`EngineError` with a one-line message.
+An engine is a context manager, and :func:`experiments.sweep.run_sweep` its one owner: opened
+and checked before anything is written (an engine that is not installed or a scheduler that
+does not answer is an :class:`EngineError` with a one-line message), stopped when the sweep is
+interrupted or fails (its workers gone before the driver marks their runs KILLED), closed when
+it ends. :meth:`Engine.devices` says where its runs can train: the devices of the machines
+that will run them, not the driver's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from experiments.errors import first_line
+from manual_models.validation import DEVICE_TYPES, available_devices
 
 ENGINES = ("local", "dask")
 INSTALL_HINT = "pip install -e '.[cluster]' (make install does)"
@@ -45,13 +50,29 @@ class Engine:
     # Whether passes run in the sweep's own process (which then records them in the background).
     runs_here = False
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is None:
+            self.close()
+        else:
+            self.stop()
+
     def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
         raise NotImplementedError
 
-    def check(self, gpu: bool, probe: Callable[[], str | None] | None = None) -> None:
-        """Raise :class:`EngineError` if the engine cannot run the grid (``gpu``: it has
-        CUDA points), or if ``probe`` (can a worker reach and log in to the store? None if
-        so, else why not) says why not on a worker with an environment of its own."""
+    def devices(self) -> list[str]:
+        """The device types its runs can train on, in the order cpu, cuda, mps."""
+        return available_devices()
+
+    def where(self) -> str:
+        """Where its runs train, for a message: ``here``, or the cluster."""
+        return "here"
+
+    def check(self, probe: Callable[[], str | None]) -> None:
+        """Raise :class:`EngineError` if ``probe`` (can a worker reach and log in to the store?
+        None if so, else why not) says why not on a worker with an environment of its own."""
 
     def capacity(self) -> int:
         """How many passes to keep in flight."""
@@ -189,18 +210,33 @@ class DaskEngine(Engine):
         # A local cluster shares this machine's GPU among its workers: no resource to ask for.
         return (self.gpu if gpu and self.cluster is None else self.cpu).submit(fn, *args)
 
-    def check(self, gpu: bool, probe: Callable[[], str | None] | None = None) -> None:
-        if probe is not None:  # each worker's own environment: its login, its network
-            for worker, why in self.client.run(probe, on_error="return").items():
-                if why is not None:
-                    raise EngineError(f"dask worker {worker}: {why}")
-        if gpu and self.cluster is None:
-            workers = self.client.scheduler_info()["workers"].values()
-            if not any(w.get("resources", {}).get("GPU") for w in workers):
-                raise EngineError(
-                    "the grid has CUDA points but no worker of the Dask cluster offers a GPU: "
-                    "start one with `dask worker ADDRESS --resources GPU=1`"
-                )
+    def check(self, probe: Callable[[], str | None]) -> None:
+        for worker, why in self.client.run(probe, on_error="return").items():
+            if why is not None:  # each worker's own environment: its login, its network
+                raise EngineError(f"dask worker {worker}: {why}")
+
+    def devices(self) -> list[str]:
+        """What the workers have; CUDA only on a worker that offers the ``GPU`` resource CUDA
+        points ask for (on a local cluster, this machine's GPU, shared)."""
+        if self.cluster is not None:
+            return available_devices()
+        found = self.client.run(available_devices, on_error="return")
+        workers = self.client.scheduler_info()["workers"]
+        offered = {"cpu"}
+        for worker, present in found.items():
+            if not isinstance(present, list):
+                continue  # a worker that failed to answer offers nothing
+            gpu = workers.get(worker, {}).get("resources", {}).get("GPU")
+            offered |= {d for d in present if d != "cuda" or gpu}
+        return [device for device in DEVICE_TYPES if device in offered]
+
+    def where(self) -> str:
+        if self.cluster is not None:
+            return "here"
+        return (
+            f"on the Dask cluster at {self.address} (a CUDA worker starts with "
+            "`dask worker ADDRESS --resources GPU=1`)"
+        )
 
     def capacity(self) -> int:
         # Every worker thread busy; workers may join or leave while the sweep runs.

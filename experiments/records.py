@@ -1,11 +1,14 @@
 """What the store holds about every run and sweep, and how it reads back: one schema.
 
 Written here: a run's tags (what the MLflow UI groups by, where it ran, the note with the
-command that repeats it), its params (its config, its data's shape and digest) and its record
-(the history, through :meth:`Tracker.log_run`); a sweep's parent tags and its dataset inputs.
+command that repeats it), its params (its config, its data's shape and digest), its metrics
+(the chart points of every series, thinned by :func:`thin`) and its artifacts (the whole
+history and the kept trajectory as Parquet tables), all in :func:`record`; a sweep's parent
+tags and its dataset inputs; how a run ends (:func:`write`, :func:`fail`).
 
 Read back here: :func:`runs_table` turns runs as MLflow returns them into one typed frame, the
-frame a sweep writes as ``runs.csv`` and the analysis reads; :func:`best_lrs` summarises it.
+frame a sweep writes as ``runs.csv`` and the analysis reads (:mod:`experiments.findings`
+concludes from it).
 """
 
 from __future__ import annotations
@@ -13,19 +16,21 @@ from __future__ import annotations
 import getpass
 import math
 import platform
-import re
 import subprocess
 from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from experiments import datasets
 from experiments.config import DatasetConfig, RunConfig, SweepConfig
 from experiments.data import load_split, split_digest
+from experiments.loop import History
 from experiments.tracking import Tracker
 from experiments.training import RunResult
 
@@ -52,8 +57,6 @@ PARAM_TYPES = {
 }
 # What pairs a run with its autograd twin (the same rule: sgd, adam, no zero_grad, ...).
 KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr"]
-# One best learning rate for each of these groups of runs (and one gradient-error maximum).
-BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
 # Params of runs recorded before they existed: plain SGD, two classes.
 DEFAULTS = {
     "optimizer": "sgd",
@@ -173,9 +176,100 @@ def sweep_tags(config: SweepConfig, runs: int, command: str) -> dict[str, str]:
     }
 
 
+# --- a run's history, as the store holds it -------------------------------------------------
+def thin(n: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` of the steps 0 … n − 1, the first and the last included.
+
+    Up to ``max_points`` steps, every one. Beyond, half the points are spaced evenly (no stretch
+    of the curve goes unsampled) and half geometrically, dense at the start, where gradient
+    descent moves fastest (a large learning rate's loss falls by orders of magnitude in its
+    first steps); the points left where the two coincide bisect the widest gaps.
+    """
+    if n <= max_points:
+        return np.arange(n)
+    if max_points <= 2:
+        return np.array([n - 1] if max_points == 1 else [0, n - 1])
+    even = np.linspace(0, n - 1, max_points // 2)
+    early = np.geomspace(1, n, max_points - max_points // 2) - 1
+    keep = np.unique(np.round(np.concatenate([even, early])).astype(np.int64))
+    while len(keep) < max_points:
+        gap = int(np.argmax(np.diff(keep)))
+        keep = np.insert(keep, gap + 1, (keep[gap] + keep[gap + 1]) // 2)
+    return keep
+
+
+# The series drawn as curves, sent at up to ``max_metric_points`` points: the losses and
+# accuracies, how far w and the gradient are from 0, and the gradient checks on a log10 scale
+# (the raw checks live near the float epsilon, and a linear axis labels them 0, 0, 0). Every
+# other series (the bias, the raw checks) goes at its first and last step; every series is
+# whole in history.parquet.
+CURVES = (
+    "train/loss",
+    "val/loss",
+    "train/accuracy",
+    "val/accuracy",
+    "grad/w_norm",
+    "param/w_norm",
+    "check/log10_grad_rel_err",
+    "check/log10_grad_err_vs_terms",
+)
+LOG10_FLOOR = 1e-18  # an exact 0 (bit-identical gradients) is drawn at −18
+
+
+def series(history: History) -> dict[str, np.ndarray]:
+    """Every metric as MLflow gets it: the history's, and log10 of each gradient check."""
+    out = {name: values.double().numpy() for name, values in history.metrics.items()}
+    for name in [n for n in out if n.startswith("check/")]:
+        log10 = np.log10(np.maximum(out[name], LOG10_FLOOR))  # NaN (unchecked) stays NaN
+        out[name.replace("check/", "check/log10_")] = log10
+    return out
+
+
+def charted(history: History, max_points: int) -> list[tuple[str, float, int]]:
+    """(name, value, step) of every point a run sends to MLflow's charts: each of
+    :data:`CURVES` at up to ``max_points`` points, every other series at its ends."""
+    points = []
+    for name, values in series(history).items():
+        steps = np.flatnonzero(~np.isnan(values))
+        for i in steps[thin(len(steps), max_points if name in CURVES else 2)]:
+            points.append((name, float(values[i]), int(i)))
+    return points
+
+
+def history_table(history: History):
+    """Every metric at every step, one column each, as an Arrow table (``history.parquet``)."""
+    columns = {"step": np.arange(history.steps + 1)}
+    columns.update({name: v.double().numpy() for name, v in history.metrics.items()})
+    return pa.table(columns)
+
+
+def trajectory_table(history: History):
+    """The kept rows' parameters and gradients as columns ``step, w_0 …, dw_0 …`` (the loop
+    keeps every k-th row and the last, as ``max_trajectory_values`` allows). The columns are w
+    (logistic regression, whose one-number b is the ``param/b`` series), or W row by row and
+    then b (softmax regression)."""
+    rows = history.w.shape[0]
+    parts = (
+        (history.w, history.dw)
+        if history.b.ndim == 1
+        else (
+            torch.cat([history.w.reshape(rows, -1), history.b], 1),
+            torch.cat([history.dw.reshape(rows, -1), history.db], 1),
+        )
+    )
+    w, dw = (t.reshape(rows, -1).double().numpy() for t in parts)
+    n = w.shape[1]
+    names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
+    arrays = [history.kept.numpy(), *w.T, *dw.T]
+    return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names)
+
+
 # --- a run's record ---------------------------------------------------------------------------
 def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
-    """Everything about one run, in one batch and one upload; returns its final status."""
+    """Everything about one run, in as few batches as MLflow allows and one upload: its params
+    (``trajectory_every``: the spacing of the trajectory's rows, 1 when every step is there),
+    its single metrics, its series as :func:`charted` draws them, ``history.parquet`` and
+    ``trajectory.parquet``; returns its final status."""
     config, history = result.config, result.history
     params = {
         **config.params(),
@@ -197,13 +291,17 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
         reason = f"loss or parameters not finite at step {step}"
         tags = {"failure": "diverged", "diverged_at_step": str(step), "failure_reason": reason}
         status = "FAILED"
-    tracker.log_run(
+    params["trajectory_every"] = history.every
+    tracker.log(
         run_id,
-        history,
-        max_points=config.max_metric_points,
         params=params,
         metrics=metrics,
         tags=tags,
+        points=charted(history, config.max_metric_points),
+        tables={
+            "history.parquet": history_table(history),
+            "trajectory.parquet": trajectory_table(history),
+        },
     )
     return status
 
@@ -237,7 +335,8 @@ def log_inputs(tracker: Tracker, run_id: str, configs: list[RunConfig]) -> None:
         except Exception:  # its runs fail with the reason; the sweep goes on
             continue
         loader = datasets.DATASETS[dataset.name].loader.__name__.lstrip("_")
-        tracker.log_dataset(run_id, key, dataset.label, loader, split)
+        parts = {"train": (split.X_train, split.y_train), "val": (split.X_val, split.y_val)}
+        tracker.log_dataset(run_id, key, f"{dataset.label} s{key[1]}", loader, parts)
 
 
 # --- reading runs back --------------------------------------------------------------------------
@@ -250,6 +349,8 @@ def runs_table(runs: Iterable) -> pd.DataFrame:
         return frame
     for name, default in DEFAULTS.items():
         frame[name] = frame[name].fillna(default) if name in frame else default
+    for name in KEYS:  # runs that failed before their params were written have none
+        frame[name] = frame[name] if name in frame else None
     frame["n_classes"] = pd.to_numeric(frame["n_classes"]).fillna(2).astype(int)
     frame["weight_decay"] = frame["optimizer.weight_decay"].astype(float)
     frame["zero_grad"] = frame["optimizer.zero_grad"].astype(str) == "True"
@@ -282,88 +383,6 @@ def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
     return runs.sort_values("start_time").drop_duplicates("config_key", keep="last")
-
-
-def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset × impl × update rule × device × dtype: the lr with the lowest mean final
-    validation loss over seeds, flagged ``on_edge`` at the end of the grid, beside autograd's
-    own best (compare implementations each at its own best lr)."""
-    runs = runs[runs.status == "FINISHED"]
-    group = BEST_LR_BY
-    per_lr = (
-        runs.groupby([*group, "lr"])
-        .agg(
-            val_loss_mean=("val/loss", "mean"),
-            val_loss_std=("val/loss", "std"),
-            val_accuracy_mean=("val/accuracy", "mean"),
-            seeds=("seed", "nunique"),
-        )
-        .reset_index()
-    )
-    grid = runs.groupby(group)["lr"].agg(lr_min="min", lr_max="max", lrs="nunique")
-    best = per_lr.loc[per_lr.groupby(group)["val_loss_mean"].idxmin()].join(grid, on=group)
-    edge = (best["lr"] == best["lr_min"]) | (best["lr"] == best["lr_max"])
-    best["on_edge"] = (best["lrs"] > 1) & edge
-    best = best.rename(columns={"lr": "best_lr"}).drop(columns=["lr_min", "lr_max"])
-    same = ["dataset", "optimizer", "device", "dtype"]
-    autograd = best[best.impl == "autograd"].set_index(same)
-    joined = best.join(autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"), on=same)
-    joined["val_loss_vs_autograd"] = joined["val_loss_mean"] - joined["val_loss_mean_autograd"]
-    return joined.reset_index(drop=True)
-
-
-def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """A sweep's ``summary.csv``: :func:`best_lrs`, and the largest gradient disagreement of
-    each implementation over all its runs."""
-    group = BEST_LR_BY
-    checks = [c for c in ("check/max_grad_rel_err", "check/max_grad_err_vs_terms") if c in runs]
-    finished = runs[runs.status == "FINISHED"]
-    worst = finished.groupby(group)[checks].max() if checks else None
-    best = best_lrs(runs)
-    return best if worst is None else best.join(worst, on=group)
-
-
-# How far a run may end from its autograd twin, by dtype: measured, 1,000 steps on
-# breast_cancer put them 1.2e-7 (float32) and 3.3e-16 (float64) apart (docs/proof.md).
-TOLERANCES = {"float32": 1e-5, "float64": 1e-12}
-ENDS = ["train/loss", "val/loss", "param/w_norm"]  # where a run ends, as the store has it
-
-
-def headline(runs: pd.DataFrame) -> dict[str, float]:
-    """The sweep's answer, as metrics of its parent run (the runs list alone then says it):
-
-    - ``sweep/pairs``: manual and function runs beside an autograd twin;
-      ``sweep/pairs_end_together``: how many end where the twin ends (training and validation
-      loss and ‖w‖ within the dtype's tolerance; the report compares every step);
-    - ``sweep/max_grad_err_vs_terms``: the largest gradient disagreement at any checked step
-      of any run (``sweep/max_grad_rel_err`` beside it);
-    - ``sweep/best_lr.<dataset>.<impl>``: each implementation's best learning rate per dataset
-      (and per rule, device and dtype where the sweep has several).
-    """
-    finished = runs[runs.status == "FINISHED"] if len(runs) else runs
-    if finished.empty:
-        return {}
-    twins = finished[finished.impl == "autograd"][[*KEYS, *ENDS]]
-    pairs = finished[finished.impl != "autograd"].merge(twins, on=KEYS, suffixes=("", "_twin"))
-    agree = pd.Series(True, index=pairs.index)
-    for name in ENDS if len(pairs) else ():  # no pairs without autograd runs
-        gap = (pairs[name] - pairs[f"{name}_twin"]).abs().astype(float)
-        agree &= gap <= pairs["dtype"].map(TOLERANCES)
-    out = {"sweep/pairs": len(pairs), "sweep/pairs_end_together": int(agree.sum())}
-    for name in ("grad_rel_err", "grad_err_vs_terms"):
-        if f"check/max_{name}" in finished:
-            out[f"sweep/max_{name}"] = float(finished[f"check/max_{name}"].max())
-    best = best_lrs(finished)
-    varying = [k for k in ("optimizer", "device", "dtype") if best[k].nunique() > 1]
-    for row in best.itertuples():  # one chart section (sweep/), not one per dataset
-        path = [row.dataset, *(getattr(row, k) for k in varying), row.impl]
-        out["sweep/best_lr." + ".".join(_metric_name(str(part)) for part in path)] = row.best_lr
-    return out
-
-
-def _metric_name(text: str) -> str:
-    """A label as MLflow takes it in a name: ``wine(classes=all)`` → ``wine_classes_all``."""
-    return re.sub(r"[^\w.\- ]+", "_", text).strip("_")
 
 
 def dataset_config(run: pd.Series) -> DatasetConfig:

@@ -11,24 +11,27 @@ KILLED: nothing is left RUNNING, and the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import click
 import pandas as pd
-import torch
 
-from experiments import lr_batch, records
+from experiments import findings, lr_batch, records
 from experiments.config import RunConfig, SweepConfig
-from experiments.engines import Engine
+from experiments.engines import Engine, open_engine
 from experiments.errors import first_line
 from experiments.interrupts import shielded
 from experiments.lease import Lease
-from experiments.tracking import StoreLost, Tracker
-from experiments.training import train_pass
+from experiments.retries import StoreLost
+from experiments.stores import check_reachable, unusable
+from experiments.tracking import Tracker
+from experiments.training import RunResult, train_pass
 from experiments.writer import Writer
 
 BACKGROUND_AFTER_S = 2.0  # a sweep still training after this long starts a writer
@@ -47,15 +50,17 @@ class SweepOutcome:
 def run_sweep(
     config: SweepConfig,
     tracker: Tracker,
-    engine: Engine,
     *,
+    engine: Engine | None = None,
+    workers: int = 1,
     experiment: str | None = None,
     command: str = "",
     nested: bool = True,
     progress: bool = True,
     restart: bool = False,
 ) -> SweepOutcome:
-    """Open the store, then train and record every grid point not finished yet.
+    """Train and record every grid point not finished yet, on ``engine`` (else the one the
+    config names, with ``workers``), which this opens, checks and closes.
 
     Running the same sweep again resumes it: the parent run is reopened, grid points whose
     config key already FINISHED under it are skipped, and runs left RUNNING by a killed
@@ -64,24 +69,24 @@ def run_sweep(
     ``restart`` starts a fresh parent instead, whoever runs the old one; ``nested=False``
     (``experiments train``) records the runs without a parent.
     """
-    grid = config.grid()
     lease = Lease(tracker) if nested else None  # a sweep with a parent is held by one driver
-    tracker.open()
-    sweep = Sweep.open(tracker, experiment or config.name, lease)
-    try:
-        if nested:
-            sweep.open_parent(config, grid, command, restart)
-        todo = [point for point in grid if point.key not in sweep.finished]
-        label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
-        with _progress(label, len(todo), progress) as bar:
-            sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
-    except StoreLost:  # nothing can be marked: the next run of the command does it
-        sweep.abandon()
-        raise
-    except BaseException:  # Ctrl-C, SIGTERM, or the tracking itself failed: nothing RUNNING
-        sweep.kill()
-        raise
-    return sweep.close(skipped=len(grid) - len(todo))
+    check_reachable(tracker.uri)  # before an engine starts, and before anything is written
+    with engine or open_engine(config.engine, config.address, workers) as engine:
+        engine.check(functools.partial(unusable, tracker.uri))
+        config = config.on(engine.devices(), engine.where())
+        if progress:
+            click.echo(f"engine: {engine.describe()}", err=True)
+        grid = config.grid()
+        tracker.open()
+        sweep = Sweep.open(tracker, experiment or config.name, lease)
+        with sweep.ending(engine):
+            if nested:
+                sweep.open_parent(config, grid, command, restart)
+            todo = [point for point in grid if point.key not in sweep.finished]
+            label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
+            with _progress(label, len(todo), progress) as bar:
+                sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
+            return sweep.close(skipped=len(grid) - len(todo))
 
 
 @dataclass
@@ -97,13 +102,28 @@ class Sweep:
     train_seconds: float = 0.0
     start: float = field(default_factory=time.perf_counter)
     writer: Writer | None = None  # records this process's passes in the background
-    threads: int = 1  # torch's threads before the writer took a core
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
 
     @classmethod
     def open(cls, tracker: Tracker, experiment: str, lease: Lease | None) -> Sweep:
-        TRACKERS[tracker.uri] = tracker  # a pass run in this process records through it
         return cls(tracker, tracker.experiment(experiment), lease=lease)
+
+    @contextlib.contextmanager
+    def ending(self, engine: Engine):
+        """On the way out of a sweep cut short, the engine is stopped first (no worker ends a
+        run after this), then: the store went away, nothing can be marked, and the next run of
+        the command does it; anything else (Ctrl-C, SIGTERM, the tracking itself failed), the
+        runs in flight end KILLED and nothing stays RUNNING."""
+        try:
+            yield
+        except StoreLost:
+            engine.stop()
+            self.abandon()
+            raise
+        except BaseException:
+            engine.stop()
+            self.kill()
+            raise
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -157,31 +177,31 @@ class Sweep:
         queue = deque((group, None) for group in passes)  # (pass, its run ids once created)
         futures: dict[Future, list[str]] = {}
         broken = False  # a dead worker broke the engine: let what is in flight drain first
-        try:
-            while queue or futures:
-                if engine.runs_here and queue:
-                    self._record_aside()
-                while queue and not broken and len(futures) < engine.capacity():
-                    broken = not self._submit(engine, queue, futures)
-                done = wait(futures, return_when=FIRST_COMPLETED).done if futures else set()
-                for future in done:
-                    broken |= self._collect(engine, future, futures.pop(future), bar)
-                if broken and not futures:
-                    engine.renew()
-                    broken = False
-        except BaseException:
-            engine.stop()  # before the driver marks the runs in flight KILLED
-            raise
-        engine.close()
+        while queue or futures:
+            if engine.runs_here and queue:
+                self._record_aside()
+            while queue and not broken and len(futures) < engine.capacity():
+                broken = not self._submit(engine, queue, futures)
+            done = wait(futures, return_when=FIRST_COMPLETED).done if futures else set()
+            for future in done:
+                broken |= self._collect(engine, future, futures.pop(future), bar)
+            if broken and not futures:
+                engine.renew()
+                broken = False
 
     def _record_aside(self) -> None:
         """A sweep that trains in this process and is still going after a few seconds is
         long enough to pay for a writer: it records the runs on a core of its own, while
         training keeps the others (one thread fewer for torch)."""
         if self.writer is None and time.perf_counter() - self.start > BACKGROUND_AFTER_S:
-            self.writer = WRITERS[self.tracker.uri] = Writer(self.tracker.uri)
-            self.threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, self.threads - 1))
+            self.writer = Writer(self.tracker.uri, take_a_thread=True)
+
+    def record(self, run_id: str, result: RunResult, *, inputs: bool, guard: bool) -> None:
+        """Record a pass's run trained in this process: through the writer once it is up."""
+        if self.writer is not None and self.writer.ready():
+            self.writer.write(run_id, result, inputs=inputs, guard=guard)
+        else:
+            records.write(self.tracker, run_id, result, inputs=inputs, guard=guard)
 
     def _submit(self, engine: Engine, queue: deque, futures: dict) -> bool:
         """Hand the next pass to the engine; False if a broken engine refused it (then it
@@ -191,9 +211,10 @@ class Sweep:
         # A run another driver has ended meanwhile (KILLED when it took the sweep over, or on
         # an interrupt) keeps that status.
         guard = engine.guard or self.lease is not None
-        args = (self.tracker.uri, run_ids, group, self.parent_id is None, guard)
+        job = Pass(self.tracker.uri, run_ids, group, inputs=self.parent_id is None, guard=guard)
+        work = functools.partial(job, record=self.record) if engine.runs_here else job
         try:
-            futures[engine.submit(work, *args, gpu=group[0].device == "cuda")] = run_ids
+            futures[engine.submit(work, gpu=group[0].device == "cuda")] = run_ids
         except Exception as err:
             if not engine.lost_worker(err):
                 raise
@@ -277,11 +298,11 @@ class Sweep:
             table = runs.reindex(columns=records.RUNS_CSV)
             tracker.log_text(parent, table.to_csv(index=False), "runs.csv")
             if (runs.status == "FINISHED").any():
-                tracker.log_text(parent, records.summary(runs).to_csv(index=False), "summary.csv")
+                tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
             status = records.latest_attempts(runs).status.value_counts()
             metrics = {f"sweep/{k.lower()}": v for k, v in status.items()}
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
-            tracker.log(parent, metrics={**timing, **metrics, **records.headline(runs)})
+            tracker.log(parent, metrics={**timing, **metrics, **findings.headline(runs)})
             tracker.finish(parent)
         self._release()
         return SweepOutcome(
@@ -304,10 +325,8 @@ class Sweep:
             writer.close()  # stops it even when a second interrupt cut the wait short
 
     def _detach_writer(self) -> Writer:
-        """The writer, no longer this sweep's or this process's; the caller stops it."""
+        """The writer, no longer this sweep's; the caller stops it."""
         writer, self.writer = self.writer, None
-        WRITERS.pop(self.tracker.uri, None)
-        torch.set_num_threads(self.threads)  # the core it took is the training's again
         return writer
 
     def runs(self) -> pd.DataFrame:
@@ -315,33 +334,41 @@ class Sweep:
         if self.parent_id is not None:
             found = self.tracker.children(self.experiment_id, self.parent_id)
         else:
-            found = [self.tracker.client.get_run(run_id) for run_id in self.started]
+            found = [self.tracker.run(run_id) for run_id in self.started]
         return records.runs_table(found)
 
 
 # --- what a worker runs -----------------------------------------------------------------------
-TRACKERS: dict[str, Tracker] = {}  # one per store, for the life of the process
-WRITERS: dict[str, Writer] = {}  # the sweep's own process, while it records in the background
+@dataclass(frozen=True)
+class Pass:
+    """A training pass as the driver hands it to a worker: everything the worker needs.
+
+    ``run_ids``: the runs the driver created for ``configs``, in order. ``inputs``: log each
+    run's data too (a run without a parent). ``guard``: a run the driver has ended meanwhile
+    (KILLED on an interrupt) keeps that status.
+    """
+
+    uri: str
+    run_ids: list[str]
+    configs: list[RunConfig]
+    inputs: bool
+    guard: bool
+
+    def __call__(self, record: Callable | None = None) -> float:
+        """Train the pass and record each run under its id (through ``record`` where the
+        driver gave one, else straight to the store): FINISHED, or FAILED if it diverged.
+        Returns the training time."""
+        results = train_pass(self.configs)
+        record = record or functools.partial(records.write, _tracker(self.uri))
+        for run_id, result in zip(self.run_ids, results, strict=True):
+            record(run_id, result, inputs=self.inputs, guard=self.guard)
+        return sum(result.seconds for result in results)
 
 
-def work(
-    uri: str, run_ids: list[str], configs: list[RunConfig], inputs: bool, guard: bool
-) -> float:
-    """Train a pass and record each run under the run id the driver created for it (through
-    this process's writer once it is up, else here): FINISHED, or FAILED if it diverged.
-    Returns the training time. ``inputs``: log each run's data too (a run without a parent).
-    ``guard``: a run the driver has ended meanwhile (KILLED on an interrupt) keeps that
-    status."""
-    if uri not in TRACKERS:
-        TRACKERS[uri] = Tracker(uri)
-    results = train_pass(configs)
-    writer = WRITERS.get(uri)
-    for run_id, result in zip(run_ids, results, strict=True):
-        if writer is not None and writer.ready():
-            writer.write(run_id, result, inputs=inputs, guard=guard)
-        else:
-            records.write(TRACKERS[uri], run_id, result, inputs=inputs, guard=guard)
-    return sum(result.seconds for result in results)
+@functools.cache
+def _tracker(uri: str) -> Tracker:
+    """A worker's client of the store, one per store for the life of its process."""
+    return Tracker(uri)
 
 
 class _Silent:

@@ -17,7 +17,7 @@ import secrets
 import requests
 
 from experiments.logins import not_let_in
-from experiments.tracking import Tracker, TrackingError
+from experiments.stores import TrackingError, rest
 
 ROLES = {"read": "READ", "edit": "EDIT"}  # role → its permission on every experiment
 WORKSPACE = "default"  # MLflow's one workspace when workspaces are off
@@ -40,35 +40,34 @@ def add_user(uri: str, name: str, role: str) -> str | None:
             f"bad user name {name!r}: letters, digits and . _ @ -, at most 64, "
             "starting with a letter or digit"
         )
-    server = Tracker(uri)
     try:
-        roles = _team_roles(server)
+        roles = _team_roles(uri)
         password = None
-        if not _exists(server, name):
+        if not _exists(uri, name):
             password = secrets.token_urlsafe(18)
-            server.rest("POST", "2.0/mlflow/users/create", {"username": name, "password": password})
-        listed = server.rest("GET", "3.0/mlflow/users/roles/list", {"username": name})["roles"]
+            rest(uri, "POST", "2.0/mlflow/users/create", {"username": name, "password": password})
+        listed = rest(uri, "GET", "3.0/mlflow/users/roles/list", {"username": name})["roles"]
         held = {r["id"] for r in listed}
         for other, role_id in roles.items():
             if other != role and role_id in held:
                 unassign = {"username": name, "role_id": role_id}
-                server.rest("DELETE", "3.0/mlflow/roles/unassign", unassign)
+                rest(uri, "DELETE", "3.0/mlflow/roles/unassign", unassign)
         if roles[role] not in held:
-            server.rest(
-                "POST", "3.0/mlflow/roles/assign", {"username": name, "role_id": roles[role]}
-            )
+            assign = {"username": name, "role_id": roles[role]}
+            rest(uri, "POST", "3.0/mlflow/roles/assign", assign)
     except requests.HTTPError as err:
         raise TrackingError(_why(err.response.status_code, uri)) from None
     return password
 
 
-def _team_roles(server: Tracker) -> dict[str, int]:
+def _team_roles(uri: str) -> dict[str, int]:
     """The ids of the two team roles, made with their grants the first time."""
-    listed = server.rest("GET", "3.0/mlflow/roles/list", {"workspace": WORKSPACE})["roles"]
+    listed = rest(uri, "GET", "3.0/mlflow/roles/list", {"workspace": WORKSPACE})["roles"]
     found = {r["name"]: r["id"] for r in listed}
     for role, permission in ROLES.items():
         if team_role(role) not in found:
-            made = server.rest(
+            made = rest(
+                uri,
                 "POST",
                 "3.0/mlflow/roles/create",
                 {"workspace": WORKSPACE, "name": team_role(role),
@@ -76,14 +75,14 @@ def _team_roles(server: Tracker) -> dict[str, int]:
             )["role"]  # fmt: skip
             grant = {"role_id": made["id"], "resource_type": "experiment",
                      "resource_pattern": "*", "permission": permission}  # fmt: skip
-            server.rest("POST", "3.0/mlflow/roles/permissions/add", grant)
+            rest(uri, "POST", "3.0/mlflow/roles/permissions/add", grant)
             found[team_role(role)] = made["id"]
     return {role: found[team_role(role)] for role in ROLES}
 
 
-def _exists(server: Tracker, name: str) -> bool:
+def _exists(uri: str, name: str) -> bool:
     try:
-        server.rest("GET", "2.0/mlflow/users/get", {"username": name})
+        rest(uri, "GET", "2.0/mlflow/users/get", {"username": name})
     except requests.HTTPError as err:
         if err.response.status_code == 404:
             return False

@@ -25,7 +25,8 @@ import torch
 
 from experiments import records
 from experiments.errors import first_line
-from experiments.tracking import StoreLost, Tracker
+from experiments.retries import StoreLost
+from experiments.tracking import Tracker
 from experiments.training import RunResult
 
 READY = "ready"  # what the writer says once MLflow is imported and the store is open
@@ -34,7 +35,12 @@ READY = "ready"  # what the writer says once MLflow is imported and the store is
 class Writer:
     """A process that records trained runs in the store they belong to."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, take_a_thread: bool = False) -> None:
+        """``take_a_thread``: the writer's core is one of this process's torch threads, given
+        back on :meth:`close` (the sweep's own process trains on the others meanwhile)."""
+        self._threads = torch.get_num_threads() if take_a_thread else None
+        if self._threads is not None:
+            torch.set_num_threads(max(1, self._threads - 1))
         context = multiprocessing.get_context("spawn")  # no forked torch, SQLite or threads
         self._jobs = context.Queue()
         self._done = context.Queue()
@@ -46,14 +52,18 @@ class Writer:
         self._ready = False
         self._pending: set[str] = set()  # handed over, not recorded yet
         self._lost: set[str] = set()  # handed over, and the writer could not end them
+        self._store_lost: StoreLost | None = None  # why the store refused the writer, if it did
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
     def ready(self) -> bool:
-        """Whether the writer is up and takes runs."""
+        """Whether the writer is up and takes runs; :class:`StoreLost` once the store went
+        away or filled up under it (the sweep stops as it would had it written itself)."""
         self._collect(timeout=0)
+        if self._store_lost is not None:
+            raise self._store_lost
         return self._ready and self._process.is_alive()
 
     def write(self, run_id: str, result: RunResult, *, inputs: bool, guard: bool) -> None:
@@ -62,10 +72,13 @@ class Writer:
 
     def drain(self) -> set[str]:
         """Wait until every run handed over is recorded; return those still RUNNING: left by a
-        writer that died, or that it could not end at all (the store went away)."""
+        writer that died, or that it could not end at all; :class:`StoreLost` if the store went
+        away or filled up under it."""
         while self._pending and self._process.is_alive():
             self._collect(timeout=0.2)
         self._collect(timeout=0)  # what it finished before it died
+        if self._store_lost is not None:  # then nothing more can be recorded or marked
+            raise self._store_lost
         lost = self._pending | self._lost
         self._pending, self._lost = set(), set()
         return lost
@@ -86,19 +99,24 @@ class Writer:
         if self._process.is_alive():
             self._process.kill()
             self._process.join(timeout=10)
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
     def _collect(self, timeout: float) -> None:
-        """Take the writer's messages: READY, or (run id, whether the run is ended)."""
+        """Take the writer's messages: READY, or (run id, whether the run is ended, the
+        StoreLost that stopped it or None)."""
         try:
             message = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
             while True:
                 if message == READY:
                     self._ready = True
                 else:
-                    run_id, ended = message
+                    run_id, ended, lost = message
                     self._pending.discard(run_id)
                     if not ended:
                         self._lost.add(run_id)
+                    self._store_lost = self._store_lost or lost
                 message = self._done.get_nowait()
         except queue.Empty:
             pass
@@ -123,18 +141,23 @@ def _serve(uri: str, jobs, done) -> None:
         if job is None:
             return
         run_id, result, inputs, guard = job
-        done.put((run_id, _record(tracker, run_id, result, inputs, guard)))
+        done.put((run_id, *_record(tracker, run_id, result, inputs, guard)))
 
 
-def _record(tracker: Tracker, run_id: str, result: RunResult, inputs: bool, guard: bool) -> bool:
-    """Record one run and end it; False if it could not even be marked FAILED."""
+def _record(
+    tracker: Tracker, run_id: str, result: RunResult, inputs: bool, guard: bool
+) -> tuple[bool, StoreLost | None]:
+    """Record one run and end it: whether it is ended (not even marked FAILED if not), and
+    the StoreLost that stopped it."""
     try:
         records.write(tracker, run_id, result, inputs=inputs, guard=guard)
-    except StoreLost:  # not the run's fault: drain() names it, and it is trained again
-        return False
+    except StoreLost as lost:  # not the run's fault: drain() names it, and it is trained again
+        return False, lost
     except Exception as err:
         try:
             records.fail(tracker, run_id, f"recording failed: {first_line(err, named=True)}")
+        except StoreLost as lost:
+            return False, lost
         except Exception:  # the store itself is gone: drain() names the run
-            return False
-    return True
+            return False, None
+    return True, None

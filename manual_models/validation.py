@@ -57,6 +57,11 @@ def device_available(kind: str) -> bool:
     return kind in ("cpu", "meta")  # meta: shapes without data, used to test device checks
 
 
+def available_devices() -> list[str]:
+    """The device types this process can use, in the order cpu, cuda, mps."""
+    return [kind for kind in DEVICE_TYPES if device_available(kind)]
+
+
 def resolve_device(device: object) -> torch.device:
     """A concrete device (``cuda`` becomes ``cuda:0``), or a ValueError naming the choices."""
     if device is None:
@@ -68,9 +73,8 @@ def resolve_device(device: object) -> torch.device:
             f"unknown device {device!r}; choose one of {', '.join(DEVICE_TYPES)}"
         ) from None
     if not device_available(device.type):
-        present = [d for d in DEVICE_TYPES if device_available(d)]
-        raise ValueError(
-            f"device {str(device)!r} is not available here; present: {', '.join(present)}"
+        present = ", ".join(available_devices())
+        raise ValueError(f"device {str(device)!r} is not available here; present: {present}"
         )
     return torch.empty(0, device=device).device
 

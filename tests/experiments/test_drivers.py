@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from experiments.cli import CONFIGS
 from experiments.config import load_sweep
-from experiments.tracking import sqlite_path
+from experiments.stores import sqlite_path
 
 QUICK = CONFIGS / "quick.yaml"
 STEPS = 6000  # 6 runs of a second or two: long enough for a second driver to arrive mid-sweep

@@ -28,7 +28,7 @@ import pytest
 
 from experiments.cli import CONFIGS, run
 from experiments.logins import not_let_in, redact
-from experiments.tracking import TrackingError, resolve_uri
+from experiments.stores import TrackingError, resolve_uri
 
 QUICK = str(CONFIGS / "quick.yaml")
 SECRET = "Pw-4-test-0nly-xyz"

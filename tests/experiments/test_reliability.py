@@ -7,6 +7,7 @@ acts on it from outside, and then reads the store run by run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -27,8 +29,9 @@ from experiments import records
 from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
 from experiments.engines import Engine
+from experiments.retries import StoreFull, StoreLost, retry_when_locked
 from experiments.sweep import Sweep
-from experiments.tracking import StoreLost, Tracker, retry_when_locked
+from experiments.tracking import Tracker
 
 QUICK = CONFIGS / "quick.yaml"
 # 6 runs of ~0.5 s: slow enough to stop in the middle, quick enough for `make test`.
@@ -344,7 +347,7 @@ class BreakingPool(Engine):
         if self.broken:
             raise BrokenProcessPool("A child process terminated abruptly")
         future = Future()
-        self.submitted.append(args[1])  # the run ids
+        self.submitted.append(fn.run_ids)  # the pass it was handed
         if len(self.submitted) == 2:  # this worker dies; its future fails a moment later
             self.broken = True
             threading.Timer(0.2, future.set_exception, [BrokenProcessPool("died")]).start()
@@ -429,3 +432,79 @@ def test_an_interrupt_while_the_writer_holds_runs_loses_none(tmp_path):
     resumed = finish(sweep_command(uri, *seeds))
     assert resumed.returncode == 0, resumed.stderr
     assert_complete(uri, {**GRID, "seeds": [0, 1, 2, 3]})
+
+
+# --- a full disk ------------------------------------------------------------------------------
+SERVER_FULL = (
+    "API request to /api/2.0/mlflow/runs/log-batch failed with error code 500 != 200. Response "
+    """body: '{"message": "could not extend file \\"base/16384/2613\\": wrote only 4096"}'"""
+)
+
+
+@pytest.mark.parametrize(
+    ("raised", "named"),
+    [
+        (RuntimeError("(sqlite3.OperationalError) database or disk is full\n[SQL: …]"), "disk is"),
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/m/1/x/history.parquet"), "No space"),
+        (RuntimeError(SERVER_FULL), "could not extend file"),
+    ],
+    ids=["sqlite", "artifact", "postgresql"],
+)
+def test_a_write_refused_for_lack_of_space_is_one_line_that_names_the_store(
+    raised, named, tmp_path
+):
+    tries = []
+
+    class Store:
+        uri = f"sqlite:///{tmp_path / 'm.db'}"
+
+        @retry_when_locked
+        def write(self):
+            tries.append(1)
+            raise raised
+
+    with pytest.raises(StoreFull) as caught:
+        Store().write()
+    assert len(tries) == 1  # no retry fills a full disk
+    line = str(caught.value)
+    assert "\n" not in line and named in line
+    assert line.startswith(f"tracking store sqlite:///{tmp_path / 'm.db'} is full (")
+    assert f"free space on the filesystem holding {tmp_path} (df -h {tmp_path})" in line
+    assert isinstance(caught.value, StoreLost)  # exit 75 and a resume, as a lost store
+
+
+def _tmpfs_namespace() -> bool:
+    """Whether this machine lets a process mount a small filesystem of its own (a user and
+    mount namespace: root, or unprivileged user namespaces)."""
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+             "mount -t tmpfs -o size=1m tmpfs /tmp"]  # fmt: skip
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _tmpfs_namespace(), reason="no user and mount namespaces here")
+def test_a_full_disk_stops_the_sweep_in_one_line_and_the_same_command_resumes(tmp_path):
+    """The store on a 3 MB filesystem of its own, a grid long enough for the background writer:
+    the sweep stops at the first write that finds no room with one line and exit code 75,
+    nothing FAILED; with room made, the same command finishes every grid point once."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    grid = {"steps": 2000, "lrs": [0.1], "seeds": list(range(8))}
+    sweep = " ".join(sweep_command(uri, "--set", "seeds=[0,1,2,3,4,5,6,7]"))
+    script = (
+        f"mount -t tmpfs -o size=3m tmpfs {folder} && {{ {sweep} 2> {tmp_path}/first.err; "
+        f"echo $? > {tmp_path}/first.rc; mount -o remount,size=200m {folder}; {sweep}; "
+        f"echo $? > {tmp_path}/second.rc; cp {folder}/mlflow.db {tmp_path}/kept.db; }}"
+    )
+    namespace = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
+    subprocess.run(namespace, capture_output=True, timeout=600, check=True, cwd=Path.cwd())
+    first = (tmp_path / "first.err").read_text()
+    assert (tmp_path / "first.rc").read_text().strip() == "75", first
+    assert first.count("\n") == 1 and first.startswith(f"error: tracking store {uri} is full (")
+    assert (tmp_path / "second.rc").read_text().strip() == "0"
+    children = assert_complete(f"sqlite:///{tmp_path / 'kept.db'}", grid)
+    assert "FAILED" not in set(children.status)  # a full disk is no run's fault

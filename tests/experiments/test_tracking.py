@@ -6,7 +6,7 @@ import torch
 
 from experiments.data import digest
 from experiments.loop import History
-from experiments.tracking import CURVES, series, thin, trajectory_table
+from experiments.records import CURVES, series, thin, trajectory_table
 
 
 @pytest.mark.parametrize(("n", "k"), [(1, 200), (200, 200), (201, 200), (1001, 200), (10**6, 7)])
