@@ -325,22 +325,27 @@ def sweep_share(config_file: str) -> dict:
 
 
 def memory_by_steps(device: str, spec: dict, max_values: int) -> list[dict]:
-    """Each step count in a fresh process (peak RSS is per process), one after the other."""
+    """Each step count in a fresh process (peak RSS is per process), one after the other, all
+    recording into one scratch store whose schema is made first (a probe measures its pass and
+    its records, not MLflow's migrations)."""
     rows = []
-    for steps in spec["steps"]:
-        probe = {**spec, "steps": steps, "max_values": max_values, "device": device}
-        code = f"from experiments.bench import memory_probe; memory_probe({probe!r})"
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/memory.db"
+        Tracker(uri).open()
+        for steps in spec["steps"]:
+            probe = {**spec, "steps": steps, "max_values": max_values, "device": device}
+            code = f"from experiments.bench import memory_probe; memory_probe({probe!r}, {uri!r})"
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
     for row in rows:
         row["peak_vs_first"] = row["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     return rows
 
 
-def memory_probe(probe: dict) -> None:
-    """Train one pass of 8 rates and record its runs in a scratch store; print the peak."""
+def memory_probe(probe: dict, uri: str) -> None:
+    """Train one pass of 8 rates and record its runs in the store at ``uri``; print the peak."""
     lrs = [0.001 * 2**k for k in range(8)]
     dataset = {"name": "synthetic", "n_samples": probe["n_samples"]}
     dataset["n_features"] = probe["n_features"]
@@ -351,12 +356,11 @@ def memory_probe(probe: dict) -> None:
     ]
     started = time.perf_counter()
     results = train_pass(configs)
-    with tempfile.TemporaryDirectory() as folder:
-        tracker = Tracker(f"sqlite:///{folder}/memory.db")
-        experiment = tracker.experiment("memory")
-        for result in results:
-            run_id = tracker.start_run(experiment, result.config.name, tags={})
-            write_run(tracker, run_id, result, inputs=False, guard=False)
+    tracker = Tracker(uri)
+    experiment = tracker.experiment("memory")
+    for result in results:
+        run_id = tracker.start_run(experiment, result.config.name, tags={})
+        write_run(tracker, run_id, result, inputs=False, guard=False)
     history = results[0].history
     width = 2 * (history.w[0].numel() + history.b[0].numel()) + len(history.metrics) + 1
     row = {

@@ -350,7 +350,7 @@ def runs_table(runs: Iterable) -> pd.DataFrame:
     for name, default in DEFAULTS.items():
         frame[name] = frame[name].fillna(default) if name in frame else default
     for name in KEYS:  # runs that failed before their params were written have none
-        frame[name] = frame[name] if name in frame else None
+        frame[name] = frame.get(name)
     frame["n_classes"] = pd.to_numeric(frame["n_classes"]).fillna(2).astype(int)
     frame["weight_decay"] = frame["optimizer.weight_decay"].astype(float)
     frame["zero_grad"] = frame["optimizer.zero_grad"].astype(str) == "True"

@@ -74,8 +74,7 @@ def resolve_device(device: object) -> torch.device:
         ) from None
     if not device_available(device.type):
         present = ", ".join(available_devices())
-        raise ValueError(f"device {str(device)!r} is not available here; present: {present}"
-        )
+        raise ValueError(f"device {str(device)!r} is not available here; present: {present}")
     return torch.empty(0, device=device).device
 
 

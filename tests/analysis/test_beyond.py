@@ -111,6 +111,18 @@ def test_a_logged_gradient_that_is_not_the_sum_fails_the_closed_form(beyond):
     assert (table.max_err_accumulated_grad > 1e-3).all()
 
 
+def test_the_notebook_checks_the_closed_form_on_the_sweep_in_process(beyond, run_notebook):
+    from analysis.run_notebooks import notebooks
+
+    uri, _ = beyond
+    (path,) = [p for p in notebooks() if p.name.startswith("04-")]
+    text, figures = run_notebook(path, "beyond", uri)
+    assert "12 of 12 runs follow the closed form at every step" in text
+    assert "|roots| = [1. 1.]" in text
+    assert figures >= 2
+
+
+@pytest.mark.slow
 def test_the_notebook_checks_the_closed_form_on_the_sweep(beyond, tmp_path):
     import json
 

@@ -125,6 +125,14 @@ def test_stored_notebooks_have_no_outputs():
                 assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
 
 
+def test_notebooks_run_against_a_sweep_in_process(broken_sweep, run_notebook):
+    uri, _ = broken_sweep
+    for path in notebooks():
+        _, figures = run_notebook(path, "quick", uri)
+        assert figures >= 1, path.name
+
+
+@pytest.mark.slow
 def test_notebooks_execute_against_a_sweep(broken_sweep, tmp_path):
     uri, _ = broken_sweep
     written = execute("quick", uri, tmp_path)

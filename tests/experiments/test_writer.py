@@ -26,12 +26,10 @@ def trained():
     return result
 
 
-def store(folder: Path, artifacts: str | None = None) -> tuple[Tracker, str]:
+def store(folder: Path) -> tuple[Tracker, str]:
     tracker = Tracker(f"sqlite:///{folder / 'mlflow.db'}")
     tracker.open()
-    if artifacts is None:
-        return tracker, tracker.experiment("writer")
-    return tracker, tracker.client.create_experiment("writer", artifact_location=artifacts)
+    return tracker, tracker.experiment("writer")
 
 
 def ready(writer: Writer, timeout: float = 120) -> Writer:
@@ -42,15 +40,25 @@ def ready(writer: Writer, timeout: float = 120) -> Writer:
     return writer
 
 
-def test_a_run_handed_over_is_recorded_and_ended(tmp_path, trained):
-    tracker, experiment = store(tmp_path)
-    run_id = tracker.start_run(experiment, "r", tags={})
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A store and a writer that is up, shared by the tests of what it records (starting one
+    costs seconds of imports); Ctrl-C and a scheduler's SIGTERM reach it first, and it ignores
+    them."""
+    folder = tmp_path_factory.mktemp("writer")
+    tracker, experiment = store(folder)
     writer = ready(Writer(tracker.uri))
-    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and a scheduler's SIGTERM: ignored
+    for stop in (signal.SIGINT, signal.SIGTERM):
         os.kill(writer.pid, stop)
+    yield tracker, experiment, writer, folder
+    writer.close()
+
+
+def test_a_run_handed_over_is_recorded_and_ended(served, trained):
+    tracker, experiment, writer, _ = served
+    run_id = tracker.start_run(experiment, "r", tags={})
     writer.write(run_id, trained, inputs=True, guard=False)
     assert writer.drain() == set()
-    writer.close()
     run = MlflowClient(tracker.uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert len(MlflowClient(tracker.uri).get_metric_history(run_id, "train/loss")) == 31
@@ -59,16 +67,16 @@ def test_a_run_handed_over_is_recorded_and_ended(tmp_path, trained):
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"train", "val"}
 
 
-def test_a_run_it_cannot_record_ends_failed_with_the_reason(tmp_path, trained):
+def test_a_run_it_cannot_record_ends_failed_with_the_reason(served, trained):
     """Artifacts that cannot be written (their folder would sit under a file): the run is
     FAILED, not FINISHED and not left RUNNING."""
-    (tmp_path / "a-file").write_text("not a folder")
-    tracker, experiment = store(tmp_path, artifacts=(tmp_path / "a-file" / "artifacts").as_uri())
+    tracker, _, writer, folder = served
+    (folder / "a-file").write_text("not a folder")
+    unwritable = (folder / "a-file" / "artifacts").as_uri()
+    experiment = tracker.client.create_experiment("unwritable", artifact_location=unwritable)
     run_id = tracker.start_run(experiment, "r", tags={})
-    writer = ready(Writer(tracker.uri))
     writer.write(run_id, trained, inputs=False, guard=False)
     assert writer.drain() == set()
-    writer.close()
     run = MlflowClient(tracker.uri).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["failure"] == "error"
     assert run.data.tags["failure_reason"].startswith("recording failed: ")
