@@ -1,5 +1,6 @@
 """``python -m experiments bench``: how fast a step, a learning-rate batch and a run's tracking
-are, each against the limit it should be measured by, side by side in one process.
+are, each against the limit it should be measured by, side by side in one process (the tables
+and the recorded run: :mod:`experiments.bench_report`).
 
 Shared machines are noisy, so nothing here is a single absolute time: every number is the
 median of repeats, and every claim is a ratio of two things measured in the same run,
@@ -29,13 +30,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
-from pathlib import Path
 
 import torch
 
 from experiments.config import CONFIGS, RunConfig, build, load_sweep
 from experiments.engines import InlineEngine
-from experiments.loop import fit
+from experiments.loop import WARMUP, capture, fit, side_stream
 from experiments.lr_batch import LrBatch
 from experiments.records import charted, run_tags
 from experiments.records import write as write_run
@@ -43,7 +43,8 @@ from experiments.sweep import run_sweep
 from experiments.tracking import Tracker
 from experiments.training import train_pass
 from experiments.writer import Writer
-from manual_models import logistic, make_model
+from manual_models import HandModel, Logistic, make_model
+from manual_models.logistic import BLOCKED_ABOVE
 
 SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
 GPU_SIZES = [(4_000_000, 256)]
@@ -102,34 +103,32 @@ def problem(m: int, n: int, device: torch.device, dtype=torch.float32, seed: int
 
 
 def graphed(step: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """The step captured as a CUDA graph (after three warm-up steps on a side stream)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
+    """The step as the loop replays it: warmed up on a side stream, captured as a CUDA graph."""
+    with side_stream(device):
+        for _ in range(WARMUP):
             step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture(step)
     return graph.replay
 
 
-def step_times(device: torch.device, sizes, timer: Timer) -> list[dict]:
-    """Seconds per ``train_step`` of each implementation, and the floors, per size."""
-    return [step_row(m, n, device, timer) for m, n in sizes]
+def step_times(
+    device: torch.device, sizes, timer: Timer, blocked_above: float = BLOCKED_ABOVE
+) -> list[dict]:
+    """Seconds per ``train_step`` of each implementation, and the floors, per size; the manual
+    step on an X of more than ``blocked_above`` bytes on the CPU timed blocked and not."""
+    return [step_row(m, n, device, timer, blocked_above) for m, n in sizes]
 
 
-def step_row(m: int, n: int, device: torch.device, timer: Timer) -> dict:
+def step_row(m: int, n: int, device: torch.device, timer: Timer, blocked_above: float) -> dict:
     X, y = problem(m, n, device)
     floors = memory_floors(X, timer)
     steps = {}
     for impl in IMPLS:
-        steps[impl] = stepper(make_model(impl, n, 1e-3, device=device), X, y)
-        if impl == "manual" and device.type == "cpu" and row_bytes(X) > logistic.BLOCKED_ABOVE:
-            steps["manual (unblocked)"] = unblocked(make_model(impl, n, 1e-3), X, y)
+        steps[impl] = stepper(model(impl, n, device, blocked_above), X, y)
+        if impl == "manual" and device.type == "cpu" and row_bytes(X) > blocked_above:
+            steps["manual (unblocked)"] = stepper(model(impl, n, device, math.inf), X, y)
         if device.type == "cuda":
-            again = stepper(make_model(impl, n, 1e-3, device=device), X, y)
+            again = stepper(model(impl, n, device, blocked_above), X, y)
             steps[f"{impl} (CUDA graph)"] = graphed(again, device)
     times = timer.interleaved(steps)
     row = {"m": m, "n": n, "bytes": row_bytes(X)}
@@ -154,17 +153,12 @@ def row_bytes(X: torch.Tensor) -> int:
     return X.numel() * X.element_size()
 
 
-def unblocked(model, X: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
-    """The manual step with row blocking turned off: X read twice, as before blocking."""
-
-    def step():
-        saved, logistic.BLOCKED_ABOVE = logistic.BLOCKED_ABOVE, math.inf
-        try:
-            return model.train_step(X, y, check=False)
-        finally:
-            logistic.BLOCKED_ABOVE = saved
-
-    return step
+def model(impl: str, n: int, device: torch.device, blocked_above: float):
+    """The implementation at lr 1e-3; the manual one as ``make_model`` builds it, with row
+    blocks above ``blocked_above`` bytes (``math.inf``: X read twice, as before blocking)."""
+    if impl != "manual":
+        return make_model(impl, n, 1e-3, device=device)
+    return HandModel(Logistic(n, device=device, blocked_above=blocked_above), 1e-3)
 
 
 def stepper(model, X: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
@@ -261,7 +255,8 @@ def tracking(repeats: int, naive_sample: int = 200) -> dict:
         series = result.history.metrics["train/loss"].tolist()
         counter = iter(range(10**9))
 
-        def naive_points():  # naive_sample points of the per-step loop
+        def naive_points():  # naive_sample points of the per-step loop: MLflow's own call,
+            # one at a time, past the tracking layer on purpose (it is what is measured)
             for _ in range(naive_sample):
                 i = next(counter)
                 tracker.client.log_metric(naive_run, "train/loss", series[i % len(series)], step=i)
@@ -411,133 +406,3 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
         report["memory"] = memory_by_steps(device, QUICK_MEMORY if quick else MEMORY, limit)
     report["seconds"] = time.perf_counter() - started
     return report
-
-
-def markdown(report: dict) -> str:
-    """The tables for docs/speed.md: step time, K rates at once, tracking."""
-    m = report["machine"]
-    where = m.get("gpu") or f"{m['cpu']} ({m['threads']} threads)"
-    lines = [f"Machine: {where}, torch {m['torch']}; medians of {report['repeats']} repeats.", ""]
-    lines += [*_step_table(report["step"]), "", *_batch_table(report["lr_batch"])]
-    if "tracking" in report:
-        lines += ["", *_tracking_table(report["tracking"]), "", *_sweep_line(report["sweep"])]
-    if "memory" in report:
-        lines += ["", *_memory_table(report["memory"])]
-    return "\n".join(lines) + "\n"
-
-
-def _step_table(step: list[dict]) -> list[str]:
-    timed = [k for row in step for k in row if k.endswith("_ms")]
-    names = [
-        k.removesuffix("_ms")
-        for k in dict.fromkeys(timed)
-        if "floor" not in k and "one_read" not in k
-    ]
-    lines = [
-        "| m × n | two-read floor | " + " | ".join(names) + " | manual / one read |",
-        "|---|---|" + "---|" * len(names) + "---|",
-    ]
-    for row in step:
-        cells = [
-            f"{row[f'{name}_ms']:.3g} ms ({row[f'{name}_vs_floor']:.2f}×)"
-            if f"{name}_ms" in row
-            else "–"
-            for name in names
-        ]
-        size = f"| {row['m']:,} × {row['n']} | {row['two_read_floor_ms']:.3g} ms | "
-        lines.append(size + " | ".join(cells) + f" | {row['manual_vs_one_read']:.2f}× |")
-    floor = f"{step[-1]['copy_GBps']:.0f} GB/s moved at the largest size"
-    return [*lines, "", f"Step time (ratio to the two-read floor: one copy of X, {floor})."]
-
-
-def _batch_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| what | impl | m × n | K | K at once / one | speedup per lr |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        size = f"{row['m']:,} × {row['n']}"
-        ratio, speedup = row["K_at_once_vs_one"], row["speedup_per_lr"]
-        lines.append(
-            f"| {row['what']} | {row['impl']} | {size} | {row['K']} "
-            f"| {ratio:.2f}× | {speedup:.1f}× |"
-        )
-    return lines
-
-
-def _tracking_table(t: dict) -> list[str]:
-    return [
-        f"Tracking one run ({t['run']}):",
-        "",
-        "| MLflow floor | this repo, in turn | handed to the writer (pickled) | naive per-step "
-        "log_metric (est.) | ours / floor | naive / ours | naive / handed over |",
-        "|---|---|---|---|---|---|---|",
-        f"| {t['floor_ms']:.1f} ms | {t['ours_ms']:.1f} ms | {t['handover_ms']:.2f} ms | "
-        f"{t['naive_ms_estimated']:.0f} ms ({t['naive_ms_per_point']:.2f} ms a value) "
-        f"| {t['ours_vs_floor']:.2f}× | {t['naive_vs_ours']:.0f}× "
-        f"| {t['naive_vs_handover']:.0f}× |",
-    ]
-
-
-def _sweep_line(s: dict) -> list[str]:
-    share = f"{100 * s['tracking_share']:.0f}%"
-    return [
-        f"A whole sweep ({s['config']}, {s['runs']} runs, CPU): {s['seconds']:.1f} s, "
-        f"{s['train_seconds']:.1f} s of it in the passes: tracking {share} of the wall time."
-    ]
-
-
-def _memory_table(rows: list[dict]) -> list[str]:
-    cuda = "peak_cuda_mb" in rows[0]
-    lines = [
-        f"Peak memory of one 8-rate pass on synthetic {rows[0]['n']}, trained and recorded:",
-        "",
-        "| steps | rows kept (every) | peak RSS | vs the first | "
-        + ("peak CUDA | " * cuda)
-        + "every-step buffer (not held) |",
-        "|---|---|---|---|" + "---|" * cuda + "---|",
-    ]
-    for row in rows:
-        gpu = f"{row['peak_cuda_mb']:.0f} MB | " if cuda else ""
-        lines.append(
-            f"| {row['steps']:,} | {row['kept_rows']:,} ({row['trajectory_every']}) "
-            f"| {row['peak_rss_mb']:.0f} MB | {row['peak_vs_first']:.2f}× | {gpu}"
-            f"{row['every_step_buffer_mb']:,.0f} MB |"
-        )
-    return lines
-
-
-def write(report: dict, out: Path, tracker=None) -> Path:
-    """``bench.json`` and ``bench.md`` (named by device) in ``out``; an MLflow run if given a
-    tracker."""
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if report["machine"]["device"] == "cpu" else f"-{report['machine']['device']}"
-    suffix = suffix.replace(":", "")
-    json_path = out / f"bench{suffix}.json"
-    json_path.write_text(json.dumps(report, indent=2))
-    (out / f"bench{suffix}.md").write_text(markdown(report))
-    if tracker is not None:
-        tracker.open()
-        experiment = tracker.experiment("bench")
-        run_id = tracker.start_run(
-            experiment, f"bench · {report['machine']['device']}", tags={"kind": "bench"}
-        )
-        metrics = {}
-        for row in report["step"]:
-            metrics[f"step/manual_vs_floor/{row['m']}x{row['n']}"] = row["manual_vs_floor"]
-        for row in report["lr_batch"]:
-            key = (
-                f"lr_batch/{row['impl']}/{row['what'].split()[0]}/{row['m']}x{row['n']}/K{row['K']}"
-            )
-            metrics[key] = row["speedup_per_lr"]
-        if "tracking" in report:
-            metrics["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
-            metrics["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]
-            metrics["tracking/sweep_share"] = report["sweep"]["tracking_share"]
-        for row in report.get("memory", []):
-            metrics[f"memory/peak_rss_mb/{row['steps']}"] = row["peak_rss_mb"]
-        tracker.log(run_id, params={**report["machine"], "quick": report["quick"]}, metrics=metrics)
-        tracker.log_text(run_id, json.dumps(report, indent=2), "bench.json")
-        tracker.log_text(run_id, markdown(report), "bench.md")
-        tracker.finish(run_id)
-    return json_path

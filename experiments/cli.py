@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from experiments import interrupts, users
-from experiments.bench import markdown, run_bench, write
+from experiments.bench import run_bench
+from experiments.bench_report import markdown, write
 from experiments.config import (
     CONFIGS,
     ConfigError,

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import torch
 
 from manual_models import GradientDescentModel
 from manual_models.validation import check_count
+
+T = TypeVar("T")
+WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
 
 # Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
 # per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
@@ -193,8 +198,6 @@ class _Loop:
     rows are kept is arithmetic on t, known before the loop.
     """
 
-    WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
-
     def __init__(self, model, X, y, X_val, y_val, reference, check_every, runs):
         self.model, self.X, self.y, self.X_val, self.y_val = model, X, y, X_val, y_val
         self.reference, self.check_every, self.runs = reference, check_every, runs
@@ -228,7 +231,7 @@ class _Loop:
                 parameters[kept - 1 if t == steps else t // every].copy_(row[head:])
 
         eager = range(steps + 1)
-        if graphs and steps > self.WARMUP:
+        if graphs and steps > WARMUP:
             self.replay(record, steps)
             eager = range(steps, steps + 1)
         for t in eager:
@@ -239,20 +242,14 @@ class _Loop:
         """Rows 0 … steps − 1 on CUDA: three warm-up steps on a side stream, then one captured
         graph per kind of row (checked or not), replayed."""
         device = self.model.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for t in range(self.WARMUP):
+        with side_stream(device):
+            for t in range(WARMUP):
                 record(t, self.row(step=True, checked=self.checked(t, steps)))
-        torch.cuda.current_stream(device).wait_stream(side)
         captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        for t in range(self.WARMUP, steps):
+        for t in range(WARMUP, steps):
             checked = self.checked(t, steps)
             if checked not in captured:
-                graph = torch.cuda.CUDAGraph()
-                with _sync_allowed(), torch.cuda.graph(graph):
-                    out = self.row(step=True, checked=checked)
-                captured[checked] = graph, out
+                captured[checked] = capture(lambda c=checked: self.row(step=True, checked=c))
             graph, out = captured[checked]
             graph.replay()
             record(t, out)
@@ -320,6 +317,26 @@ class _Loop:
         w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
         rows = kept_rows(head.shape[1] - 1, every)
         return History(metrics, w, b, dw, db, rows, every, finite)
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """Work on a side stream that starts after, and ends before, the device's current stream
+    goes on: where CUDA graphs want their kernels warmed up before a capture."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+def capture(fn: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn`` recorded as a CUDA graph (warm it up first: :func:`side_stream`), and its
+    output, which each ``graph.replay()`` refills in place."""
+    graph = torch.cuda.CUDAGraph()
+    with _sync_allowed(), torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 @contextlib.contextmanager

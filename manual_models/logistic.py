@@ -111,11 +111,14 @@ def blocked_step(X, y, w, b, block_rows):
     return Evaluation(total / m, {"dw": dw / m, "db": residual_sum / m}, z)
 
 
-def loss_and_gradients(X, y, w, b) -> Evaluation:
-    """J, (dw, db) and z at (w, b), by hand. A large X on the CPU goes in row blocks
-    (:func:`blocked_step`), so it is read from memory once per step instead of twice."""
-    if X.device.type == "cpu" and X.numel() * X.element_size() > BLOCKED_ABOVE:
-        rows = max(1, BLOCK_BYTES // (X.shape[1] * X.element_size()))
+def loss_and_gradients(
+    X, y, w, b, *, blocked_above: float = BLOCKED_ABOVE, block_bytes: int = BLOCK_BYTES
+) -> Evaluation:
+    """J, (dw, db) and z at (w, b), by hand. An X of more than ``blocked_above`` bytes on the
+    CPU goes in row blocks of about ``block_bytes`` (:func:`blocked_step`), so it is read from
+    memory once per step instead of twice."""
+    if X.device.type == "cpu" and X.numel() * X.element_size() > blocked_above:
+        rows = max(1, block_bytes // (X.shape[1] * X.element_size()))
         return blocked_step(X, y, w, b, rows)
     z = logits(X, w, b)
     return Evaluation(bce_from_logits(z, y), bce_gradients(X, torch.sigmoid(z), y), z)
@@ -123,9 +126,23 @@ def loss_and_gradients(X, y, w, b) -> Evaluation:
 
 class Logistic(Kind):
     """Binary logistic regression as a kind: labels in {0, 1}, the seeded start w (n,) and
-    b (), the link σ, and the math above as functions of the parameters."""
+    b (), the link σ, and the math above as functions of the parameters. ``blocked_above`` and
+    ``block_bytes``: when and how a large X on the CPU goes in row blocks (``math.inf``: never;
+    the bench times both ways)."""
 
     n_classes = 2
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        blocked_above: float = BLOCKED_ABOVE,
+        block_bytes: int = BLOCK_BYTES,
+    ) -> None:
+        super().__init__(n_features, device=device, dtype=dtype)
+        self.blocked_above, self.block_bytes = blocked_above, block_bytes
 
     def labels(self, y, n_samples, *, check=True):
         return check_binary_labels(y, n_samples, self.device, self.dtype, values=check)
@@ -145,7 +162,8 @@ class Logistic(Kind):
         return bce_from_logits(logits(X, w, b), y)
 
     def gradients_at(self, X, y, w, b):
-        return loss_and_gradients(X, y, w, b)
+        blocks = {"blocked_above": self.blocked_above, "block_bytes": self.block_bytes}
+        return loss_and_gradients(X, y, w, b, **blocks)
 
     def accuracy(self, z, y):
         return accuracy(z, y)
