@@ -124,11 +124,11 @@ def step_row(m: int, n: int, device: torch.device, timer: Timer, blocked_above: 
     floors = memory_floors(X, timer)
     steps = {}
     for impl in IMPLS:
-        steps[impl] = stepper(model(impl, n, device, blocked_above), X, y)
+        steps[impl] = stepper(timed_model(impl, n, device, blocked_above), X, y)
         if impl == "manual" and device.type == "cpu" and row_bytes(X) > blocked_above:
-            steps["manual (unblocked)"] = stepper(model(impl, n, device, math.inf), X, y)
+            steps["manual (unblocked)"] = stepper(timed_model(impl, n, device, math.inf), X, y)
         if device.type == "cuda":
-            again = stepper(model(impl, n, device, blocked_above), X, y)
+            again = stepper(timed_model(impl, n, device, blocked_above), X, y)
             steps[f"{impl} (CUDA graph)"] = graphed(again, device)
     times = timer.interleaved(steps)
     row = {"m": m, "n": n, "bytes": row_bytes(X)}
@@ -153,7 +153,7 @@ def row_bytes(X: torch.Tensor) -> int:
     return X.numel() * X.element_size()
 
 
-def model(impl: str, n: int, device: torch.device, blocked_above: float):
+def timed_model(impl: str, n: int, device: torch.device, blocked_above: float):
     """The implementation at lr 1e-3; the manual one as ``make_model`` builds it, with row
     blocks above ``blocked_above`` bytes (``math.inf``: X read twice, as before blocking)."""
     if impl != "manual":

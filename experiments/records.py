@@ -325,6 +325,17 @@ def fail(tracker: Tracker, run_id: str, reason: str) -> None:
     tracker.finish(run_id, "FAILED")
 
 
+def describe_sweep(
+    tracker: Tracker, parent: str, config: SweepConfig, grid: list[RunConfig]
+) -> None:
+    """A new sweep's params, config file and data on its parent, written once its driver holds
+    it (a driver that loses the race to create the sweep writes nothing but the run it
+    deletes)."""
+    tracker.log(parent, params=config.params(), metrics={"sweep/runs": len(grid)})
+    tracker.log_text(parent, config.to_yaml(), "config.yaml")
+    log_inputs(tracker, parent, grid)
+
+
 def log_inputs(tracker: Tracker, run_id: str, configs: list[RunConfig]) -> None:
     """Each distinct split among ``configs`` as MLflow dataset inputs of ``run_id`` (a sweep
     logs them once, on its parent; every child names its split by ``data_digest``)."""

@@ -71,15 +71,16 @@ def run_sweep(
     """
     lease = Lease(tracker) if nested else None  # a sweep with a parent is held by one driver
     check_reachable(tracker.uri)  # before an engine starts, and before anything is written
-    with engine or open_engine(config.engine, config.address, workers) as engine:
+    engine = engine or open_engine(config.engine, config.address, workers)
+    with engine:  # closed at the end; stopped at once on any error
         engine.check(functools.partial(unusable, tracker.uri))
         config = config.on(engine.devices(), engine.where())
         if progress:
             click.echo(f"engine: {engine.describe()}", err=True)
         grid = config.grid()
         tracker.open()
-        sweep = Sweep.open(tracker, experiment or config.name, lease)
-        with sweep.ending(engine):
+        sweep = Sweep(tracker, tracker.experiment(experiment or config.name), lease=lease)
+        with _ending(sweep, engine):
             if nested:
                 sweep.open_parent(config, grid, command, restart)
             todo = [point for point in grid if point.key not in sweep.finished]
@@ -104,27 +105,6 @@ class Sweep:
     writer: Writer | None = None  # records this process's passes in the background
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
 
-    @classmethod
-    def open(cls, tracker: Tracker, experiment: str, lease: Lease | None) -> Sweep:
-        return cls(tracker, tracker.experiment(experiment), lease=lease)
-
-    @contextlib.contextmanager
-    def ending(self, engine: Engine):
-        """On the way out of a sweep cut short, the engine is stopped first (no worker ends a
-        run after this), then: the store went away, nothing can be marked, and the next run of
-        the command does it; anything else (Ctrl-C, SIGTERM, the tracking itself failed), the
-        runs in flight end KILLED and nothing stays RUNNING."""
-        try:
-            yield
-        except StoreLost:
-            engine.stop()
-            self.abandon()
-            raise
-        except BaseException:
-            engine.stop()
-            self.kill()
-            raise
-
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
     ) -> None:
@@ -147,7 +127,7 @@ class Sweep:
                 self.tracker.reopen(self.parent_id)
                 self._resume()
             else:
-                self._describe_parent(config, grid)
+                records.describe_sweep(self.tracker, self.parent_id, config, grid)
 
     def _resume(self) -> None:
         for child in self.tracker.children(self.experiment_id, self.parent_id):
@@ -157,14 +137,6 @@ class Sweep:
                 stale = {"failure": "killed", "failure_reason": "its process ended mid-run"}
                 self.tracker.log(child.info.run_id, tags=stale)
                 self.tracker.finish(child.info.run_id, "KILLED")
-
-    def _describe_parent(self, config: SweepConfig, grid: list[RunConfig]) -> None:
-        """A new sweep's params, config file and data, written once this driver holds it (a
-        driver that loses the race to create the sweep writes nothing but the run it deletes)."""
-        parent = self.parent_id
-        self.tracker.log(parent, params=config.params(), metrics={"sweep/runs": len(grid)})
-        self.tracker.log_text(parent, config.to_yaml(), "config.yaml")
-        records.log_inputs(self.tracker, parent, grid)
 
     # --- the passes, on the engine ---------------------------------------------------------
     def drive(self, engine: Engine, passes: list[list[RunConfig]], bar) -> None:
@@ -280,7 +252,8 @@ class Sweep:
         again on resume), and leave the runs in flight RUNNING, for the next run of the same
         command to mark KILLED once the store is back."""
         if self.writer is not None:
-            self._detach_writer().close()
+            writer, self.writer = self.writer, None
+            writer.close()
         if self.lease is not None:
             self.lease.abandon()
 
@@ -291,19 +264,14 @@ class Sweep:
                 records.fail(self.tracker, run_id, "its writer process ended before recording it")
         if self.lease is not None:
             self.lease.check()  # the parent's summary is the holder's to write
-        runs = self.runs()
+        if self.parent_id is not None:  # every run of this sweep, one row per attempt
+            runs = records.runs_table(self.tracker.children(self.experiment_id, self.parent_id))
+        else:  # a sweep without a parent: the runs it started
+            runs = records.runs_table(self.tracker.run(run_id) for run_id in self.started)
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
-            tracker, parent = self.tracker, self.parent_id
-            table = runs.reindex(columns=records.RUNS_CSV)
-            tracker.log_text(parent, table.to_csv(index=False), "runs.csv")
-            if (runs.status == "FINISHED").any():
-                tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
-            status = records.latest_attempts(runs).status.value_counts()
-            metrics = {f"sweep/{k.lower()}": v for k, v in status.items()}
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
-            tracker.log(parent, metrics={**timing, **metrics, **findings.headline(runs)})
-            tracker.finish(parent)
+            _conclude(self.tracker, self.parent_id, runs, timing)
         self._release()
         return SweepOutcome(
             self.experiment_id, self.parent_id, runs, seconds, self.train_seconds, skipped
@@ -318,24 +286,40 @@ class Sweep:
     def _settle_writer(self) -> set[str]:
         """Wait until the writer has recorded every run it holds, then stop it; the runs it
         could not record come back, still RUNNING."""
-        writer = self._detach_writer()
+        writer, self.writer = self.writer, None
         try:
             return writer.drain()
         finally:
             writer.close()  # stops it even when a second interrupt cut the wait short
 
-    def _detach_writer(self) -> Writer:
-        """The writer, no longer this sweep's; the caller stops it."""
-        writer, self.writer = self.writer, None
-        return writer
 
-    def runs(self) -> pd.DataFrame:
-        """Every run of this sweep, one row per attempt (without a parent: those started)."""
-        if self.parent_id is not None:
-            found = self.tracker.children(self.experiment_id, self.parent_id)
-        else:
-            found = [self.tracker.run(run_id) for run_id in self.started]
-        return records.runs_table(found)
+@contextlib.contextmanager
+def _ending(sweep: Sweep, engine: Engine):
+    """On the way out of a sweep cut short, the engine is stopped first (no worker ends a run
+    after this), then: the store went away, nothing can be marked, and the next run of the
+    command does it; anything else (Ctrl-C, SIGTERM, the tracking itself failed), the runs in
+    flight end KILLED and nothing stays RUNNING."""
+    try:
+        yield
+    except StoreLost:
+        engine.stop()
+        sweep.abandon()
+        raise
+    except BaseException:
+        engine.stop()
+        sweep.kill()
+        raise
+
+
+def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -> None:
+    """The finished sweep on its parent run: runs.csv, summary.csv, the counts, the answer."""
+    tracker.log_text(parent, runs.reindex(columns=records.RUNS_CSV).to_csv(index=False), "runs.csv")
+    if (runs.status == "FINISHED").any():
+        tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
+    status = records.latest_attempts(runs).status.value_counts()
+    counts = {f"sweep/{k.lower()}": v for k, v in status.items()}
+    tracker.log(parent, metrics={**timing, **counts, **findings.headline(runs)})
+    tracker.finish(parent)
 
 
 # --- what a worker runs -----------------------------------------------------------------------

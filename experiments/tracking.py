@@ -64,6 +64,37 @@ def batches(
         }
 
 
+def _mlflow_client(uri: str):
+    """MLflow's client of the store, MLflow quieted first. Imported here: the CLI validates its
+    input before paying for MLflow's import."""
+    from mlflow import MlflowClient
+
+    # Importing mlflow sets its loggers to INFO; quiet them before the store is made.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Its SQL store logs each database error with its traceback, then raises it:
+    # retry_when_locked takes what passes, and the sweep says in one line what does not.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # On a tracking server MLflow prints two "View run" lines per run it ends: a sweep
+    # prints its progress and one runs page instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name, value in HTTP_RETRIES.items():  # the user's own settings win
+        os.environ.setdefault(name, value)
+    return MlflowClient(uri)
+
+
+def upload(uri: str, artifacts: str, tables: Mapping[str, object]) -> None:
+    """Arrow tables as Parquet files, straight to a run's artifact store at ``artifacts``
+    (MLflow's own repository for it: a local folder, or the server's proxied store)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in tables.items():
+            # Dictionary encoding only slows float columns down (it is tried, then dropped).
+            pq.write_table(table, Path(tmp) / name, use_dictionary=False)
+        get_artifact_repository(artifacts, tracking_uri=uri).log_artifacts(tmp)
+
+
 class Tracker:
     """One MLflow store: open it once, then create, fill and end runs in it."""
 
@@ -76,21 +107,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            # Imported here: the CLI validates its input before paying for MLflow's import.
-            # Importing mlflow sets its loggers to INFO; quiet them before the store is made.
-            from mlflow import MlflowClient
-
-            for name in ("mlflow", "alembic"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-            # Its SQL store logs each database error with its traceback, then raises it:
-            # retry_when_locked takes what passes, and the sweep says in one line what does not.
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-            # On a tracking server MLflow prints two "View run" lines per run it ends: a sweep
-            # prints its progress and one runs page instead.
-            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-            for name, value in HTTP_RETRIES.items():  # the user's own settings win
-                os.environ.setdefault(name, value)
-            self._client = MlflowClient(self.uri)
+            self._client = _mlflow_client(self.uri)
         return self._client
 
     def open(self) -> None:
@@ -169,16 +186,8 @@ class Tracker:
                 upload.result()
 
     def _upload(self, run_id: str, tables: Mapping[str, object]) -> None:
-        """Arrow tables as Parquet files, straight to the run's artifact store (MLflow's own
-        repository for its URI: a local folder, or the server's proxied store)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, table in tables.items():
-                # Dictionary encoding only slows float columns down (it is tried, then dropped).
-                pq.write_table(table, Path(tmp) / name, use_dictionary=False)
-            get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(tmp)
+        artifacts = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+        upload(self.uri, artifacts, tables)
 
     @retry_when_locked
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
