@@ -516,8 +516,8 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_same_command_resumes(tm
     folder = tmp_path / "small"
     folder.mkdir()
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    grid = {"steps": 2000, "lrs": [0.1], "seeds": list(range(8))}
-    sweep = " ".join(sweep_command(uri, "--set", "seeds=[0,1,2,3,4,5,6,7]"))
+    grid = {**GRID, "steps": 2000, "seeds": list(range(8))}
+    sweep = " ".join(sweep_command(uri, "--set", "steps=2000", "--set", "seeds=[0,1,2,3,4,5,6,7]"))
     script = (
         f"mount -t tmpfs -o size=3m tmpfs {folder} && {{ {sweep} 2> {tmp_path}/first.err; "
         f"echo $? > {tmp_path}/first.rc; mount -o remount,size=200m {folder}; {sweep}; "
