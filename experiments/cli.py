@@ -18,6 +18,7 @@ import click
 from experiments import interrupts, users
 from experiments.bench import run_bench
 from experiments.bench_report import markdown, write
+from experiments.choices import integral
 from experiments.config import (
     CONFIGS,
     ConfigError,
@@ -25,7 +26,6 @@ from experiments.config import (
     SweepConfig,
     as_yaml,
     build,
-    integral,
     load_sweep,
     parse_overrides,
     parse_value,

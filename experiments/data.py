@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from experiments import datasets
-from experiments.config import DatasetConfig, RunConfig
+from experiments.choices import DatasetConfig
+from experiments.config import RunConfig
 
 
 @cache

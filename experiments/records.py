@@ -28,7 +28,8 @@ import pyarrow as pa
 import torch
 
 from experiments import datasets
-from experiments.config import DatasetConfig, RunConfig, SweepConfig
+from experiments.choices import DatasetConfig
+from experiments.config import RunConfig, SweepConfig
 from experiments.data import load_split, split_digest
 from experiments.loop import History
 from experiments.tracking import Tracker
