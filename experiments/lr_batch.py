@@ -1,11 +1,12 @@
 """K learning rates in one pass: K copies of one model side by side, one step for all of them.
 
 The models know nothing of this. Their math is written as functions of the parameters that
-reduce over the samples only (``logits_at``, ``loss_at``, ``loss_and_gradients``,
-``summands_at``), so K models' parameters stacked along a trailing axis, w (n, K) and b (K,),
-go through the very functions one model uses: X w is one matrix product instead of K
-matrix-vector products, and every column is exactly the model its rate would train alone (the
-columns never mix).
+reduce over the samples (and the classes) only (``logits_at``, ``loss_at``,
+``loss_and_gradients``, ``summands_at``), so K models' parameters stacked along a trailing
+axis, w (n, K) and b (K,) for logistic regression, W (n, C, K) and b (C, K) for softmax
+regression, go through the very functions one model uses: X w is one matrix product instead
+of K, and every column is exactly the model its rate would train alone (the columns never
+mix).
 
 Each column moves by its own rate with the update rule written by hand
 (:class:`manual_models.HandOptimizer`, which ``tests/manual_models/test_optimizers.py`` holds
@@ -33,11 +34,12 @@ BATCHED = ("manual", "function")
 class LrBatch(HandModel):
     """K copies of one model, one per learning rate, trained in one pass.
 
-    It offers the model's own interface with a trailing axis of K: ``w`` (n, K), ``b`` (K,),
-    a loss and an accuracy per column, logits (m, K). Every column starts from the model's
-    parameters. It asks the model only what :class:`manual_models.Implementation` lists: its
-    kind, its rule, and its loss and gradient at any parameters. Two classes only: softmax
-    regression's functions do not take a trailing axis yet.
+    It offers the model's own interface with a trailing axis of K: ``w`` (n, K) or
+    (n, C, K), ``b`` (K,) or (C, K), a loss and an accuracy per column, logits (m, K) or
+    (m, C, K). Every column starts from the model's parameters, and the rule's state (momentum's
+    v, Adam's m and s) has the same trailing axis. It asks the model only what
+    :class:`manual_models.Implementation` lists: its kind, its rule, and its loss and gradient
+    at any parameters.
     """
 
     def __init__(self, model: Implementation, lrs: Sequence[float]) -> None:
@@ -45,11 +47,6 @@ class LrBatch(HandModel):
             raise TypeError(f"LrBatch needs a manual_models.Implementation, got {model!r}")
         if isinstance(lrs, str) or not isinstance(lrs, Sequence) or not lrs:
             raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
-        if model.kind.n_classes != 2:
-            raise ValueError(
-                "several learning rates in one pass is for two classes; "
-                "softmax regression trains one rate a run"
-            )
         self.lrs = tuple(check_lr(lr) for lr in lrs)
         k = len(self.lrs)
         start = (t.unsqueeze(-1).repeat(*(1 for _ in t.shape), k) for t in (model.w, model.b))
@@ -76,11 +73,11 @@ def build(impl: str, n_features: int, lrs: Sequence[float], **kwargs) -> Gradien
 
 def passes(points: list[RunConfig], batch: bool = True) -> list[list[RunConfig]]:
     """The grid points in training passes: consecutive points that differ only in lr share one
-    when ``batch`` and their model can (two classes, a batched implementation); the rest train
-    alone. Order is kept."""
+    when ``batch`` and their implementation is batched (:data:`BATCHED`); the rest train alone.
+    Order is kept."""
     out: list[list[RunConfig]] = []
     for _, group in itertools.groupby(points, key=lambda p: p.model_dump(exclude={"lr"})):
         group = list(group)
-        shared = batch and group[0].impl in BATCHED and not group[0].dataset.multiclass
+        shared = batch and group[0].impl in BATCHED
         out.extend([group] if shared else [[point] for point in group])
     return out

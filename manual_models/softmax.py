@@ -15,6 +15,10 @@ Derivation of the gradient, one line at a time:
 
 With C = 2 and one column fixed at 0 this is the binary model: softmax([z, 0]) = (σ(z), 1 − σ(z)).
 The update rules are the binary model's (``optimizers``).
+
+Every function reduces over the samples (dim 0) and the classes (dim 1) only, so W and b may
+carry a trailing axis: W (n, C, K) and b (C, K) are K models side by side, Z is (m, C, K), and
+each model is exactly what it would be alone (X W is one product over W's flattened columns).
 """
 
 from __future__ import annotations
@@ -26,9 +30,24 @@ from torch.nn import functional as F
 from manual_models.base import HandModel
 from manual_models.initialisation import init_linear
 from manual_models.interface import Evaluation, Kind
-from manual_models.logistic import logits
 from manual_models.optimizers import Optimizer
 from manual_models.validation import check_class_labels, check_count
+
+
+def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Z = X W + b: (m, C) for W (n, C), or (m, C, K) for K models' W (n, C, K) and b (C, K),
+    one matrix product either way (W's trailing axes flattened)."""
+    return (X @ W.flatten(1)).view(X.shape[0], *W.shape[1:]) + b
+
+
+def transposed_product(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Xᵀ R over R's trailing axes: (n, C) for R (m, C), (n, C, K) for R (m, C, K)."""
+    return (X.T @ R.flatten(1)).view(X.shape[1], *R.shape[1:])
+
+
+def label_index(y: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """The labels (m,) as an index into Z's class axis: (m, 1), or (m, 1, K) for K models."""
+    return y.view(-1, 1, *(1,) * (Z.ndim - 2)).expand(-1, 1, *Z.shape[2:])
 
 
 def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,34 +55,35 @@ def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     No exponent is positive, so nothing overflows, and for a confident right answer the
     bracket is exactly 0 and the small log1p term keeps its digits (``log_softmax`` computes
-    log(1 + tiny) − 0 there, as ``BCEWithLogitsLoss`` does in the binary case).
+    log(1 + tiny) − 0 there, as ``BCEWithLogitsLoss`` does in the binary case). One loss, or
+    one per model for Z (m, C, K).
     """
     top, at = Z.max(dim=1, keepdim=True)
     e = torch.exp(Z - top).scatter(1, at, 0.0)  # every term but the largest, which is e⁰ = 1
-    per_sample = (top - Z.gather(1, y.unsqueeze(1))).squeeze(1) + torch.log1p(e.sum(1))
+    per_sample = (top - Z.gather(1, label_index(y, Z))).squeeze(1) + torch.log1p(e.sum(1))
     return per_sample.mean(0)
 
 
 def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Y (m, C) in ``like``'s dtype; a scatter, so a GPU never checks y against C on the host."""
-    return torch.zeros_like(like).scatter_(1, y.unsqueeze(1), 1.0)
+    return torch.zeros_like(like).scatter_(1, label_index(y, like), 1.0)
 
 
 def softmax_gradients(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """dW = Xᵀ(P − Y)/m, db = mean(P − Y): the chain rule through ∂J/∂Z = (P − Y)/m."""
     residual = P - one_hot(y, P)
-    return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
+    return {"dw": transposed_product(X, residual) / X.shape[0], "db": residual.mean(0)}
 
 
 def accuracy(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The fraction whose largest logit is their own class."""
-    return (Z.argmax(1) == y).to(Z.dtype).mean(0)
+    return (Z.argmax(1) == label_index(y, Z).squeeze(1)).to(Z.dtype).mean(0)
 
 
 def summand_sizes(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """(|X|ᵀ|P − Y|/m, mean|P − Y|): the sizes of the gradient's terms (see the binary model)."""
     residual = (P - one_hot(y, P)).abs()
-    return {"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}
+    return {"dw": transposed_product(X.abs(), residual) / X.shape[0], "db": residual.mean(0)}
 
 
 def loss_and_gradients(X, y, W, b) -> Evaluation:
@@ -115,9 +135,11 @@ class Softmax(Kind):
         return summand_sizes(X, torch.softmax(Z, 1), y)
 
     def reference_loss_at(self, X, y, W, b):
-        """nn.Linear is F.linear (its weight is Wᵀ), CrossEntropyLoss is F.cross_entropy."""
-        Z = F.linear(X, W.T, b)
-        return F.cross_entropy(Z, y, reduction="none").mean(0), Z
+        """nn.Linear is F.linear (its weight is Wᵀ), CrossEntropyLoss is F.cross_entropy; for
+        K models (W (n, C, K)) Z is (m, C, K), which F.cross_entropy reads as K positions."""
+        Z = F.linear(X, W.flatten(1).T, b.flatten()).view(X.shape[0], *W.shape[1:])
+        target = label_index(y, Z).squeeze(1)
+        return F.cross_entropy(Z, target, reduction="none").mean(0), Z
 
     def criterion(self):
         return nn.CrossEntropyLoss()

@@ -31,6 +31,7 @@ from manual_models.softmax import (
     one_hot,
     softmax_gradients,
 )
+from manual_models.softmax import logits as class_logits
 
 
 class LogisticLoss(torch.autograd.Function):
@@ -78,13 +79,14 @@ class SoftmaxLoss(torch.autograd.Function):
 
     backward (g = ∂output/∂J):
         ∂J/∂W = g Xᵀ(P − Y)/m     ∂J/∂b = g mean(P − Y)     ∂J/∂X = g (P − Y) Wᵀ/m
-    y holds class indices: no gradient. The backward is written in differentiable ops, so
+    With K models (W (n, C, K), b (C, K)) J and g are (K,), and the formulas hold model by
+    model. y holds class indices: no gradient. The backward is written in differentiable ops, so
     double backward works (it rebuilds Z from the inputs when grad mode is on).
     """
 
     @staticmethod
     def forward(ctx, X, W, b, y):
-        Z = logits(X, W, b)
+        Z = class_logits(X, W, b)
         ctx.save_for_backward(X, W, b, y)
         ctx.Z = Z
         return cross_entropy_from_logits(Z, y)
@@ -92,7 +94,7 @@ class SoftmaxLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         X, W, b, y = ctx.saved_tensors
-        Z = logits(X, W, b) if torch.is_grad_enabled() else ctx.Z
+        Z = class_logits(X, W, b) if torch.is_grad_enabled() else ctx.Z
         P = torch.softmax(Z, dim=1)
         need_X, need_W, need_b, _ = ctx.needs_input_grad
         dX = dW = db = None
@@ -100,8 +102,9 @@ class SoftmaxLoss(torch.autograd.Function):
             grads = softmax_gradients(X, P, y)
             dW = grad_output * grads["dw"] if need_W else None
             db = grad_output * grads["db"] if need_b else None
-        if need_X:
-            dX = grad_output * (P - one_hot(y, P)) @ W.T / X.shape[0]
+        if need_X:  # summed over the classes (and the K models, for W (n, C, K))
+            residual = (grad_output * (P - one_hot(y, P))).flatten(1)
+            dX = residual @ W.flatten(1).T / X.shape[0]
         return dX, dW, db, None
 
 

@@ -162,7 +162,7 @@ def test_keys_recorded_before_the_optimizer_key_are_unchanged():
     assert other.key != config.key and other.grid()[0].key != point.key
 
 
-def test_multiclass_datasets_are_chosen_by_classes_all_and_never_batched():
+def test_multiclass_datasets_are_chosen_by_classes_all_and_batched_like_binary_ones():
     config = load_sweep(
         CONFIGS / "quick.yaml", {"datasets": [{"name": "wine", "classes": "all"}, "wine"]}
     )
@@ -170,8 +170,9 @@ def test_multiclass_datasets_are_chosen_by_classes_all_and_never_batched():
     assert multi.multiclass and not binary.multiclass and multi.label == "wine(classes=all)"
     groups = passes(config.grid())
     sizes = {(g[0].dataset.label, g[0].impl): len(g) for g in groups}
-    assert sizes[("wine(classes=all)", "manual")] == 1  # one model per softmax run
-    assert sizes[("wine", "manual")] == 2  # the binary runs' two rates share a pass
+    assert sizes[("wine(classes=all)", "manual")] == 2  # softmax runs' two rates: one pass
+    assert sizes[("wine", "manual")] == 2  # and the binary runs' two
+    assert sizes[("wine(classes=all)", "autograd")] == 1  # the reference: a run a pass
 
 
 @pytest.mark.parametrize(
