@@ -9,7 +9,9 @@ interleaved (A, B, A, B, ...) where they compete for the same disk or cache.
 1. **Step time per data size** for the three implementations, against the memory floor: a
    step must read X (m × n) twice (X w, then Xᵀr), so no step beats the time of moving
    2·|X| bytes, which is the time of one copy of X (a copy reads |X| and writes |X|).
-2. **K learning rates in one pass** (w of shape (n, K)) against K separate runs.
+2. **K learning rates in one pass** (w of shape (n, K), W of shape (n, C, K)) against one
+   rate's run, for logistic regression with SGD and softmax regression with Adam (its moments
+   batched too).
 3. **Tracking**: what this repo's logging costs per run against MLflow's bare floor (create a
    run, log its params, end it) and against the naive per-step ``log_metric`` loop.
 4. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -43,13 +46,27 @@ from experiments.sweep import run_sweep
 from experiments.tracking import Tracker
 from experiments.training import train_pass
 from experiments.writer import Writer
-from manual_models import HandModel, Logistic, make_model
+from manual_models import HandModel, Logistic, Optimizer, make_model
 from manual_models.logistic import BLOCKED_ABOVE
 
 SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
 GPU_SIZES = [(4_000_000, 256)]
 QUICK_SIZES = [(569, 30), (1797, 64), (100_000, 100)]
 KS = [1, 4, 16, 64]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A model and rule whose K-rate pass the bench times, on sizes of its own."""
+
+    label: str  # the table's and the metric key's name
+    n_classes: int
+    rule: Optimizer
+
+
+LOGISTIC_SGD = Batched("logistic-sgd", 2, Optimizer())
+SOFTMAX_ADAM = Batched("softmax10-adam", 10, Optimizer("adam"))
+SOFTMAX_SIZES = [(1797, 64)]  # digits' shape: 10 classes, 64 features
 IMPLS = ("manual", "function", "autograd")
 # One pass of 8 learning rates on synthetic data, trained and recorded, at more and more steps.
 MEMORY = {"n_samples": 2000, "n_features": 2000, "steps": [2_000, 8_000, 100_000]}
@@ -93,10 +110,17 @@ class Timer:
         return {name: statistics.median(values) for name, values in times.items()}
 
 
-def problem(m: int, n: int, device: torch.device, dtype=torch.float32, seed: int = 0):
-    """A seeded logistic problem of m samples, n features (labels from a noisy plane)."""
+def problem(
+    m: int, n: int, device: torch.device, dtype=torch.float32, seed: int = 0, n_classes: int = 2
+):
+    """A seeded problem of m samples, n features: labels from a noisy plane (two classes), or
+    the largest of C noisy linear scores (class indices)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     X = torch.randn(m, n, generator=generator, device=device, dtype=dtype)
+    if n_classes > 2:
+        W = torch.randn(n, n_classes, generator=generator, device=device, dtype=dtype)
+        noise = torch.randn(m, n_classes, generator=generator, device=device, dtype=dtype)
+        return X, (X @ W / math.sqrt(n) + noise).argmax(1)
     w = torch.randn(n, generator=generator, device=device, dtype=dtype) / math.sqrt(n)
     noise = torch.randn(m, generator=generator, device=device, dtype=dtype)
     return X, (X @ w + noise > 0).to(dtype)
@@ -169,49 +193,49 @@ def rates(k: int) -> list[float]:
     return [1e-3 * 1.5**i for i in range(k)]
 
 
-def lr_batching(device: torch.device, sizes, ks, timer: Timer, run_steps: int) -> list[dict]:
+def lr_batching(
+    device: torch.device, sizes, ks, timer: Timer, run_steps: int, case: Batched = LOGISTIC_SGD
+) -> list[dict]:
     """K rates in one model against one rate, timed in turns: per step, and per whole run
     (``fit`` with validation and the per-step gradient check, as a sweep runs it) on the
-    smallest size."""
+    smallest size; ``case``: the model and its rule."""
+
+    def model(impl: str, n: int, lrs: list[float]):
+        built = make_model(impl, n, lrs[0], device=device, **new)
+        return built if len(lrs) == 1 else LrBatch(built, lrs)
+
+    new = {"n_classes": case.n_classes, "optimizer": case.rule}
     rows = []
     for m, n in sizes:
-        X, y = problem(m, n, device)
+        X, y = problem(m, n, device, n_classes=case.n_classes)
         for impl in ("manual", "function"):
             for k in ks:
-                times = timer.interleaved(
-                    {
-                        "one": stepper(make_model(impl, n, 1e-3, device=device), X, y),
-                        "K": stepper(LrBatch(make_model(impl, n, device=device), rates(k)), X, y),
-                    }
-                )
-                rows.append(batch_row("step", impl, m, n, k, times["one"], times["K"]))
+                steps = {"one": stepper(model(impl, n, rates(1)), X, y)}
+                steps["K"] = stepper(model(impl, n, rates(k)), X, y)
+                times = timer.interleaved(steps)
+                rows.append(batch_row(case, "step", impl, m, n, k, times["one"], times["K"]))
     m, n = sizes[0]
-    X, y = problem(m, n, device)
-    X_val, y_val = problem(max(m // 4, 1), n, device, seed=1)
+    X, y = problem(m, n, device, n_classes=case.n_classes)
+    X_val, y_val = problem(max(m // 4, 1), n, device, seed=1, n_classes=case.n_classes)
     whole_runs = Timer(device, 3, min_s=0)
 
-    def run(model, reference):
-        return lambda: fit(model, X, y, run_steps, X_val=X_val, y_val=y_val, reference=reference)
+    def run(impl: str, lrs: list[float]):
+        trained, reference = model(impl, n, lrs), model("autograd", n, lrs)
+        return lambda: fit(trained, X, y, run_steps, X_val=X_val, y_val=y_val, reference=reference)
 
     for impl in ("manual", "function"):
         for k in ks:
-            one = run(
-                make_model(impl, n, 1e-3, device=device),
-                make_model("autograd", n, 1e-3, device=device),
-            )
-            lrs = rates(k)
-            batch = run(
-                LrBatch(make_model(impl, n, device=device), lrs),
-                LrBatch(make_model("autograd", n, device=device), lrs),
-            )
-            times = whole_runs.interleaved({"one": one, "K": batch})
+            times = whole_runs.interleaved({"one": run(impl, rates(1)), "K": run(impl, rates(k))})
             what = f"run ({run_steps} steps, checked)"
-            rows.append(batch_row(what, impl, m, n, k, times["one"], times["K"]))
+            rows.append(batch_row(case, what, impl, m, n, k, times["one"], times["K"]))
     return rows
 
 
-def batch_row(what: str, impl: str, m: int, n: int, k: int, one: float, t: float) -> dict:
+def batch_row(
+    case: Batched, what: str, impl: str, m: int, n: int, k: int, one: float, t: float
+) -> dict:
     return {
+        "model": case.label,
         "what": what,
         "impl": impl,
         "m": m,
@@ -398,7 +422,9 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
     started = time.perf_counter()
     report = {"machine": machine(dev), "quick": quick, "repeats": repeats}
     report["step"] = step_times(dev, sizes, timer)
-    report["lr_batch"] = lr_batching(dev, batch_sizes, ks, timer, 20 if quick else 1000)
+    run_steps = 20 if quick else 1000
+    report["lr_batch"] = lr_batching(dev, batch_sizes, ks, timer, run_steps)
+    report["lr_batch"] += lr_batching(dev, SOFTMAX_SIZES, ks, timer, run_steps, SOFTMAX_ADAM)
     if tracking_part:
         report["tracking"] = tracking(10 if quick else 30)
         report["sweep"] = sweep_share("quick.yaml" if quick else "default.yaml")

@@ -58,11 +58,11 @@ def _step_table(step: list[dict]) -> list[str]:
 
 
 def _batch_table(rows: list[dict]) -> list[str]:
-    header = ["what", "impl", "m × n", "K", "K at once / one", "speedup per lr"]
+    header = ["model", "what", "impl", "m × n", "K", "K at once / one", "speedup per lr"]
     return table(
         header,
         [
-            [r["what"], r["impl"], f"{r['m']:,} × {r['n']}", r["K"],
+            [r["model"], r["what"], r["impl"], f"{r['m']:,} × {r['n']}", r["K"],
              f"{r['K_at_once_vs_one']:.2f}×", f"{r['speedup_per_lr']:.1f}×"]
             for r in rows
         ],
@@ -117,9 +117,8 @@ def metrics(report: dict) -> dict[str, float]:
         out[f"step/manual_vs_floor/{row['m']}x{row['n']}"] = row["manual_vs_floor"]
     for row in report["lr_batch"]:
         what = row["what"].split()[0]
-        out[f"lr_batch/{row['impl']}/{what}/{row['m']}x{row['n']}/K{row['K']}"] = row[
-            "speedup_per_lr"
-        ]
+        where = f"{row['model']}/{row['impl']}/{what}/{row['m']}x{row['n']}/K{row['K']}"
+        out[f"lr_batch/{where}"] = row["speedup_per_lr"]
     if "tracking" in report:
         out["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
         out["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]

@@ -24,7 +24,10 @@ def report():
         "quick": True,
         "repeats": 1,
         "step": bench.step_times(CPU, [(64, 5), (300, 7)], timer),
-        "lr_batch": bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
+        "lr_batch": [
+            *bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
+            *bench.lr_batching(CPU, [(60, 4)], [1, 3], timer, 4, bench.SOFTMAX_ADAM),
+        ],
         "tracking": bench.tracking(repeats=1, naive_sample=3),
         "sweep": bench.sweep_share("quick.yaml"),
         "memory": bench.memory_by_steps(
@@ -48,10 +51,16 @@ def test_step_rows_hold_every_implementation_and_both_floors(report):
 
 def test_lr_batch_rows_compare_k_rates_with_one(report):
     rows = report["lr_batch"]
-    kinds = {(r["what"].split()[0], r["impl"], r["K"]) for r in rows}
+    kinds = {(r["model"], r["what"].split()[0], r["impl"], r["K"]) for r in rows}
+    models = ("logistic-sgd", "softmax10-adam")
     assert kinds == {
-        (w, i, k) for w in ("step", "run") for i in ("manual", "function") for k in (1, 3)
+        (model, w, i, k)
+        for model in models
+        for w in ("step", "run")
+        for i in ("manual", "function")
+        for k in (1, 3)
     }
+    assert {(r["model"], r["m"], r["n"]) for r in rows} == {(models[0], 64, 5), (models[1], 60, 4)}
     for row in rows:
         speedup = row["K"] * row["one_ms"] / row["K_at_once_ms"]
         assert row["speedup_per_lr"] == pytest.approx(speedup, rel=1e-12, abs=0)
@@ -101,7 +110,10 @@ def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     assert found.info.status == "FINISHED" and found.data.tags["kind"] == "bench"
     metrics = found.data.metrics
     assert math.isfinite(metrics["tracking/ours_vs_floor"])
-    assert "lr_batch/manual/step/64x5/K3" in metrics and "memory/peak_rss_mb/200" in metrics
+    assert (
+        "lr_batch/softmax10-adam/manual/step/60x4/K3" in metrics
+        and "memory/peak_rss_mb/200" in metrics
+    )
     assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"bench.json", "bench.md"}
 
 
