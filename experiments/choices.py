@@ -177,3 +177,33 @@ class OptimizerConfig(BaseModel):
 
 
 SGD = OptimizerConfig()
+
+
+class EdgeConfig(BaseModel):
+    """``extend_edges``: where a grid that widens itself stops (``true`` takes these defaults).
+
+    A setting whose best rate is the grid's first or last gets the next rate beyond it, at the
+    ratio of the two edge rates, until the best is inside, ``max_added`` rates were added on
+    that side, or the next rate would leave [``lr_min``, ``lr_max``]. ``metric: train/loss``
+    judges the optimisation itself: past the stable rates the training loss rises while a
+    small validation set may still reward the noise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_added: Count = Field(4, ge=1, description="rates added at most beyond each edge")
+    lr_min: PositiveFloat = Field(1e-6, description="no rate added below this")
+    lr_max: PositiveFloat = Field(1e3, description="no rate added above this")
+    metric: Literal["val/loss", "train/loss"] = Field(
+        "val/loss", description="what makes a rate best: its final value, mean over seeds"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EdgeConfig:
+        if self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g})")
+        return self

@@ -14,7 +14,7 @@ import json
 import math
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from experiments.choices import (
@@ -32,6 +33,7 @@ from experiments.choices import (
     DatasetConfig,
     Device,
     Dtype,
+    EdgeConfig,
     Impl,
     OptimizerConfig,
     PositiveFloat,
@@ -118,6 +120,11 @@ class SweepConfig(_Common):
         description="train the manual and function runs that differ only in lr together, in "
         "one pass over the data (each is still its own run); autograd runs stay one per run",
     )
+    extend_edges: EdgeConfig | None = Field(
+        None,
+        description="true, or {max_added, lr_min, lr_max}: where a setting's best rate is the "
+        "grid's first or last, add rates beyond it at the grid's spacing until it is inside",
+    )
 
     _offered: list[str] | None = PrivateAttr(None)  # where the runs train (see on())
 
@@ -138,6 +145,17 @@ class SweepConfig(_Common):
             return [float(f"{start * 10 ** (ratio * k):.6g}") for k in range(int(num))]
         return value
 
+    @field_validator("extend_edges", mode="before")
+    @classmethod
+    def _edges_off(cls, value: Any) -> Any:
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _edges_need_spacing(self) -> SweepConfig:
+        if self.extend_edges is not None and len(self.lrs) < 2:
+            raise ValueError("extend_edges needs at least two lrs (their ratio is the spacing)")
+        return self
+
     @field_validator("datasets", "impls", "lrs", "devices", "seeds", "optimizers")
     @classmethod
     def _no_repeats(cls, values: list) -> list:
@@ -150,7 +168,7 @@ class SweepConfig(_Common):
         """A stable hash of the whole sweep: the same command resumes the same sweep, on any
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
-        return _key(dumped, {"optimizers": [SGD.model_dump(mode="json")]})
+        return _key(dumped, {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None})
 
     def on(self, offered: list[str], where: str = "here") -> SweepConfig:
         """This sweep where its runs will train, which ``offered`` those devices (an engine's
@@ -341,14 +359,29 @@ def describe(err: ValidationError, model: type[BaseModel]) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        keys = ", ".join(model.model_fields)
+        keys = ", ".join(_model_at(model, first["loc"][:-1]).model_fields)
         return f"unknown config key {loc!r}; valid keys: {keys}"
     if first["type"] == "missing":
         return f"missing config key {loc!r}"
     message = first["msg"].removeprefix("Value error, ")
     shown = first.get("input")
     got = "" if isinstance(shown, dict) or first["type"] == "value_error" else f" (got {shown!r})"
-    return f"{loc}: {message}{got}"
+    return f"{loc}: {message}{got}" if loc else message
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The config model that holds the key at ``loc`` (``optimizers.0.foo``: an
+    OptimizerConfig's), found through the field types (``list[X]``, ``X | None``)."""
+    for part in loc:
+        if isinstance(part, str) and part in model.model_fields:
+            hint = model.model_fields[part].annotation
+            found = [t for t in (hint, *get_args(hint)) if _is_model(t)]
+            model = found[0] if found else model
+    return model
+
+
+def _is_model(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, BaseModel)
 
 
 def load_sweep(path: str | Path | None, overrides: dict[str, Any]) -> SweepConfig:

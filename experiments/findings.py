@@ -10,7 +10,7 @@ import re
 
 import pandas as pd
 
-from experiments.records import KEYS
+from experiments.records import ADDED_BY, KEYS, latest_attempts
 
 # One best learning rate for each of these groups of runs (and one gradient-error maximum).
 BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
@@ -19,9 +19,16 @@ BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
 def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     """Per dataset × impl × update rule × device × dtype: the lr with the lowest mean final
     validation loss over seeds, flagged ``on_edge`` at the end of the grid, beside autograd's
-    own best (compare implementations each at its own best lr)."""
-    runs = runs[runs.status == "FINISHED"]
+    own best (compare implementations each at its own best lr). The grid is every rate tried
+    (``lr_min`` to ``lr_max``, ``added`` of them by ``extend_edges``): a best below a rate
+    that diverged is inside it."""
     group = BEST_LR_BY
+    tried = latest_attempts(runs) if "config_key" in runs else runs
+    added = tried[ADDED_BY] != "" if ADDED_BY in tried else pd.Series(False, index=tried.index)
+    grid = tried.groupby(group)["lr"].agg(lr_min="min", lr_max="max", lrs="nunique")
+    grid["added"] = tried[added].groupby(group)["lr"].nunique()
+    grid["added"] = grid["added"].fillna(0).astype(int)
+    runs = runs[runs.status == "FINISHED"]
     per_lr = (
         runs.groupby([*group, "lr"])
         .agg(
@@ -32,11 +39,10 @@ def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    grid = runs.groupby(group)["lr"].agg(lr_min="min", lr_max="max", lrs="nunique")
     best = per_lr.loc[per_lr.groupby(group)["val_loss_mean"].idxmin()].join(grid, on=group)
     edge = (best["lr"] == best["lr_min"]) | (best["lr"] == best["lr_max"])
     best["on_edge"] = (best["lrs"] > 1) & edge
-    best = best.rename(columns={"lr": "best_lr"}).drop(columns=["lr_min", "lr_max"])
+    best = best.rename(columns={"lr": "best_lr"})
     same = ["dataset", "optimizer", "device", "dtype"]
     autograd = best[best.impl == "autograd"].set_index(same)
     joined = best.join(autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"), on=same)

@@ -66,6 +66,8 @@ DEFAULTS = {
     "optimizer.zero_grad": "True",
     "n_classes": 2,
 }
+# The tag on a run a search added to the grid, naming the search (``extend_edges``).
+ADDED_BY = "added_by"
 # The columns of a sweep's runs.csv, in reading order (the table has every param and metric).
 RUNS_CSV = [
     "dataset",
@@ -83,6 +85,7 @@ RUNS_CSV = [
     "time/fit_s",
     "failure",
     "failure_reason",
+    "added_by",
     "config_key",
     "run_id",
     "start_time",
@@ -382,6 +385,7 @@ def _row(run) -> dict[str, object]:
         "config_key": tags.get("config_key"),
         "failure": tags.get("failure", ""),
         "failure_reason": tags.get("failure_reason", ""),
+        ADDED_BY: tags.get(ADDED_BY, ""),  # a search added it to the grid (experiments.edges)
     }
     for name, value in params.items():
         if name not in ("impl", "dataset"):

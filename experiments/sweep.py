@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import click
 import pandas as pd
 
-from experiments import findings, lr_batch, records
+from experiments import edges, findings, lr_batch, records
 from experiments.config import RunConfig, SweepConfig
 from experiments.engines import Engine, open_engine
 from experiments.errors import first_line
@@ -83,11 +83,31 @@ def run_sweep(
         with _ending(sweep, engine):
             if nested:
                 sweep.open_parent(config, grid, command, restart)
-            todo = [point for point in grid if point.key not in sweep.finished]
-            label = f"{config.name}: {len(todo)} of {len(grid)} runs to do"
-            with _progress(label, len(todo), progress) as bar:
-                sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
-            return sweep.close(skipped=len(grid) - len(todo))
+            skipped = _train(sweep, engine, config, grid, "runs to do", progress)
+            if config.extend_edges is not None:
+                skipped += _widen(sweep, engine, config, grid, progress)
+            return sweep.close(skipped=skipped)
+
+
+def _train(sweep: Sweep, engine: Engine, config, points, what: str, progress: bool) -> int:
+    """Train the points not finished yet, in passes; how many were."""
+    todo = [point for point in points if point.key not in sweep.finished]
+    label = f"{config.name}: {len(todo)} of {len(points)} {what}"
+    with _progress(label, len(todo), progress) as bar:
+        sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
+    return len(points) - len(todo)
+
+
+def _widen(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
+    """``extend_edges``: train the rates beyond each edge that holds a best rate, until none
+    does (:mod:`experiments.edges`); how many of them had finished before (a resumed sweep
+    reaches the same decisions from the same runs)."""
+    points, skipped = list(grid), 0
+    while added := edges.beyond(points, sweep.runs(), config.lrs, config.extend_edges):
+        sweep.added.update(point.key for point in added)
+        skipped += _train(sweep, engine, config, added, "runs beyond the grid's edges", progress)
+        points += added
+    return skipped
 
 
 @dataclass
@@ -104,6 +124,7 @@ class Sweep:
     start: float = field(default_factory=time.perf_counter)
     writer: Writer | None = None  # records this process's passes in the background
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
+    added: set[str] = field(default_factory=set)  # config keys extend_edges added to the grid
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -201,6 +222,8 @@ class Sweep:
         for point in group:
             with shielded():  # the run exists in the store only together with in_flight
                 tags = records.run_tags(point)
+                if point.key in self.added:
+                    tags[records.ADDED_BY] = "extend_edges"
                 run_id = self.tracker.start_run(
                     self.experiment_id, point.name, tags=tags, parent_id=self.parent_id
                 )
@@ -257,17 +280,24 @@ class Sweep:
         if self.lease is not None:
             self.lease.abandon()
 
+    def runs(self) -> pd.DataFrame:
+        """Every run so far as the store has it, what the writer holds recorded first: with a
+        parent, all its children, one row per attempt; without, the runs this one started."""
+        if self.writer is not None:  # it keeps running: the sweep may go on
+            for run_id in self.writer.drain():
+                records.fail(self.tracker, run_id, "its writer process ended before recording it")
+        if self.parent_id is not None:
+            return records.runs_table(self.tracker.children(self.experiment_id, self.parent_id))
+        return records.runs_table(self.tracker.run(run_id) for run_id in self.started)
+
     def close(self, skipped: int) -> SweepOutcome:
         """The runs as the store has them; on the parent: runs.csv, summary.csv, the counts."""
         if self.writer is not None:
             for run_id in self._settle_writer():
                 records.fail(self.tracker, run_id, "its writer process ended before recording it")
+        runs = self.runs()
         if self.lease is not None:
             self.lease.check()  # the parent's summary is the holder's to write
-        if self.parent_id is not None:  # every run of this sweep, one row per attempt
-            runs = records.runs_table(self.tracker.children(self.experiment_id, self.parent_id))
-        else:  # a sweep without a parent: the runs it started
-            runs = records.runs_table(self.tracker.run(run_id) for run_id in self.started)
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
@@ -316,8 +346,10 @@ def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -
     tracker.log_text(parent, runs.reindex(columns=records.RUNS_CSV).to_csv(index=False), "runs.csv")
     if (runs.status == "FINISHED").any():
         tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
-    status = records.latest_attempts(runs).status.value_counts()
-    counts = {f"sweep/{k.lower()}": v for k, v in status.items()}
+    latest = records.latest_attempts(runs)
+    counts = {f"sweep/{k.lower()}": v for k, v in latest.status.value_counts().items()}
+    if (latest[records.ADDED_BY] != "").any():  # extend_edges widened the grid
+        counts["sweep/added"] = int((latest[records.ADDED_BY] != "").sum())
     tracker.log(parent, metrics={**timing, **counts, **findings.headline(runs)})
     tracker.finish(parent)
 

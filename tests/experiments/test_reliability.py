@@ -414,7 +414,7 @@ def test_a_pass_refused_by_a_broken_pool_goes_to_the_renewed_one_under_its_runs(
     monkeypatch.setattr(records, "run_tags", lambda point: {})
     engine, store = BreakingPool(), ScriptedStore()
     sweep = Sweep(store, experiment_id="0", parent_id="parent")
-    points = [SimpleNamespace(device="cpu", name=f"point {i}") for i in range(4)]
+    points = [SimpleNamespace(device="cpu", name=f"point {i}", key=f"k{i}") for i in range(4)]
     sweep.drive(engine, [[point] for point in points], SimpleNamespace(update=lambda n: None))
     assert list(store.status_of) == ["run0", "run1", "run2", "run3"]  # one run a point, once
     assert engine.submitted == [["run0"], ["run1"], ["run2"], ["run3"]]  # run2 refused once
