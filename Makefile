@@ -62,8 +62,8 @@ sweep: ## the main job: every run of CONFIG (default experiments/configs/default
 ui: ## the MLflow UI for TRACKING_URI on 127.0.0.1:PORT (5000); prints the latest sweep's URL
 	$(PY) -m experiments ui --tracking-uri $(TRACKING_URI) --port $(PORT)
 
-analyze: ## report.html, CSVs and figures for the latest sweep of EXPERIMENT (default: default) → reports/
-	$(PY) -m analysis report --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI)
+analyze: ## report.html, CSVs and figures for the latest sweep of EXPERIMENT (default: default) → reports/; BASELINE=default holds a halving sweep against its full grid
+	$(PY) -m analysis report --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI) $(if $(BASELINE),--baseline $(BASELINE))
 
 notebooks: ## execute analysis/notebooks/ against the latest sweep of EXPERIMENT → reports/EXPERIMENT/notebooks/
 	$(PY) -m analysis notebooks --experiment $(EXPERIMENT) --tracking-uri $(TRACKING_URI)

@@ -43,10 +43,16 @@ def sweep_options(out_help: str):
 
 @main.command()
 @sweep_options("default: reports/<experiment>/")
-def report(experiment: str, tracking_uri: str | None, out: str | None) -> None:
+@click.option(
+    "--baseline",
+    metavar="EXPERIMENT",
+    help="a halving sweep's full grid: the experiment whose latest sweep ran every rate",
+)
+def report(experiment: str, tracking_uri: str | None, out: str | None, baseline: str | None):
     """Write report.html, pairs.csv, best_lr.csv, reference.csv, devices.csv and the figures
-    for the latest sweep of EXPERIMENT, and log them on its parent run."""
-    result, folder = make_report(experiment, tracking_uri, out)
+    for the latest sweep of EXPERIMENT (and halving.csv for a halving sweep), and log them on
+    its parent run."""
+    result, folder = make_report(experiment, tracking_uri, out, baseline)
     pairs = result.pairs
     agree = int(pairs["agrees"].sum()) if len(pairs) else 0
     click.echo(f"{agree} of {len(pairs)} pairs agree with autograd within tolerance")

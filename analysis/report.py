@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from analysis import ablation, compare, figures
 from analysis.runs import Sweep, load_sweep
+from experiments import findings
 
 
 @dataclass
@@ -59,7 +60,9 @@ def verdicts(pairs: pd.DataFrame) -> pd.Series:
     )
 
 
-def build(sweep: Sweep) -> Report:
+def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
+    """The tables and figures of ``sweep``; ``baseline``: the whole grid's sweep, which a
+    halving sweep's kept rates are held against."""
     pairs = compare.pairs(sweep)
     names = sweep.runs.set_index("run_id")["run_name"]
     if len(pairs):
@@ -73,6 +76,9 @@ def build(sweep: Sweep) -> Report:
         "reference.csv": compare.reference(sweep),
         "devices.csv": compare.devices(sweep),
     }
+    if (sweep.runs.halving != "").any():  # successive halving chose the rates
+        full = None if baseline is None else baseline.runs
+        tables["halving.csv"] = findings.halving(sweep.runs, full)
     figs = {
         "loss_curves.png": figures.loss_curves(sweep, best),
         "delta_w.png": figures.delta_w(sweep, pairs),
@@ -137,7 +143,7 @@ def to_html(report: Report) -> str:
     ``analysis/templates/report.html.j2``."""
     sweep, pairs, tables = report.sweep, report.pairs, report.tables
     reference = tables["reference.csv"]
-    unfinished = sweep.runs[sweep.runs.status != "FINISHED"]
+    unfinished = sweep.runs[~sweep.runs.status.isin(["FINISHED", "STOPPED", "PROMOTED"])]
     accumulation = tables.get("accumulation.csv")
     return TEMPLATES.get_template("report.html.j2").render(
         experiment=sweep.experiment_name,
@@ -161,6 +167,7 @@ def to_html(report: Report) -> str:
             "best_lr": _table(tables["best_lr.csv"]),
             "reference": _table(_reference_by_lr(reference)),
             "devices": _table(tables["devices.csv"]),
+            "halving": _table(tables["halving.csv"]) if "halving.csv" in tables else "",
             "accumulation": ""
             if accumulation is None
             else _table(
@@ -188,10 +195,13 @@ def log_to_parent(report: Report, files: list[Path]) -> None:
 
 
 def make_report(
-    experiment: str = "default", tracking_uri: str | None = None, out: str | Path | None = None
+    experiment: str = "default",
+    tracking_uri: str | None = None,
+    out: str | Path | None = None,
+    baseline: str | None = None,
 ) -> tuple[Report, Path]:
     sweep = load_sweep(experiment, tracking_uri)
-    report = build(sweep)
+    report = build(sweep, None if baseline is None else load_sweep(baseline, tracking_uri))
     folder = Path(out) if out is not None else Path("reports") / experiment
     files = write(report, folder)
     log_to_parent(report, files)

@@ -207,3 +207,30 @@ class EdgeConfig(BaseModel):
         if self.lr_min >= self.lr_max:
             raise ValueError(f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g})")
         return self
+
+
+class HalvingConfig(BaseModel):
+    """``halving``: successive halving of the learning rates (``true`` takes these defaults).
+
+    The run's steps are cut into ``rounds`` rungs that grow by 1/``keep``: with 1,000 steps, 3
+    rounds and keep 0.5, every rate trains 250 steps, the best half 500, the best quarter all
+    1,000. A rate is judged by its ``metric`` at the rung's end, averaged over the seeds and
+    the implementations (which share data, split and start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rounds: Count = Field(3, ge=2, description="rungs, the last at the run's full steps")
+    keep: Real = Field(0.5, gt=0, lt=1, description="the share of the rates each rung keeps")
+    metric: Literal["val/loss", "train/loss"] = Field(
+        "val/loss", description="what makes a rate better: its value at the rung's end"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+    def rungs(self, steps: int) -> list[int]:
+        """The steps at which rates are judged, the last being ``steps``: steps · keepʳ."""
+        out = [max(1, round(steps * self.keep ** (self.rounds - r))) for r in range(1, self.rounds)]
+        return sorted({*out, steps})

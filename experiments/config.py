@@ -34,6 +34,7 @@ from experiments.choices import (
     Device,
     Dtype,
     EdgeConfig,
+    HalvingConfig,
     Impl,
     OptimizerConfig,
     PositiveFloat,
@@ -125,6 +126,11 @@ class SweepConfig(_Common):
         description="true, or {max_added, lr_min, lr_max}: where a setting's best rate is the "
         "grid's first or last, add rates beyond it at the grid's spacing until it is inside",
     )
+    halving: HalvingConfig | None = Field(
+        None,
+        description="true, or {rounds, keep, metric}: train every rate a few steps, go on with "
+        "the best share of them, and so on to the full steps (successive halving)",
+    )
 
     _offered: list[str] | None = PrivateAttr(None)  # where the runs train (see on())
 
@@ -145,15 +151,21 @@ class SweepConfig(_Common):
             return [float(f"{start * 10 ** (ratio * k):.6g}") for k in range(int(num))]
         return value
 
-    @field_validator("extend_edges", mode="before")
+    @field_validator("extend_edges", "halving", mode="before")
     @classmethod
-    def _edges_off(cls, value: Any) -> Any:
+    def _off(cls, value: Any) -> Any:
         return None if value is False else value
 
     @model_validator(mode="after")
-    def _edges_need_spacing(self) -> SweepConfig:
+    def _searches(self) -> SweepConfig:
         if self.extend_edges is not None and len(self.lrs) < 2:
             raise ValueError("extend_edges needs at least two lrs (their ratio is the spacing)")
+        if self.halving is not None and len(self.lrs) < 2:
+            raise ValueError("halving needs at least two lrs to choose from")
+        if self.halving is not None and self.extend_edges is not None:
+            raise ValueError(
+                "halving and extend_edges: choose one (halving keeps rates, extend_edges adds them)"
+            )
         return self
 
     @field_validator("datasets", "impls", "lrs", "devices", "seeds", "optimizers")
@@ -168,7 +180,8 @@ class SweepConfig(_Common):
         """A stable hash of the whole sweep: the same command resumes the same sweep, on any
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
-        return _key(dumped, {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None})
+        defaults = {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None}
+        return _key(dumped, {**defaults, "halving": None})
 
     def on(self, offered: list[str], where: str = "here") -> SweepConfig:
         """This sweep where its runs will train, which ``offered`` those devices (an engine's

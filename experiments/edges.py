@@ -22,7 +22,7 @@ import pandas as pd
 
 from experiments.choices import EdgeConfig
 from experiments.config import RunConfig
-from experiments.records import latest_attempts
+from experiments.records import finals
 
 
 def beyond(
@@ -31,7 +31,7 @@ def beyond(
     """The points to add to ``points`` (the grid so far, with what was added before), given
     how its runs went (``records.runs_table`` of them); none once every best is inside."""
     grid_lrs = sorted(grid_lrs)
-    losses = _finals(runs, edges.metric)
+    losses = finals(runs, edges.metric)
     added: list[RunConfig] = []
     for group in _settings(points):
         rates = sorted({p.lr for p in group})
@@ -59,15 +59,6 @@ def _settings(points: list[RunConfig]) -> list[list[RunConfig]]:
 def _by_impl(group: list[RunConfig]) -> list[list[RunConfig]]:
     ordered = sorted(group, key=lambda p: p.impl)
     return [list(points) for _, points in itertools.groupby(ordered, key=lambda p: p.impl)]
-
-
-def _finals(runs: pd.DataFrame, metric: str) -> dict[str, float]:
-    """Each finished grid point's final ``metric``, by its config key."""
-    if runs.empty or metric not in runs:
-        return {}
-    finished = latest_attempts(runs)
-    finished = finished[finished.status == "FINISHED"]
-    return dict(zip(finished["config_key"], finished[metric].astype(float), strict=True))
 
 
 def _best_lr(points: list[RunConfig], losses: dict[str, float]) -> float | None:

@@ -10,7 +10,7 @@ import re
 
 import pandas as pd
 
-from experiments.records import ADDED_BY, KEYS, latest_attempts
+from experiments.records import ADDED_BY, HALVING, KEYS, latest_attempts
 
 # One best learning rate for each of these groups of runs (and one gradient-error maximum).
 BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
@@ -102,3 +102,40 @@ def headline(runs: pd.DataFrame) -> dict[str, float]:
 def _metric_name(text: str) -> str:
     """A label as MLflow takes it in a name: ``wine(classes=all)`` → ``wine_classes_all``."""
     return re.sub(r"[^\w.\- ]+", "_", text).strip("_")
+
+
+# A halving sweep's rates are chosen per setting: every implementation and seed together.
+SETTING = ["dataset", "optimizer", "device", "dtype"]
+
+
+def halving(runs: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:
+    """What successive halving chose, per dataset × rule × device × dtype: the rate it kept
+    (of the rates that ran every step, the lowest mean final validation loss over seeds and
+    implementations) and the share of the grid's steps it trained (every rung's runs, each
+    counted at its steps, against every grid point at the full steps). With ``full``, the runs
+    of the whole grid, the grid's best rate beside it, by the same rule, and how much worse
+    the kept rate ends (0 where the search kept the grid's best)."""
+    tried = latest_attempts(runs)
+    tried = tried[tried[HALVING] != ""]
+    steps = tried.groupby(SETTING)["steps"].max()
+    spent = tried.groupby(SETTING)["steps"].sum()
+    grid = tried.groupby(SETTING).apply(
+        lambda g: g.lr.nunique() * g.seed.nunique() * g.impl.nunique(), include_groups=False
+    )
+    out = _best(tried[tried.status == "FINISHED"]).rename(
+        columns={"lr": "kept_lr", "val/loss": "kept_val_loss"}
+    )
+    out["rates"] = tried.groupby(SETTING)["lr"].nunique()
+    out["steps_share"] = spent / (grid * steps)
+    if full is not None:
+        best = _best(latest_attempts(full)[lambda f: f.status == "FINISHED"])
+        out["grid_best_lr"] = best["lr"]
+        out["grid_best_val_loss"] = best["val/loss"]
+        out["kept_vs_grid_best"] = out["kept_val_loss"] - out["grid_best_val_loss"] + 0.0
+    return out.reset_index()
+
+
+def _best(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, the lr with the lowest mean final validation loss (seeds, impls)."""
+    means = runs.groupby([*SETTING, "lr"])["val/loss"].mean().reset_index()
+    return means.loc[means.groupby(SETTING)["val/loss"].idxmin()].set_index(SETTING)

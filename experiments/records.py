@@ -57,7 +57,7 @@ PARAM_TYPES = {
     "lr_batch": int,
 }
 # What pairs a run with its autograd twin (the same rule: sgd, adam, no zero_grad, ...).
-KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr"]
+KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr", "steps"]
 # Params of runs recorded before they existed: plain SGD, two classes.
 DEFAULTS = {
     "optimizer": "sgd",
@@ -68,6 +68,11 @@ DEFAULTS = {
 }
 # The tag on a run a search added to the grid, naming the search (``extend_edges``).
 ADDED_BY = "added_by"
+# A halving sweep's runs (experiments.halving): kept, promoted or stopped, and at which step.
+HALVING, HALVING_STEP = "halving", "halving_step"
+# Their status in the runs table (MLflow has them FINISHED): neither is a run of the full steps.
+SEARCH_STATUS = {"stopped": "STOPPED", "promoted": "PROMOTED"}
+COMPLETED = {"FINISHED", *SEARCH_STATUS.values()}  # ran every step it was given
 # The columns of a sweep's runs.csv, in reading order (the table has every param and metric).
 RUNS_CSV = [
     "dataset",
@@ -76,6 +81,7 @@ RUNS_CSV = [
     "optimizer",
     "lr",
     "seed",
+    "steps",
     "status",
     "train/loss",
     "val/loss",
@@ -86,6 +92,8 @@ RUNS_CSV = [
     "failure",
     "failure_reason",
     "added_by",
+    "halving",
+    "halving_step",
     "config_key",
     "run_id",
     "start_time",
@@ -377,7 +385,8 @@ def _row(run) -> dict[str, object]:
     row: dict[str, object] = {
         "run_id": info.run_id,
         "run_name": info.run_name,
-        "status": info.status,
+        # a halving sweep's run that stopped early, or one whose rate went on to a longer run
+        "status": SEARCH_STATUS.get(tags.get(HALVING), info.status),
         "start_time": info.start_time,
         "impl": tags.get("impl"),
         "dataset": tags.get("dataset"),  # the label: name and loader parameters
@@ -386,12 +395,23 @@ def _row(run) -> dict[str, object]:
         "failure": tags.get("failure", ""),
         "failure_reason": tags.get("failure_reason", ""),
         ADDED_BY: tags.get(ADDED_BY, ""),  # a search added it to the grid (experiments.edges)
+        HALVING: tags.get(HALVING, ""),
+        HALVING_STEP: tags.get(HALVING_STEP, ""),
     }
     for name, value in params.items():
         if name not in ("impl", "dataset"):
             row[name] = PARAM_TYPES[name](value) if name in PARAM_TYPES else value
     row.update(run.data.metrics)
     return row
+
+
+def finals(runs: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Each completed grid point's final ``metric``, by its config key (its latest attempt)."""
+    if runs.empty or metric not in runs:
+        return {}
+    finished = latest_attempts(runs)
+    finished = finished[finished.status.isin(COMPLETED)]
+    return dict(zip(finished["config_key"], finished[metric].astype(float), strict=True))
 
 
 def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:

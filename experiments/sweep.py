@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import click
 import pandas as pd
 
-from experiments import edges, findings, lr_batch, records
+from experiments import edges, findings, halving, lr_batch, records
 from experiments.config import RunConfig, SweepConfig
 from experiments.engines import Engine, open_engine
 from experiments.errors import first_line
@@ -83,7 +83,10 @@ def run_sweep(
         with _ending(sweep, engine):
             if nested:
                 sweep.open_parent(config, grid, command, restart)
-            skipped = _train(sweep, engine, config, grid, "runs to do", progress)
+            if config.halving is not None:
+                skipped = _halve(sweep, engine, config, grid, progress)
+            else:
+                skipped = _train(sweep, engine, config, grid, "runs to do", progress)
             if config.extend_edges is not None:
                 skipped += _widen(sweep, engine, config, grid, progress)
             return sweep.close(skipped=skipped)
@@ -98,13 +101,39 @@ def _train(sweep: Sweep, engine: Engine, config, points, what: str, progress: bo
     return len(points) - len(todo)
 
 
+def _halve(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
+    """``halving``: every rate to the first rung, the best share on to the next, and so on
+    (:mod:`experiments.halving`); how many rung runs had finished before (a resumed sweep
+    judges the same runs the same way). The share of the grid's steps it trained goes on the
+    parent, ``sweep/steps_share``."""
+    alive, skipped, trained = grid, 0, 0
+    for steps in config.halving.rungs(config.steps):
+        rung = halving.at(alive, steps)
+        last = steps == config.steps
+        sweep.tags.update({p.key: {records.HALVING: "kept"} for p in rung if last})
+        skipped += _train(sweep, engine, config, rung, f"runs to step {steps}", progress)
+        trained += steps * len(rung)
+        if last:
+            break
+        runs = sweep.runs()
+        kept = halving.judge(rung, runs, config.halving)
+        ids = records.latest_attempts(runs).set_index("config_key")
+        for point in rung:  # what each rung run's rate did next; a diverged run stays so
+            if point.key in ids.index and ids.at[point.key, "status"] in records.COMPLETED:
+                tags = halving.tags(stopped=point.key not in kept, steps=steps)
+                sweep.tracker.log(ids.at[point.key, "run_id"], tags=tags)
+        alive = [p for p, q in zip(alive, rung, strict=True) if q.key in kept]
+    sweep.shares["sweep/steps_share"] = trained / (len(grid) * config.steps)
+    return skipped
+
+
 def _widen(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
     """``extend_edges``: train the rates beyond each edge that holds a best rate, until none
     does (:mod:`experiments.edges`); how many of them had finished before (a resumed sweep
     reaches the same decisions from the same runs)."""
     points, skipped = list(grid), 0
     while added := edges.beyond(points, sweep.runs(), config.lrs, config.extend_edges):
-        sweep.added.update(point.key for point in added)
+        sweep.tags.update({point.key: {records.ADDED_BY: "extend_edges"} for point in added})
         skipped += _train(sweep, engine, config, added, "runs beyond the grid's edges", progress)
         points += added
     return skipped
@@ -124,7 +153,8 @@ class Sweep:
     start: float = field(default_factory=time.perf_counter)
     writer: Writer | None = None  # records this process's passes in the background
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
-    added: set[str] = field(default_factory=set)  # config keys extend_edges added to the grid
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # a search's, by config key
+    shares: dict[str, float] = field(default_factory=dict)  # a search's cost, for the parent
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -221,9 +251,7 @@ class Sweep:
         run_ids = []
         for point in group:
             with shielded():  # the run exists in the store only together with in_flight
-                tags = records.run_tags(point)
-                if point.key in self.added:
-                    tags[records.ADDED_BY] = "extend_edges"
+                tags = {**records.run_tags(point), **self.tags.get(point.key, {})}
                 run_id = self.tracker.start_run(
                     self.experiment_id, point.name, tags=tags, parent_id=self.parent_id
                 )
@@ -301,6 +329,7 @@ class Sweep:
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
+            timing |= self.shares
             _conclude(self.tracker, self.parent_id, runs, timing)
         self._release()
         return SweepOutcome(
@@ -346,6 +375,8 @@ def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -
     tracker.log_text(parent, runs.reindex(columns=records.RUNS_CSV).to_csv(index=False), "runs.csv")
     if (runs.status == "FINISHED").any():
         tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
+    if (runs[records.HALVING] != "").any():  # what successive halving chose, at what cost
+        tracker.log_text(parent, findings.halving(runs).to_csv(index=False), "halving.csv")
     latest = records.latest_attempts(runs)
     counts = {f"sweep/{k.lower()}": v for k, v in latest.status.value_counts().items()}
     if (latest[records.ADDED_BY] != "").any():  # extend_edges widened the grid

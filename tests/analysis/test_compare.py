@@ -20,7 +20,8 @@ class MemorySweep(Sweep):
         defaults = {"status": "FINISHED", "device": "cpu", "dtype": "float64", "seed": 0,
                     "dataset": "iris", "dataset_name": "iris", "val_fraction": 0.25,
                     "optimizer": "sgd", "optimizer.name": "sgd", "weight_decay": 0.0,
-                    "zero_grad": True, "n_classes": 2, "trajectory_every": 1}  # fmt: skip
+                    "zero_grad": True, "n_classes": 2, "trajectory_every": 1,
+                    "steps": 100}  # fmt: skip
         for key, value in defaults.items():
             frame[key] = frame[key].fillna(value) if key in frame else value
         frame["run_name"] = frame["run_id"]

@@ -1,0 +1,58 @@
+"""Successive halving of the learning rates (``halving``): every rate trains to the first rung,
+the best share of them goes on to the next, and so on until the survivors reach the full steps
+(Jamieson & Talwalkar 2016; the rule ASHA and Hyperband run asynchronously).
+
+A setting is every grid point that differs only in lr, seed and implementation, so a rate is
+judged on the mean of its metric over the seeds and the implementations (which share data,
+split and start), never on one seed, and paired runs stay paired: a rate goes on or stops with
+all its seeds and implementations. Each rung is its own set of runs (the grid's points with the
+rung's steps), trained in the sweep's ordinary passes, K rates at once where they batch: the
+stopped rates cost nothing more, the survivors train their rung from the start (deterministic,
+so a resumed sweep, which finds the rungs already run, reaches the same decisions). A rung's
+run of a rate that went on is tagged ``halving=promoted``; one that stopped there is its rate's
+record, ``halving=stopped`` at ``halving_step``; the survivors' full runs are
+``halving=kept``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pandas as pd
+
+from experiments.choices import HalvingConfig
+from experiments.config import RunConfig
+from experiments.records import HALVING, HALVING_STEP, finals
+
+
+def at(points: list[RunConfig], steps: int) -> list[RunConfig]:
+    """The points of a rung: ``points`` with ``steps`` (the last rung: the points themselves)."""
+    return [p if p.steps == steps else p.model_copy(update={"steps": steps}) for p in points]
+
+
+def judge(rung: list[RunConfig], runs: pd.DataFrame, halving: HalvingConfig) -> set[str]:
+    """The points of ``rung`` whose rate goes on, by config key: per setting, the
+    ⌈keep · rates⌉ rates with the lowest mean ``metric`` (a rate with a run that did not
+    finish, diverged or failed, goes last)."""
+    values = finals(runs, halving.metric)
+    settings: dict[str, dict[float, list[RunConfig]]] = defaultdict(lambda: defaultdict(list))
+    for point in rung:
+        settings[point.model_dump_json(exclude={"lr", "seed", "impl"})][point.lr].append(point)
+    kept = set()
+    for by_lr in settings.values():
+        means = {lr: _mean([values.get(p.key, math.inf) for p in ps]) for lr, ps in by_lr.items()}
+        n_kept = max(1, math.ceil(halving.keep * len(means)))
+        for lr in sorted(means, key=lambda lr: (means[lr], lr))[:n_kept]:
+            kept.update(p.key for p in by_lr[lr])
+    return kept
+
+
+def tags(stopped: bool, steps: int) -> dict[str, str]:
+    """What a rung's run says once its rate is judged."""
+    return {HALVING: "stopped" if stopped else "promoted", HALVING_STEP: str(steps)}
+
+
+def _mean(values: list[float]) -> float:
+    finite = all(math.isfinite(v) for v in values)
+    return sum(values) / len(values) if finite else math.inf
