@@ -23,7 +23,7 @@ import pandas as pd
 
 from experiments.choices import HalvingConfig
 from experiments.config import RunConfig
-from experiments.records import HALVING, HALVING_STEP, finals
+from experiments.records import COMPLETED, HALVING, HALVING_STEP, finals, latest_attempts
 
 
 def at(points: list[RunConfig], steps: int) -> list[RunConfig]:
@@ -48,9 +48,16 @@ def judge(rung: list[RunConfig], runs: pd.DataFrame, halving: HalvingConfig) -> 
     return kept
 
 
-def tags(stopped: bool, steps: int) -> dict[str, str]:
-    """What a rung's run says once its rate is judged."""
-    return {HALVING: "stopped" if stopped else "promoted", HALVING_STEP: str(steps)}
+def verdicts(rung: list[RunConfig], runs: pd.DataFrame, kept: set[str]) -> dict[str, dict]:
+    """The tags that say what each of the rung's runs did next, by run id: stopped there, or
+    promoted (its rate went on). A run that diverged or failed keeps saying so."""
+    latest = latest_attempts(runs).set_index("config_key")
+    out = {}
+    for point in rung:
+        if point.key in latest.index and latest.at[point.key, "status"] in COMPLETED:
+            verdict = "promoted" if point.key in kept else "stopped"
+            out[latest.at[point.key, "run_id"]] = {HALVING: verdict, HALVING_STEP: str(point.steps)}
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -117,11 +117,8 @@ def _halve(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress
             break
         runs = sweep.runs()
         kept = halving.judge(rung, runs, config.halving)
-        ids = records.latest_attempts(runs).set_index("config_key")
-        for point in rung:  # what each rung run's rate did next; a diverged run stays so
-            if point.key in ids.index and ids.at[point.key, "status"] in records.COMPLETED:
-                tags = halving.tags(stopped=point.key not in kept, steps=steps)
-                sweep.tracker.log(ids.at[point.key, "run_id"], tags=tags)
+        for run_id, tags in halving.verdicts(rung, runs, kept).items():
+            sweep.tracker.log(run_id, tags=tags)
         alive = [p for p, q in zip(alive, rung, strict=True) if q.key in kept]
     sweep.shares["sweep/steps_share"] = trained / (len(grid) * config.steps)
     return skipped
