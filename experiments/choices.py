@@ -179,7 +179,23 @@ class OptimizerConfig(BaseModel):
 SGD = OptimizerConfig()
 
 
-class EdgeConfig(BaseModel):
+class _Search(BaseModel):
+    """What a search over the rates is written as: ``true`` (the defaults) or a mapping, and
+    the metric that makes a rate better (its final value, mean over seeds and implementations)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: Literal["val/loss", "train/loss"] = Field(
+        "val/loss", description="what makes a rate better: its final value, mean over seeds"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
+class EdgeConfig(_Search):
     """``extend_edges``: where a grid that widens itself stops (``true`` takes these defaults).
 
     A setting whose best rate is the grid's first or last gets the next rate beyond it, at the
@@ -188,19 +204,9 @@ class EdgeConfig(BaseModel):
     judges the optimisation itself: past the stable rates the training loss rises while a
     small validation set may still reward the noise."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     max_added: Count = Field(4, ge=1, description="rates added at most beyond each edge")
     lr_min: PositiveFloat = Field(1e-6, description="no rate added below this")
     lr_max: PositiveFloat = Field(1e3, description="no rate added above this")
-    metric: Literal["val/loss", "train/loss"] = Field(
-        "val/loss", description="what makes a rate best: its final value, mean over seeds"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_yaml(cls, value: Any) -> Any:
-        return {} if value is True else value
 
     @model_validator(mode="after")
     def _ordered(self) -> EdgeConfig:
@@ -209,7 +215,7 @@ class EdgeConfig(BaseModel):
         return self
 
 
-class HalvingConfig(BaseModel):
+class HalvingConfig(_Search):
     """``halving``: successive halving of the learning rates (``true`` takes these defaults).
 
     The run's steps are cut into ``rounds`` rungs that grow by 1/``keep``: with 1,000 steps, 3
@@ -217,18 +223,8 @@ class HalvingConfig(BaseModel):
     1,000. A rate is judged by its ``metric`` at the rung's end, averaged over the seeds and
     the implementations (which share data, split and start)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     rounds: Count = Field(3, ge=2, description="rungs, the last at the run's full steps")
     keep: Real = Field(0.5, gt=0, lt=1, description="the share of the rates each rung keeps")
-    metric: Literal["val/loss", "train/loss"] = Field(
-        "val/loss", description="what makes a rate better: its value at the rung's end"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_yaml(cls, value: Any) -> Any:
-        return {} if value is True else value
 
     def rungs(self, steps: int) -> list[int]:
         """The steps at which rates are judged, the last being ``steps``: steps · keepʳ."""

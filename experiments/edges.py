@@ -13,15 +13,14 @@ ratio of the two rates at that edge.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 
 import pandas as pd
 
 from experiments.choices import EdgeConfig
 from experiments.config import RunConfig
+from experiments.findings import by_setting, rate_means
 from experiments.records import finals
 
 
@@ -33,9 +32,10 @@ def beyond(
     grid_lrs = sorted(grid_lrs)
     losses = finals(runs, edges.metric)
     added: list[RunConfig] = []
-    for group in _settings(points):
+    for group in by_setting(points):
         rates = sorted({p.lr for p in group})
-        bests = {_best_lr(impl_points, losses) for impl_points in _by_impl(group)} - {None}
+        impls = {p.impl for p in group}  # the best rate of each: any may stand on an edge
+        bests = {_best_lr([p for p in group if p.impl == impl], losses) for impl in impls}
         new = []
         if rates[0] in bests and sum(r < grid_lrs[0] for r in rates) < edges.max_added:
             new.append(_round(rates[0] ** 2 / rates[1]))
@@ -48,26 +48,10 @@ def beyond(
     return added
 
 
-def _settings(points: list[RunConfig]) -> list[list[RunConfig]]:
-    """The points by setting (all but lr, seed and impl), in the grid's order."""
-    groups: dict[str, list[RunConfig]] = defaultdict(list)
-    for point in points:
-        groups[point.model_dump_json(exclude={"lr", "seed", "impl"})].append(point)
-    return list(groups.values())
-
-
-def _by_impl(group: list[RunConfig]) -> list[list[RunConfig]]:
-    ordered = sorted(group, key=lambda p: p.impl)
-    return [list(points) for _, points in itertools.groupby(ordered, key=lambda p: p.impl)]
-
-
 def _best_lr(points: list[RunConfig], losses: dict[str, float]) -> float | None:
-    """The rate with the lowest mean final loss over seeds; a rate with a seed that
-    did not finish (diverged, failed) cannot be best. None when no rate finished."""
-    by_lr: dict[float, list[float]] = defaultdict(list)
-    for point in points:
-        by_lr[point.lr].append(losses.get(point.key, math.nan))
-    means = {lr: sum(v) / len(v) for lr, v in by_lr.items() if not any(map(math.isnan, v))}
+    """The rate with the lowest mean final loss over seeds; a rate with a seed that did not
+    finish (diverged, failed) cannot be best. None when no rate finished."""
+    means = {lr: m for lr, m in rate_means(points, losses).items() if math.isfinite(m)}
     return min(means, key=means.get) if means else None
 
 

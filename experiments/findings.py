@@ -6,10 +6,13 @@ the ``sweep/`` metrics); the analysis reads :func:`best_lrs` too.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import defaultdict
 
 import pandas as pd
 
+from experiments.config import RunConfig
 from experiments.records import ADDED_BY, HALVING, KEYS, latest_attempts
 
 # One best learning rate for each of these groups of runs (and one gradient-error maximum).
@@ -104,8 +107,29 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^\w.\- ]+", "_", text).strip("_")
 
 
-# A halving sweep's rates are chosen per setting: every implementation and seed together.
+# A search chooses rates per setting: every implementation and seed of it together.
 SETTING = ["dataset", "optimizer", "device", "dtype"]
+
+
+def by_setting(points: list[RunConfig]) -> list[list[RunConfig]]:
+    """Grid points by setting (all but lr, seed and impl), in the grid's order."""
+    groups: dict[str, list[RunConfig]] = defaultdict(list)
+    for point in points:
+        groups[point.model_dump_json(exclude={"lr", "seed", "impl"})].append(point)
+    return list(groups.values())
+
+
+def rate_means(points: list[RunConfig], finals: dict[str, float]) -> dict[float, float]:
+    """Each rate's mean final value over its points (``records.finals``, by config key); inf
+    for a rate with a run that did not complete (diverged, failed) or ended non-finite."""
+    by_lr: dict[float, list[float]] = defaultdict(list)
+    for point in points:
+        by_lr[point.lr].append(finals.get(point.key, math.inf))
+    return {lr: _finite_mean(v) for lr, v in by_lr.items()}
+
+
+def _finite_mean(values: list[float]) -> float:
+    return sum(values) / len(values) if all(map(math.isfinite, values)) else math.inf
 
 
 def halving(runs: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -115,24 +139,38 @@ def halving(runs: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFram
     counted at its steps, against every grid point at the full steps). With ``full``, the runs
     of the whole grid, the grid's best rate beside it, by the same rule, and how much worse
     the kept rate ends (0 where the search kept the grid's best)."""
-    tried = latest_attempts(runs)
-    tried = tried[tried[HALVING] != ""]
-    steps = tried.groupby(SETTING)["steps"].max()
-    spent = tried.groupby(SETTING)["steps"].sum()
-    grid = tried.groupby(SETTING).apply(
-        lambda g: g.lr.nunique() * g.seed.nunique() * g.impl.nunique(), include_groups=False
-    )
+    tried = _halving_runs(runs)
+    spent, grid = _halving_steps(tried)
     out = _best(tried[tried.status == "FINISHED"]).rename(
         columns={"lr": "kept_lr", "val/loss": "kept_val_loss"}
     )
     out["rates"] = tried.groupby(SETTING)["lr"].nunique()
-    out["steps_share"] = spent / (grid * steps)
+    out["steps_share"] = spent / grid
     if full is not None:
         best = _best(latest_attempts(full)[lambda f: f.status == "FINISHED"])
         out["grid_best_lr"] = best["lr"]
         out["grid_best_val_loss"] = best["val/loss"]
         out["kept_vs_grid_best"] = out["kept_val_loss"] - out["grid_best_val_loss"] + 0.0
     return out.reset_index()
+
+
+def halving_share(runs: pd.DataFrame) -> float:
+    """The share of the whole grid's steps a halving sweep trained, over all its settings."""
+    spent, grid = _halving_steps(_halving_runs(runs))
+    return float(spent.sum() / grid.sum())
+
+
+def _halving_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    tried = latest_attempts(runs)
+    return tried[tried[HALVING] != ""]
+
+
+def _halving_steps(tried: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per setting: the steps its rung runs trained, and the grid's (each grid point, which
+    the first rung runs, at the full steps)."""
+    spent = tried.groupby(SETTING)["steps"].sum()
+    points = tried.drop_duplicates([*SETTING, "lr", "seed", "impl"]).groupby(SETTING).size()
+    return spent, points * tried.groupby(SETTING)["steps"].max()
 
 
 def _best(runs: pd.DataFrame) -> pd.DataFrame:

@@ -17,12 +17,12 @@ record, ``halving=stopped`` at ``halving_step``; the survivors' full runs are
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import pandas as pd
 
 from experiments.choices import HalvingConfig
 from experiments.config import RunConfig
+from experiments.findings import by_setting, rate_means
 from experiments.records import COMPLETED, HALVING, HALVING_STEP, finals, latest_attempts
 
 
@@ -36,15 +36,12 @@ def judge(rung: list[RunConfig], runs: pd.DataFrame, halving: HalvingConfig) -> 
     ⌈keep · rates⌉ rates with the lowest mean ``metric`` (a rate with a run that did not
     finish, diverged or failed, goes last)."""
     values = finals(runs, halving.metric)
-    settings: dict[str, dict[float, list[RunConfig]]] = defaultdict(lambda: defaultdict(list))
-    for point in rung:
-        settings[point.model_dump_json(exclude={"lr", "seed", "impl"})][point.lr].append(point)
     kept = set()
-    for by_lr in settings.values():
-        means = {lr: _mean([values.get(p.key, math.inf) for p in ps]) for lr, ps in by_lr.items()}
+    for setting in by_setting(rung):
+        means = rate_means(setting, values)
         n_kept = max(1, math.ceil(halving.keep * len(means)))
-        for lr in sorted(means, key=lambda lr: (means[lr], lr))[:n_kept]:
-            kept.update(p.key for p in by_lr[lr])
+        best = sorted(means, key=lambda lr: (means[lr], lr))[:n_kept]
+        kept.update(p.key for p in setting if p.lr in best)
     return kept
 
 
@@ -58,8 +55,3 @@ def verdicts(rung: list[RunConfig], runs: pd.DataFrame, kept: set[str]) -> dict[
             verdict = "promoted" if point.key in kept else "stopped"
             out[latest.at[point.key, "run_id"]] = {HALVING: verdict, HALVING_STEP: str(point.steps)}
     return out
-
-
-def _mean(values: list[float]) -> float:
-    finite = all(math.isfinite(v) for v in values)
-    return sum(values) / len(values) if finite else math.inf

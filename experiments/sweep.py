@@ -104,15 +104,13 @@ def _train(sweep: Sweep, engine: Engine, config, points, what: str, progress: bo
 def _halve(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
     """``halving``: every rate to the first rung, the best share on to the next, and so on
     (:mod:`experiments.halving`); how many rung runs had finished before (a resumed sweep
-    judges the same runs the same way). The share of the grid's steps it trained goes on the
-    parent, ``sweep/steps_share``."""
-    alive, skipped, trained = grid, 0, 0
+    judges the same runs the same way)."""
+    alive, skipped = grid, 0
     for steps in config.halving.rungs(config.steps):
         rung = halving.at(alive, steps)
         last = steps == config.steps
         sweep.tags.update({p.key: {records.HALVING: "kept"} for p in rung if last})
         skipped += _train(sweep, engine, config, rung, f"runs to step {steps}", progress)
-        trained += steps * len(rung)
         if last:
             break
         runs = sweep.runs()
@@ -120,7 +118,6 @@ def _halve(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress
         for run_id, tags in halving.verdicts(rung, runs, kept).items():
             sweep.tracker.log(run_id, tags=tags)
         alive = [p for p, q in zip(alive, rung, strict=True) if q.key in kept]
-    sweep.shares["sweep/steps_share"] = trained / (len(grid) * config.steps)
     return skipped
 
 
@@ -151,7 +148,6 @@ class Sweep:
     writer: Writer | None = None  # records this process's passes in the background
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # a search's, by config key
-    shares: dict[str, float] = field(default_factory=dict)  # a search's cost, for the parent
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -326,7 +322,6 @@ class Sweep:
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
-            timing |= self.shares
             _conclude(self.tracker, self.parent_id, runs, timing)
         self._release()
         return SweepOutcome(
@@ -372,10 +367,11 @@ def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -
     tracker.log_text(parent, runs.reindex(columns=records.RUNS_CSV).to_csv(index=False), "runs.csv")
     if (runs.status == "FINISHED").any():
         tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
-    if (runs[records.HALVING] != "").any():  # what successive halving chose, at what cost
-        tracker.log_text(parent, findings.halving(runs).to_csv(index=False), "halving.csv")
     latest = records.latest_attempts(runs)
     counts = {f"sweep/{k.lower()}": v for k, v in latest.status.value_counts().items()}
+    if (runs[records.HALVING] != "").any():  # what successive halving chose, at what cost
+        tracker.log_text(parent, findings.halving(runs).to_csv(index=False), "halving.csv")
+        counts["sweep/steps_share"] = findings.halving_share(runs)
     if (latest[records.ADDED_BY] != "").any():  # extend_edges widened the grid
         counts["sweep/added"] = int((latest[records.ADDED_BY] != "").sum())
     tracker.log(parent, metrics={**timing, **counts, **findings.headline(runs)})

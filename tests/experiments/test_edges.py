@@ -114,7 +114,7 @@ def test_extend_edges_is_checked_and_leaves_a_sweep_without_it_as_it_was():
         load_sweep(None, {**GRID, "lrs": [0.1], "extend_edges": True})
     with pytest.raises(ConfigError, match=r"lr_min \(2\) must be below lr_max"):
         load_sweep(None, {**GRID, "extend_edges": {"lr_min": 2, "lr_max": 1}})
-    with pytest.raises(ConfigError, match="valid keys: max_added, lr_min, lr_max, metric"):
+    with pytest.raises(ConfigError, match="valid keys: metric, max_added, lr_min, lr_max"):
         load_sweep(None, {**GRID, "extend_edges": {"max": 2}})
     plain = SweepConfig(**GRID)
     assert SweepConfig(**GRID, extend_edges=False).key == plain.key
