@@ -143,7 +143,7 @@ def to_html(report: Report) -> str:
     ``analysis/templates/report.html.j2``."""
     sweep, pairs, tables = report.sweep, report.pairs, report.tables
     reference = tables["reference.csv"]
-    unfinished = sweep.runs[~sweep.runs.status.isin(["FINISHED", "STOPPED", "PROMOTED"])]
+    unfinished = sweep.runs[~sweep.runs.status.isin(["FINISHED", "STOPPED"])]
     accumulation = tables.get("accumulation.csv")
     return TEMPLATES.get_template("report.html.j2").render(
         experiment=sweep.experiment_name,

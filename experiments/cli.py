@@ -328,12 +328,7 @@ def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int
     failures = latest[latest.status == "FAILED"] if len(latest) else latest
     diverged = int((failures.failure == "diverged").sum()) if len(failures) else 0
     errors = len(failures) - diverged
-    halved = (  # a halving sweep's rung runs
-        f"{counts.get('STOPPED', 0)} stopped early and {counts.get('PROMOTED', 0)} promoted by "
-        "halving, "
-        if "STOPPED" in counts or "PROMOTED" in counts
-        else ""
-    )
+    halved = f"{counts['STOPPED']} stopped early by halving, " if "STOPPED" in counts else ""
     click.echo(
         f"\n{counts.get('FINISHED', 0)} finished, {halved}{diverged} diverged, {errors} failed "
         f"with an error ({outcome.skipped} already finished before) in {outcome.seconds:.1f} s "

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import shlex
+from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -237,6 +238,26 @@ class SweepConfig(_Common):
         """The sweep of this one run (``experiments train``)."""
         data = {AXES.get(k, k): [v] if k in AXES else v for k, v in run.model_dump().items()}
         return build(cls, {"name": name, **data})  # checks the device is here
+
+
+def by_setting(points: list[RunConfig]) -> list[list[RunConfig]]:
+    """Grid points by setting (all but lr, seed and impl: what a search over the rates chooses
+    for, every seed and implementation together), in the grid's order."""
+    groups: dict[str, list[RunConfig]] = defaultdict(list)
+    for point in points:
+        groups[point.model_dump_json(exclude={"lr", "seed", "impl"})].append(point)
+    return list(groups.values())
+
+
+def rate_means(points: list[RunConfig], values: dict[str, float]) -> dict[float, float]:
+    """Each rate's mean value over its points (``values`` by config key); inf for a rate with
+    a value missing (a run that diverged or failed) or not finite."""
+    by_lr: dict[float, list[float]] = defaultdict(list)
+    for point in points:
+        by_lr[point.lr].append(values.get(point.key, math.inf))
+    return {
+        lr: sum(v) / len(v) if all(map(math.isfinite, v)) else math.inf for lr, v in by_lr.items()
+    }
 
 
 # A run's key → the sweep's list of them; the grid is their product, in this order.

@@ -19,8 +19,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from experiments.choices import EdgeConfig
-from experiments.config import RunConfig
-from experiments.findings import by_setting, rate_means
+from experiments.config import RunConfig, by_setting, rate_means
 from experiments.records import finals
 
 

@@ -6,14 +6,11 @@ the ``sweep/`` metrics); the analysis reads :func:`best_lrs` too.
 
 from __future__ import annotations
 
-import math
 import re
-from collections import defaultdict
 
 import pandas as pd
 
-from experiments.config import RunConfig
-from experiments.records import ADDED_BY, HALVING, KEYS, latest_attempts
+from experiments.records import ADDED_BY, HALVING, HALVING_STEP, KEYS, latest_attempts
 
 # One best learning rate for each of these groups of runs (and one gradient-error maximum).
 BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
@@ -111,32 +108,11 @@ def _metric_name(text: str) -> str:
 SETTING = ["dataset", "optimizer", "device", "dtype"]
 
 
-def by_setting(points: list[RunConfig]) -> list[list[RunConfig]]:
-    """Grid points by setting (all but lr, seed and impl), in the grid's order."""
-    groups: dict[str, list[RunConfig]] = defaultdict(list)
-    for point in points:
-        groups[point.model_dump_json(exclude={"lr", "seed", "impl"})].append(point)
-    return list(groups.values())
-
-
-def rate_means(points: list[RunConfig], finals: dict[str, float]) -> dict[float, float]:
-    """Each rate's mean final value over its points (``records.finals``, by config key); inf
-    for a rate with a run that did not complete (diverged, failed) or ended non-finite."""
-    by_lr: dict[float, list[float]] = defaultdict(list)
-    for point in points:
-        by_lr[point.lr].append(finals.get(point.key, math.inf))
-    return {lr: _finite_mean(v) for lr, v in by_lr.items()}
-
-
-def _finite_mean(values: list[float]) -> float:
-    return sum(values) / len(values) if all(map(math.isfinite, values)) else math.inf
-
-
 def halving(runs: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:
     """What successive halving chose, per dataset × rule × device × dtype: the rate it kept
     (of the rates that ran every step, the lowest mean final validation loss over seeds and
-    implementations) and the share of the grid's steps it trained (every rung's runs, each
-    counted at its steps, against every grid point at the full steps). With ``full``, the runs
+    implementations) and the share of the grid's steps it trained (each run to where it
+    stopped, against every grid point at the full steps). With ``full``, the runs
     of the whole grid, the grid's best rate beside it, by the same rule, and how much worse
     the kept rate ends (0 where the search kept the grid's best)."""
     tried = _halving_runs(runs)
@@ -166,11 +142,12 @@ def _halving_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _halving_steps(tried: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per setting: the steps its rung runs trained, and the grid's (each grid point, which
-    the first rung runs, at the full steps)."""
-    spent = tried.groupby(SETTING)["steps"].sum()
-    points = tried.drop_duplicates([*SETTING, "lr", "seed", "impl"]).groupby(SETTING).size()
-    return spent, points * tried.groupby(SETTING)["steps"].max()
+    """Per setting: the steps its runs trained (a stopped one to its ``halving_step``), and
+    the grid's (each grid point at the full steps)."""
+    stopped = pd.to_numeric(tried[HALVING_STEP], errors="coerce")
+    trained = stopped.fillna(tried["steps"]).rename("trained")
+    spent = pd.concat([tried[SETTING], trained], axis=1).groupby(SETTING)["trained"].sum()
+    return spent, tried.groupby(SETTING)["steps"].sum()
 
 
 def _best(runs: pd.DataFrame) -> pd.DataFrame:

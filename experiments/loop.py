@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -94,9 +94,12 @@ class History:
         """The rows up to and including the first that is not finite: what a run that
         diverged did (checked once, on the host, after the loop). Its parameters end at the
         last kept row up to there."""
-        if self.diverged_at is None:
-            return self
-        rows = self.diverged_at + 1
+        return self if self.diverged_at is None else self.until(self.diverged_at)
+
+    def until(self, last: int) -> History:
+        """Rows 0 … ``last``: a run stopped there (its parameters end at the last kept row up
+        to there)."""
+        rows = last + 1
         metrics = {name: v[:rows] for name, v in self.metrics.items()}
         kept = self.kept < rows
         finite = self.finite[:rows] if self.finite is not None else None
@@ -105,12 +108,16 @@ class History:
             self.every, finite,
         )  # fmt: skip
 
-    def runs(self) -> list[History]:
+    def runs(self, ends: list[int] | None = None) -> list[History]:
         """The runs this pass trained, each cut where it diverged: this one, or one per entry
-        of the trailing axis of models trained side by side (views: nothing is copied)."""
+        of the trailing axis of models trained side by side (views: nothing is copied).
+        ``ends``: the last row of each (where successive halving stopped it)."""
         if self.loss.ndim == 1:
-            return [self.cut()]
-        return [self._column(k).cut() for k in range(self.loss.shape[1])]
+            return [(self if ends is None else self.until(ends[0])).cut()]
+        columns = (self._column(k) for k in range(self.loss.shape[1]))
+        if ends is not None:
+            columns = (c.until(end) for c, end in zip(columns, ends, strict=True))
+        return [c.cut() for c in columns]
 
     def _column(self, k: int) -> History:
         metrics = {name: v[:, k] for name, v in self.metrics.items()}
@@ -126,10 +133,11 @@ def keep_every(rows: int, values_per_row: int, max_values: int | None) -> int:
     return max(1, -(-rows * values_per_row // max_values))
 
 
-def kept_rows(steps: int, every: int) -> torch.Tensor:
-    """The rows whose parameters a run keeps: 0, every, 2·every, … and the last (``steps``)."""
-    rows = torch.arange(0, steps + 1, every)
-    return rows if rows[-1] == steps else torch.cat([rows, torch.tensor([steps])])
+def kept_rows(steps: int, every: int, also: Iterable[int] = ()) -> torch.Tensor:
+    """The rows whose parameters a run keeps: 0, every, 2·every, …, the last (``steps``) and
+    ``also`` (where successive halving may stop a run)."""
+    rows = {*range(0, steps + 1, every), steps, *also}
+    return torch.tensor(sorted(rows))
 
 
 def fit(
@@ -167,29 +175,22 @@ def fit(
     three ordinary ones and replays it: one launch a step instead of dozens, which is most of
     a step's time on small data. Nothing in a step waits for the host either way.
     """
-    check_count("steps", steps)
-    check_count("check_every", check_every)
-    if max_trajectory_values is not None:
-        check_count("max_trajectory_values", max_trajectory_values)
-    if (X_val is None) != (y_val is None):
-        raise ValueError("give both X_val and y_val, or neither")
-    if reference is not None and reference.w.shape != model.w.shape:
-        raise ValueError(
-            "the reference must hold as many learning rates (and classes) as the "
-            "model: the same parameter shapes"
-        )
-    # Check inputs and labels once, here: checking labels every step would sync a GPU each time.
-    runs = model.loss(X, y).shape  # one loss per run the model trains
-    if X_val is not None:
-        model.loss(X_val, y_val)
-    graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
-    loop = _Loop(model, X, y, X_val, y_val, reference, check_every, runs)
-    every = keep_every(steps + 1, sum(loop.sizes), max_trajectory_values)
-    return loop.unpack(*(t.cpu() for t in loop.run(steps, every, graphs)), every)
+    loop = Loop(
+        model, X, y, steps, X_val=X_val, y_val=y_val, reference=reference,
+        check_every=check_every, max_trajectory_values=max_trajectory_values,
+        cuda_graphs=cuda_graphs,
+    )  # fmt: skip
+    loop.run_to(steps)
+    return loop.history()
 
 
-class _Loop:
-    """The steps themselves: device work only, no host synchronisation.
+class Loop:
+    """The steps themselves, row by row: device work only, no host synchronisation.
+
+    :func:`fit` runs every row at once. Successive halving (:mod:`experiments.halving`) runs
+    them up to a rung (``run_to``), reads a metric there (``at``), and goes on with some of the
+    runs only (``keep``): the rows of ``stops`` are checked and keep their parameters, as a
+    run's last row does, so a run stopped there is whole.
 
     Each row is computed as one packed vector (the metrics, whether the row is finite, then w,
     b, dw and db, flat), so one step, row included, can be captured and replayed as a CUDA
@@ -198,9 +199,39 @@ class _Loop:
     rows are kept is arithmetic on t, known before the loop.
     """
 
-    def __init__(self, model, X, y, X_val, y_val, reference, check_every, runs):
+    def __init__(
+        self,
+        model: GradientDescentModel,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        *,
+        X_val: torch.Tensor | None = None,
+        y_val: torch.Tensor | None = None,
+        reference: GradientDescentModel | None = None,
+        check_every: int = 1,
+        max_trajectory_values: int | None = None,
+        cuda_graphs: bool | None = None,
+        stops: Iterable[int] = (),
+    ) -> None:
+        check_count("steps", steps)
+        check_count("check_every", check_every)
+        if max_trajectory_values is not None:
+            check_count("max_trajectory_values", max_trajectory_values)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither")
+        if reference is not None and reference.w.shape != model.w.shape:
+            raise ValueError(
+                "the reference must hold as many learning rates (and classes) as the "
+                "model: the same parameter shapes"
+            )
+        # Check inputs and labels once, here: every step would sync a GPU each time.
+        self.runs = runs = model.loss(X, y).shape  # one loss per run the model trains
+        if X_val is not None:
+            model.loss(X_val, y_val)
         self.model, self.X, self.y, self.X_val, self.y_val = model, X, y, X_val, y_val
-        self.reference, self.check_every, self.runs = reference, check_every, runs
+        self.reference, self.check_every, self.steps = reference, check_every, steps
+        self.stops = {t for t in stops if 0 < t < steps}
         bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
         self.names = [
             name
@@ -209,50 +240,85 @@ class _Loop:
             and (reference is not None or not name.startswith("check/"))
             and (not name.endswith(("/b", "/b_norm")) or name.endswith(f"/{bias}"))
         ]
-        shapes = [model.w.shape, model.b.shape] * 2  # w, b, dw, db
-        self.shapes, self.sizes = shapes, [math.prod(s) // math.prod(runs) for s in shapes]
-        self.nan = torch.full(runs, math.nan, device=model.device, dtype=model.dtype)
-
-    def checked(self, t: int, steps: int) -> bool:
-        return self.reference is not None and (t % self.check_every == 0 or t == steps)
-
-    def run(self, steps: int, every: int, graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(every row's metrics and finiteness, the kept rows' parameters and gradients)."""
-        model, head = self.model, len(self.names) + 1
-        kept = len(kept_rows(steps, every))
+        self.shapes = [model.w.shape, model.b.shape] * 2  # w, b, dw, db
+        self.sizes = [math.prod(s) // math.prod(runs) for s in self.shapes]
+        self.every = keep_every(steps + 1, sum(self.sizes), max_trajectory_values)
+        self.kept = kept_rows(steps, self.every, self.stops)
+        self.slots = {int(t): i for i, t in enumerate(self.kept)}
         like = {"device": model.device, "dtype": model.dtype}
         # Metric-major, so that each metric's series is one contiguous slice to hand out.
-        metrics = torch.empty(head, steps + 1, *self.runs, **like)
-        parameters = torch.empty(kept, sum(self.sizes), *self.runs, **like)
+        self.metrics = torch.empty(len(self.names) + 1, steps + 1, *runs, **like)
+        self.parameters = torch.empty(len(self.kept), sum(self.sizes), *runs, **like)
+        self.alive: torch.Tensor | None = None  # the columns still trained, once some stopped
+        self.nan = torch.full(runs, math.nan, **like)
+        self.graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
+        self.captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.warm = 0  # eager steps taken with the current shapes (CUDA graphs want some first)
+        self.t = 0  # the next row
 
-        def record(t: int, row: torch.Tensor) -> None:
-            metrics[:, t].copy_(row[:head])
-            if t % every == 0 or t == steps:
-                parameters[kept - 1 if t == steps else t // every].copy_(row[head:])
+    def checked(self, t: int) -> bool:
+        return self.reference is not None and (
+            t % self.check_every == 0 or t == self.steps or t in self.stops
+        )
 
-        eager = range(steps + 1)
-        if graphs and steps > WARMUP:
-            self.replay(record, steps)
-            eager = range(steps, steps + 1)
-        for t in eager:
-            record(t, self.row(step=t < steps, checked=self.checked(t, steps)))
-        return metrics, parameters
+    def run_to(self, last: int) -> None:
+        """Rows ``self.t`` … ``last``: each describes θ_t and takes the step to θ_{t+1}, but
+        the final row (``steps``), where no step is taken."""
+        for t in range(self.t, last + 1):
+            step, checked = t < self.steps, self.checked(t)
+            row = self.replayed(checked) if self.graphs and step else None
+            self.record(t, self.row(step=step, checked=checked) if row is None else row)
+        self.t = max(self.t, last + 1)
 
-    def replay(self, record, steps: int) -> None:
-        """Rows 0 … steps − 1 on CUDA: three warm-up steps on a side stream, then one captured
-        graph per kind of row (checked or not), replayed."""
-        device = self.model.device
-        with side_stream(device):
-            for t in range(WARMUP):
-                record(t, self.row(step=True, checked=self.checked(t, steps)))
-        captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        for t in range(WARMUP, steps):
-            checked = self.checked(t, steps)
-            if checked not in captured:
-                captured[checked] = capture(lambda c=checked: self.row(step=True, checked=c))
-            graph, out = captured[checked]
-            graph.replay()
-            record(t, out)
+    def at(self, name: str, t: int) -> torch.Tensor:
+        """Metric ``name`` at row ``t`` (run already), on the host: one value per run."""
+        return self.metrics[self.names.index(name), t].cpu()
+
+    def keep(self, columns: list[int]) -> None:
+        """Go on with these of the runs still trained (positions among them), the others
+        ending at the last row run: the model and the reference shrink to them."""
+        index = torch.arange(self.runs[0]) if self.alive is None else self.alive
+        self.alive = index[columns].to(self.model.device)
+        for model in (self.model, self.reference):
+            if model is not None:
+                model.keep(columns)
+        self.runs = (len(columns),)
+        self.nan = self.nan[: len(columns)]
+        self.captured.clear()  # new shapes: warm up and capture again
+        self.warm = 0
+
+    def history(self) -> History:
+        """Every row run, on the CPU (a stopped run's rows end where it stopped)."""
+        head, kept = self.metrics[:, : self.t].cpu(), self.parameters.cpu()
+        metrics = dict(zip(self.names, head, strict=False))  # views: nothing is copied
+        finite = head[len(self.names)] == 1
+        parts = kept.split(self.sizes, dim=1)
+        w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
+        return History(metrics, w, b, dw, db, self.kept, self.every, finite)
+
+    def record(self, t: int, row: torch.Tensor) -> None:
+        head, slot = len(self.names) + 1, self.slots.get(t)
+        if self.alive is None:
+            self.metrics[:, t].copy_(row[:head])
+            if slot is not None:
+                self.parameters[slot].copy_(row[head:])
+            return
+        self.metrics[:, t].index_copy_(1, self.alive, row[:head])
+        if slot is not None:
+            self.parameters[slot].index_copy_(1, self.alive, row[head:])
+
+    def replayed(self, checked: bool) -> torch.Tensor:
+        """One step on CUDA: the first few with these shapes on a side stream (a warm-up),
+        then one captured graph per kind of row (checked or not), replayed."""
+        if self.warm < WARMUP:
+            self.warm += 1
+            with side_stream(self.model.device):
+                return self.row(step=True, checked=checked)
+        if checked not in self.captured:
+            self.captured[checked] = capture(lambda: self.row(step=True, checked=checked))
+        graph, out = self.captured[checked]
+        graph.replay()
+        return out
 
     def row(self, *, step: bool, checked: bool) -> torch.Tensor:
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}."""
@@ -309,14 +375,6 @@ class _Loop:
         """Tensors as one column per run: (values, *runs)."""
         parts = [t.reshape(-1, *self.runs) for t in tensors]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def unpack(self, head: torch.Tensor, kept: torch.Tensor, every: int) -> History:
-        metrics = dict(zip(self.names, head, strict=False))  # views: nothing is copied
-        finite = head[len(self.names)] == 1
-        parts = kept.split(self.sizes, dim=1)
-        w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
-        rows = kept_rows(head.shape[1] - 1, every)
-        return History(metrics, w, b, dw, db, rows, every, finite)
 
 
 @contextlib.contextmanager

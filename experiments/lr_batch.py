@@ -61,6 +61,20 @@ class LrBatch(HandModel):
     def evaluate_at(self, X, y, w, b):
         return self.model.evaluate_at(X, y, w, b)
 
+    def keep(self, columns: Sequence[int]) -> None:
+        """Go on with these columns only (successive halving stops the rest): the parameters,
+        the kept gradients, the rule's state and the rates shrink to them, so the stopped
+        columns cost nothing more. Each kept column goes on exactly as it would have."""
+        index = torch.tensor(list(columns), device=self.device)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # Adam's step count, a scalar, is shared
+            return t.index_select(-1, index) if t.ndim else t
+
+        self.w, self.b, self.lr = pick(self.w), pick(self.b), pick(self.lr)
+        self.lrs = tuple(self.lrs[i] for i in columns)
+        self.grads = {name: pick(g) for name, g in self.grads.items()}
+        self.optimizer.state = [{k: pick(v) for k, v in s.items()} for s in self.optimizer.state]
+
     def __repr__(self) -> str:
         return f"LrBatch({self.model!r}, lrs={list(self.lrs)})"
 

@@ -31,6 +31,7 @@ from experiments import datasets
 from experiments.choices import DatasetConfig
 from experiments.config import RunConfig, SweepConfig
 from experiments.data import load_split, split_digest
+from experiments.halving import HALVING, HALVING_STEP
 from experiments.loop import History
 from experiments.tracking import Tracker
 from experiments.training import RunResult
@@ -68,10 +69,8 @@ DEFAULTS = {
 }
 # The tag on a run a search added to the grid, naming the search (``extend_edges``).
 ADDED_BY = "added_by"
-# A halving sweep's runs (experiments.halving): kept, promoted or stopped, and at which step.
-HALVING, HALVING_STEP = "halving", "halving_step"
-# Their status in the runs table (MLflow has them FINISHED): neither is a run of the full steps.
-SEARCH_STATUS = {"stopped": "STOPPED", "promoted": "PROMOTED"}
+# A stopped run's status in the runs table (MLflow has it FINISHED): not a run of the full steps.
+SEARCH_STATUS = {"stopped": "STOPPED"}
 COMPLETED = {"FINISHED", *SEARCH_STATUS.values()}  # ran every step it was given
 # The columns of a sweep's runs.csv, in reading order (the table has every param and metric).
 RUNS_CSV = [
@@ -297,11 +296,11 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
         values = history.metrics.get(f"check/{name}")
         if values is not None and bool(torch.isfinite(values).any()):
             metrics[f"check/max_{name}"] = float(values[torch.isfinite(values)].max())
-    tags, status = {}, "FINISHED"
+    tags, status = dict(result.tags), "FINISHED"
     if history.diverged_at is not None:
         step = history.diverged_at
         reason = f"loss or parameters not finite at step {step}"
-        tags = {"failure": "diverged", "diverged_at_step": str(step), "failure_reason": reason}
+        tags |= {"failure": "diverged", "diverged_at_step": str(step), "failure_reason": reason}
         status = "FAILED"
     params["trajectory_every"] = history.every
     tracker.log(

@@ -23,6 +23,7 @@ import click
 import pandas as pd
 
 from experiments import edges, findings, halving, lr_batch, records
+from experiments.choices import HalvingConfig
 from experiments.config import RunConfig, SweepConfig
 from experiments.engines import Engine, open_engine
 from experiments.errors import first_line
@@ -79,46 +80,32 @@ def run_sweep(
             click.echo(f"engine: {engine.describe()}", err=True)
         grid = config.grid()
         tracker.open()
-        sweep = Sweep(tracker, tracker.experiment(experiment or config.name), lease=lease)
+        experiment_id = tracker.experiment(experiment or config.name)
+        sweep = Sweep(
+            tracker, experiment_id, lease=lease, halving=config.halving, batch=config.batch_lrs
+        )
         with _ending(sweep, engine):
             if nested:
                 sweep.open_parent(config, grid, command, restart)
-            if config.halving is not None:
-                skipped = _halve(sweep, engine, config, grid, progress)
-            else:
-                skipped = _train(sweep, engine, config, grid, "runs to do", progress)
+            skipped = _train(sweep, engine, config, grid, "runs to do", progress)
             if config.extend_edges is not None:
                 skipped += _widen(sweep, engine, config, grid, progress)
             return sweep.close(skipped=skipped)
 
 
 def _train(sweep: Sweep, engine: Engine, config, points, what: str, progress: bool) -> int:
-    """Train the points not finished yet, in passes; how many were."""
+    """Train the points not finished yet, in passes; how many were. With ``halving`` a pass
+    is a whole setting, its finished points included: they are trained again for the
+    decisions, not recorded again."""
     todo = [point for point in points if point.key not in sweep.finished]
+    if config.halving is not None:
+        passes = halving.passes(points, sweep.finished)
+    else:
+        passes = lr_batch.passes(todo, config.batch_lrs)
     label = f"{config.name}: {len(todo)} of {len(points)} {what}"
     with _progress(label, len(todo), progress) as bar:
-        sweep.drive(engine, lr_batch.passes(todo, config.batch_lrs), bar)
+        sweep.drive(engine, passes, bar)
     return len(points) - len(todo)
-
-
-def _halve(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
-    """``halving``: every rate to the first rung, the best share on to the next, and so on
-    (:mod:`experiments.halving`); how many rung runs had finished before (a resumed sweep
-    judges the same runs the same way)."""
-    alive, skipped = grid, 0
-    for steps in config.halving.rungs(config.steps):
-        rung = halving.at(alive, steps)
-        last = steps == config.steps
-        sweep.tags.update({p.key: {records.HALVING: "kept"} for p in rung if last})
-        skipped += _train(sweep, engine, config, rung, f"runs to step {steps}", progress)
-        if last:
-            break
-        runs = sweep.runs()
-        kept = halving.judge(rung, runs, config.halving)
-        for run_id, tags in halving.verdicts(rung, runs, kept).items():
-            sweep.tracker.log(run_id, tags=tags)
-        alive = [p for p, q in zip(alive, rung, strict=True) if q.key in kept]
-    return skipped
 
 
 def _widen(sweep: Sweep, engine: Engine, config, grid: list[RunConfig], progress: bool) -> int:
@@ -148,6 +135,8 @@ class Sweep:
     writer: Writer | None = None  # records this process's passes in the background
     lease: Lease | None = None  # this driver's hold on the sweep (a sweep with a parent)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # a search's, by config key
+    halving: HalvingConfig | None = None  # then a pass is a setting, judged at each rung
+    batch: bool = True  # rates side by side in a pass, where the implementation batches
 
     def open_parent(
         self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
@@ -227,7 +216,8 @@ class Sweep:
         # A run another driver has ended meanwhile (KILLED when it took the sweep over, or on
         # an interrupt) keeps that status.
         guard = engine.guard or self.lease is not None
-        job = Pass(self.tracker.uri, run_ids, group, inputs=self.parent_id is None, guard=guard)
+        inputs = self.parent_id is None
+        job = Pass(self.tracker.uri, run_ids, group, inputs, guard, self.halving, self.batch)
         work = functools.partial(job, record=self.record) if engine.runs_here else job
         try:
             futures[engine.submit(work, gpu=group[0].device == "cuda")] = run_ids
@@ -238,11 +228,16 @@ class Sweep:
             return False
         return True
 
-    def _start_runs(self, group: list[RunConfig]) -> list[str]:
+    def _start_runs(self, group: list[RunConfig]) -> list[str | None]:
+        """A run for each point of the pass not finished yet (None for one that is: a halving
+        pass trains its whole setting again)."""
         if self.lease is not None:
             self.lease.check()  # a driver that lost the sweep starts nothing more
-        run_ids = []
+        run_ids: list[str | None] = []
         for point in group:
+            if point.key in self.finished:
+                run_ids.append(None)
+                continue
             with shielded():  # the run exists in the store only together with in_flight
                 tags = {**records.run_tags(point), **self.tags.get(point.key, {})}
                 run_id = self.tracker.start_run(
@@ -253,9 +248,9 @@ class Sweep:
             run_ids.append(run_id)
         return run_ids
 
-    def _collect(self, engine: Engine, future: Future, run_ids: list[str], bar) -> bool:
+    def _collect(self, engine: Engine, future: Future, run_ids: list[str | None], bar) -> bool:
         """A pass came back; True if its worker died and that broke the engine."""
-        broke = False
+        broke, run_ids = False, [run_id for run_id in run_ids if run_id is not None]
         try:
             self.train_seconds += future.result()
         except StoreLost:
@@ -383,25 +378,30 @@ def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -
 class Pass:
     """A training pass as the driver hands it to a worker: everything the worker needs.
 
-    ``run_ids``: the runs the driver created for ``configs``, in order. ``inputs``: log each
-    run's data too (a run without a parent). ``guard``: a run the driver has ended meanwhile
-    (KILLED on an interrupt) keeps that status.
+    ``run_ids``: the runs the driver created for ``configs``, in order (None: a point
+    finished before, trained again for a halving pass's decisions, not recorded). ``inputs``:
+    log each run's data too (a run without a parent). ``guard``: a run the driver has ended
+    meanwhile (KILLED on an interrupt) keeps that status. ``halving`` and ``batch``: as
+    :func:`experiments.training.train_pass` takes them.
     """
 
     uri: str
-    run_ids: list[str]
+    run_ids: list[str | None]
     configs: list[RunConfig]
     inputs: bool
     guard: bool
+    halving: HalvingConfig | None = None
+    batch: bool = True
 
     def __call__(self, record: Callable | None = None) -> float:
         """Train the pass and record each run under its id (through ``record`` where the
         driver gave one, else straight to the store): FINISHED, or FAILED if it diverged.
         Returns the training time."""
-        results = train_pass(self.configs)
+        results = train_pass(self.configs, self.halving, self.batch)
         record = record or functools.partial(records.write, _tracker(self.uri))
         for run_id, result in zip(self.run_ids, results, strict=True):
-            record(run_id, result, inputs=self.inputs, guard=self.guard)
+            if run_id is not None:
+                record(run_id, result, inputs=self.inputs, guard=self.guard)
         return sum(result.seconds for result in results)
 
 

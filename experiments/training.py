@@ -7,12 +7,14 @@ any engine can run it anywhere; recording the results is the tracking layer's jo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from experiments import halving as search
 from experiments import lr_batch
+from experiments.choices import HalvingConfig
 from experiments.config import RunConfig
-from experiments.data import run_data
-from experiments.loop import History, fit
+from experiments.data import RunData, run_data
+from experiments.loop import History, Loop
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,46 @@ class RunResult:
     shape: dict[str, int]  # n_train, n_val, n_features, n_classes
     check_every: int
     lr_batch: int = 1  # how many learning rates shared the pass that trained it
+    tags: dict[str, str] = field(default_factory=dict)  # a search's: where it stopped the run
 
 
-def train_pass(configs: list[RunConfig]) -> list[RunResult]:
+def train_pass(
+    configs: list[RunConfig], halving: HalvingConfig | None = None, batch: bool = True
+) -> list[RunResult]:
     """Train grid points that differ only in lr in one pass, one model per rate side by side
     (a pass of one is an ordinary run). Runs that differ only in ``impl`` share data, split,
-    initialisation and seed."""
+    initialisation and seed. With ``halving``, the pass is a whole setting (its points differ
+    in lr, seed and impl), its rates judged together at each rung (:mod:`experiments.halving`);
+    ``batch``: its rates side by side where the implementation batches."""
+    steps = configs[0].steps
+    groups = lr_batch.passes(configs, batch) if halving is not None else [configs]
+    stops = halving.rungs(steps) if halving is not None else ()
+    started = [_start(group, stops) for group in groups]
+    loops = [loop for _, loop in started]
+    start = time.perf_counter()
+    if halving is None:
+        loops[0].run_to(steps)
+        ends = [steps] * len(configs)
+    else:
+        ends = search.run(groups, loops, halving)
+    seconds = time.perf_counter() - start  # the loops end on the host: work done
+    share = seconds / max(sum(ends), 1)  # a run's share: the rows it was trained
+    ends_of = iter(ends)
+    results = []
+    for group, (data, loop) in zip(groups, started, strict=True):
+        last = [next(ends_of) for _ in group]
+        for config, history, end in zip(group, loop.history().runs(last), last, strict=True):
+            tags = search.tags(end, steps) if halving is not None else {}
+            shape, check_every = data.shape, loop.check_every
+            results.append(
+                RunResult(config, history, share * end, shape, check_every, len(group), tags)
+            )
+    return results
+
+
+def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
+    """The data and the loop of points that differ only in lr: one model per rate, side by
+    side, and the autograd reference the check compares each step's gradient with."""
     config = configs[0]
     if any(c.model_dump(exclude={"lr"}) != config.model_dump(exclude={"lr"}) for c in configs):
         raise ValueError("the runs of one pass must differ in lr only")
@@ -46,22 +82,10 @@ def train_pass(configs: list[RunConfig]) -> list[RunResult]:
     # zero_grad the step uses the sum of all past gradients by design: nothing to check.
     checked = config.impl != "autograd" and config.optimizer.zero_grad
     reference = lr_batch.build("autograd", data.X.shape[1], lrs, **new) if checked else None
-    check_every = config.check_every_for(data.X.numel())
-    start = time.perf_counter()
-    history = fit(
-        model,
-        data.X,
-        data.y,
-        config.steps,
-        X_val=data.X_val,
-        y_val=data.y_val,
-        reference=reference,
-        check_every=check_every,
-        max_trajectory_values=config.max_trajectory_values,
-        cuda_graphs=config.cuda_graphs,
-    )
-    share = (time.perf_counter() - start) / len(configs)  # fit() ends on the host: work done
-    return [
-        RunResult(c, run, share, data.shape, check_every, len(configs))
-        for c, run in zip(configs, history.runs(), strict=True)
-    ]
+    loop = Loop(
+        model, data.X, data.y, config.steps, X_val=data.X_val, y_val=data.y_val,
+        reference=reference, check_every=config.check_every_for(data.X.numel()),
+        max_trajectory_values=config.max_trajectory_values, cuda_graphs=config.cuda_graphs,
+        stops=stops,
+    )  # fmt: skip
+    return data, loop

@@ -253,15 +253,15 @@ def test_gradient_checks_near_an_optimum(monkeypatch):
     assert checked_run()["check/grad_err_vs_terms"].max() > 1e-4
 
 
-def run_without_host_syncs(loop, steps, graphs):
-    """``loop.run`` with any device-to-host synchronisation an error; the history, unpacked."""
+def run_without_host_syncs(steps: loop.Loop) -> loop.History:
+    """Every row, with any device-to-host synchronisation an error; then the history."""
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        packed = loop.run(steps, graphs)
+        steps.run_to(steps.steps)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return loop.unpack(packed.cpu())
+    return steps.history()
 
 
 @pytest.mark.gpu
@@ -279,9 +279,9 @@ def test_the_loop_never_waits_for_the_host_on_cuda(impl, lr, graphs, breast_canc
     lrs = lr if isinstance(lr, list) else [lr]
     model = build(impl, 30, lrs, device="cuda")
     reference = None if impl == "autograd" else build("autograd", 30, lrs, device="cuda")
-    runs = model.loss(X, y).shape  # the one label check, outside the loop (as fit() does)
-    steps = loop._Loop(model, X, y, X, y, reference, 2, runs)
-    history = run_without_host_syncs(steps, 50, graphs)
+    new = {"X_val": X, "y_val": y, "reference": reference, "cuda_graphs": graphs}
+    steps = loop.Loop(model, X, y, 50, check_every=2, **new)  # labels checked here, once
+    history = run_without_host_syncs(steps)
     assert torch.isfinite(history.loss).all() and (history.loss[-1] < history.loss[0]).all()
     if reference is not None:  # checked rows (even, and the last) and only those
         checked = ~torch.isnan(history.metrics["check/grad_rel_err"])
@@ -333,9 +333,8 @@ def test_rules_and_softmax_replay_as_graphs_without_host_syncs(impl, n_classes, 
     def run(graphs):
         model = make_model(impl, 6, 0.05, **new)
         reference = None if impl == "autograd" else make_model("autograd", 6, 0.05, **new)
-        model.loss(X, y)
-        steps = loop._Loop(model, X, y, X, y, reference, 1, ())
-        return run_without_host_syncs(steps, 40, graphs)
+        inputs = {"X_val": X, "y_val": y, "reference": reference, "cuda_graphs": graphs}
+        return run_without_host_syncs(loop.Loop(model, X, y, 40, **inputs))
 
     eager, graphs = run(False), run(True)
     torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)

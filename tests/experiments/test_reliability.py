@@ -520,14 +520,16 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_same_command_resumes(tm
     sweep = " ".join(sweep_command(uri, "--set", "steps=2000", "--set", "seeds=[0,1,2,3,4,5,6,7]"))
     script = (
         f"mount -t tmpfs -o size=3m tmpfs {folder} && {{ {sweep} 2> {tmp_path}/first.err; "
-        f"echo $? > {tmp_path}/first.rc; mount -o remount,size=200m {folder}; {sweep}; "
-        f"echo $? > {tmp_path}/second.rc; cp {folder}/mlflow.db {tmp_path}/kept.db; }}"
+        f"echo $? > {tmp_path}/first.rc; mount -o remount,size=200m {folder}; "
+        f"{sweep} > {tmp_path}/second.out 2>&1; echo $? > {tmp_path}/second.rc; "
+        f"cp {folder}/mlflow.db {tmp_path}/kept.db; }}"
     )
     namespace = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
     subprocess.run(namespace, capture_output=True, timeout=600, check=True, cwd=Path.cwd())
     first = (tmp_path / "first.err").read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "75", first
     assert first.count("\n") == 1 and first.startswith(f"error: tracking store {uri} is full (")
-    assert (tmp_path / "second.rc").read_text().strip() == "0"
+    second = (tmp_path / "second.out").read_text()  # what went wrong, if it did
+    assert (tmp_path / "second.rc").read_text().strip() == "0", second
     children = assert_complete(f"sqlite:///{tmp_path / 'kept.db'}", grid)
     assert "FAILED" not in set(children.status)  # a full disk is no run's fault
