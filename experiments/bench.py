@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
@@ -140,12 +141,14 @@ def step_times(
 ) -> list[dict]:
     """Seconds per ``train_step`` of each implementation, and the floors, per size; the manual
     step on an X of more than ``blocked_above`` bytes on the CPU timed blocked and not."""
+    compiled_manual(*problem(64, 5, device), blocked_above)  # torch.compile's one-time start
     return [step_row(m, n, device, timer, blocked_above) for m, n in sizes]
 
 
 def step_row(m: int, n: int, device: torch.device, timer: Timer, blocked_above: float) -> dict:
     X, y = problem(m, n, device)
     floors = memory_floors(X, timer)
+    compiled, compile_s = compiled_manual(X, y, blocked_above)
     steps = {}
     for impl in IMPLS:
         steps[impl] = stepper(timed_model(impl, n, device, blocked_above), X, y)
@@ -154,6 +157,9 @@ def step_row(m: int, n: int, device: torch.device, timer: Timer, blocked_above: 
         if device.type == "cuda":
             again = stepper(timed_model(impl, n, device, blocked_above), X, y)
             steps[f"{impl} (CUDA graph)"] = graphed(again, device)
+    steps["manual (compiled)"] = stepper(compiled, X, y)
+    if device.type == "cuda":
+        steps["manual (compiled, CUDA graph)"] = graphed(stepper(compiled, X, y), device)
     times = timer.interleaved(steps)
     row = {"m": m, "n": n, "bytes": row_bytes(X)}
     row.update({f"{name}_ms": 1e3 * t for name, t in times.items()})
@@ -163,8 +169,29 @@ def step_row(m: int, n: int, device: torch.device, timer: Timer, blocked_above: 
     for name, t in times.items():
         row[f"{name}_vs_floor"] = t / floors["copy"]
     row["manual_vs_one_read"] = times["manual"] / floors["sum"]
+    row["compiled_vs_one_read"] = times["manual (compiled)"] / floors["sum"]
     row["manual_vs_autograd"] = times["manual"] / times["autograd"]
+    # What compile costs a run: its first step compiles; it pays back after this many steps.
+    row["compile_s"] = compile_s
+    saved = times["manual"] - times["manual (compiled)"]
+    row["compile_pays_after_steps"] = compile_s / saved if saved > 0 else math.inf
     return row
+
+
+def compiled_manual(X: torch.Tensor, y: torch.Tensor, blocked_above: float):
+    """The manual model with its loss and gradient through ``torch.compile`` (``compile:
+    true``), and the seconds its first step took: the compile of this shape, as a first sweep
+    pays it (inductor's caches off; a later process finds it cached)."""
+    from torch._inductor import config as inductor
+
+    model = timed_model("manual", X.shape[1], X.device, blocked_above).compile_gradients()
+    start = time.perf_counter()
+    with inductor.patch(force_disable_caches=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "dynamo_pgo force disabled": as asked
+        model.train_step(X, y, check=False)
+    if X.device.type == "cuda":
+        torch.cuda.synchronize(X.device)
+    return model, time.perf_counter() - start
 
 
 def memory_floors(X: torch.Tensor, timer: Timer) -> dict[str, float]:

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import shlex
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -53,6 +54,7 @@ class ConfigError(ValueError):
 # How many points a chart gets is how a run is recorded, not what it is: the key hashes it at
 # its first default, 2, whatever it is, so sweeps recorded before resume.
 RECORDING_ONLY = {"max_metric_points": 2}
+COMPILERS = ("g++", "c++", "clang++")  # what torch.compile's inductor builds its kernels with
 
 
 def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -95,6 +97,21 @@ class _Common(BaseModel):
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay each step as a captured CUDA graph (ignored elsewhere)"
     )
+    compile: bool = Field(
+        False,
+        description="the manual model's loss and gradient through torch.compile (the "
+        "elementwise work over the logits fused); the twins, the references, stay eager",
+    )
+
+    @field_validator("compile")
+    @classmethod
+    def _compiler_here(cls, value: bool) -> bool:
+        if value and not any(map(shutil.which, COMPILERS)):
+            raise ValueError(
+                "needs a C++ compiler for torch.compile's generated code, and none is on PATH "
+                f"({', '.join(COMPILERS)}): install one (apt install g++), or leave compile off"
+            )
+        return value
 
 
 class SweepConfig(_Common):
@@ -182,7 +199,7 @@ class SweepConfig(_Common):
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
         defaults = {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None}
-        return _key(dumped, {**defaults, "halving": None})
+        return _key(dumped, {**defaults, "halving": None, "compile": False})
 
     def on(self, offered: list[str], where: str = "here") -> SweepConfig:
         """This sweep where its runs will train, which ``offered`` those devices (an engine's
@@ -289,7 +306,8 @@ class RunConfig(_Common):
     @property
     def key(self) -> str:
         """A stable hash of the whole config: the same key means the same run."""
-        return _key(self.model_dump(mode="json"), {"optimizer": SGD.model_dump(mode="json")})
+        defaults = {"optimizer": SGD.model_dump(mode="json"), "compile": False}
+        return _key(self.model_dump(mode="json"), defaults)
 
     @property
     def name(self) -> str:

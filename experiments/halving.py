@@ -55,7 +55,8 @@ def run(groups: list[list[RunConfig]], loops: list[Loop], halving: HalvingConfig
                 loop.run_to(rung)  # the rung's row: its metric is known
                 metric = loop.at(halving.metric, rung).reshape(-1)
                 values |= {group[c].key: float(metric[c]) for c in columns}
-        kept = judge(list(_points(groups, alive)), values, halving)
+        points = [group[c] for group, columns in zip(groups, alive, strict=True) for c in columns]
+        kept = judge(points, values, halving)
         for group, loop, columns in zip(groups, loops, alive, strict=True):
             going = [c for c in columns if group[c].lr in kept]
             for c in set(columns) - set(going):
@@ -73,8 +74,3 @@ def tags(end: int, steps: int) -> dict[str, str]:
     """What the search says of a run that ended at row ``end``: kept to the full steps, or
     stopped there."""
     return {HALVING: "kept"} if end == steps else {HALVING: "stopped", HALVING_STEP: str(end)}
-
-
-def _points(groups: list[list[RunConfig]], alive: list[list[int]]):
-    for group, columns in zip(groups, alive, strict=True):
-        yield from (group[c] for c in columns)

@@ -79,9 +79,14 @@ class LrBatch(HandModel):
         return f"LrBatch({self.model!r}, lrs={list(self.lrs)})"
 
 
-def build(impl: str, n_features: int, lrs: Sequence[float], **kwargs) -> GradientDescentModel:
-    """One model for one rate; K side by side for K rates."""
+def build(
+    impl: str, n_features: int, lrs: Sequence[float], *, compiled: bool = False, **kwargs
+) -> GradientDescentModel:
+    """One model for one rate; K side by side for K rates. ``compiled``: the hand-derived
+    loss and gradient through ``torch.compile`` (the twins, the references, stay eager)."""
     model = make_model(impl, n_features, lrs[0], **kwargs)
+    if compiled and isinstance(model, HandModel):
+        model.compile_gradients()
     return model if len(lrs) == 1 else LrBatch(model, lrs)
 
 

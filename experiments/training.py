@@ -77,7 +77,7 @@ def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
         "n_classes": data.n_classes,
         "optimizer": config.optimizer.rule(),
     }
-    model = lr_batch.build(config.impl, data.X.shape[1], lrs, **new)
+    model = lr_batch.build(config.impl, data.X.shape[1], lrs, compiled=config.compile, **new)
     # The check compares each step's gradient with autograd's at the same point. Without
     # zero_grad the step uses the sum of all past gradients by design: nothing to check.
     checked = config.impl != "autograd" and config.optimizer.zero_grad

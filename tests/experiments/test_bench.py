@@ -47,6 +47,12 @@ def test_step_rows_hold_every_implementation_and_both_floors(report):
         ratio = row["manual_ms"] / row["autograd_ms"]
         assert row["manual_vs_autograd"] == pytest.approx(ratio, rel=1e-12, abs=0)
         assert row["copy_GBps"] > 0 and row["one_read_ms"] > 0
+        # compile: true, timed beside them; its compile is what its first step took
+        ratio = row["manual (compiled)_ms"] / row["one_read_ms"]
+        assert row["compiled_vs_one_read"] == pytest.approx(ratio, rel=1e-12, abs=0)
+        saved = (row["manual_ms"] - row["manual (compiled)_ms"]) / 1e3
+        pays = row["compile_s"] / saved if saved > 0 else math.inf
+        assert row["compile_s"] > 0 and row["compile_pays_after_steps"] == pytest.approx(pays)
 
 
 def test_lr_batch_rows_compare_k_rates_with_one(report):
