@@ -47,13 +47,14 @@ def train_pass(
         ends = [steps] * len(configs)
     else:
         ends = search.run(groups, loops, halving)
-    seconds = time.perf_counter() - start  # the loops end on the host: work done
+    histories = [loop.history() for loop in loops]  # on the host: the work is done
+    seconds = time.perf_counter() - start
     share = seconds / max(sum(ends), 1)  # a run's share: the rows it was trained
     ends_of = iter(ends)
     results = []
-    for group, (data, loop) in zip(groups, started, strict=True):
+    for group, (data, loop), whole in zip(groups, started, histories, strict=True):
         last = [next(ends_of) for _ in group]
-        for config, history, end in zip(group, loop.history().runs(last), last, strict=True):
+        for config, history, end in zip(group, whole.runs(last), last, strict=True):
             tags = search.tags(end, steps) if halving is not None else {}
             shape, check_every = data.shape, loop.check_every
             results.append(
