@@ -53,7 +53,7 @@ test-gpu: ## only the CUDA tests; REQUIRE_GPU=1: a test that skips (no CUDA) fai
 bench: ## speed as ratios to the limits (memory floor, K runs, MLflow floor) → reports/bench.{json,md}; DEVICE=cuda on a GPU
 	$(PY) -m experiments bench --device $(DEVICE) --out $(BENCH_OUT) --tracking-uri $(TRACKING_URI)
 
-bench-quick: ## the same, smaller (about a minute)
+bench-quick: ## the same, smaller (about 2 minutes on 2 cores)
 	$(PY) -m experiments bench --quick --device $(DEVICE) --out $(BENCH_OUT) --tracking-uri $(TRACKING_URI)
 
 sweep: ## the main job: every run of CONFIG (default experiments/configs/default.yaml) into TRACKING_URI
