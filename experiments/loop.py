@@ -141,45 +141,13 @@ def kept_rows(steps: int, every: int, also: Iterable[int] = ()) -> torch.Tensor:
 
 
 def fit(
-    model: GradientDescentModel,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    steps: int,
-    *,
-    X_val: torch.Tensor | None = None,
-    y_val: torch.Tensor | None = None,
-    reference: GradientDescentModel | None = None,
-    check_every: int = 1,
-    max_trajectory_values: int | None = None,
-    cuda_graphs: bool | None = None,
+    model: GradientDescentModel, X: torch.Tensor, y: torch.Tensor, steps: int, **options
 ) -> History:
     """Run ``steps`` full-batch gradient-descent steps of ``model`` on ``(X, y)``; return
-    every row (:meth:`History.runs` gives each run cut where it diverged).
-
-    With ``X_val, y_val`` it also records validation loss and accuracy. With a ``reference``
-    (the autograd model, with the model's shapes), every ``check_every``-th row and the last
-    one compare the gradient g = (dw, db) with the reference's g_ref at the same parameters:
-
-    - ``check/grad_rel_err`` = ‖g − g_ref‖ / ‖g_ref‖. Near an optimum ‖g_ref‖ → 0 while the
-      rounding in Xᵀ(ŷ − y) does not, so this ratio grows (to O(1) in float32 at ‖g‖ ~ 1e-8)
-      with nothing wrong in either gradient.
-    - ``check/grad_err_vs_terms`` = ‖g − g_ref‖ / ‖(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|)‖: the same
-      difference relative to the size of the numbers summed, which rounding is relative to.
-      It stays near the dtype's epsilon all the way to convergence; a wrong gradient shows.
-
-    ``max_trajectory_values`` bounds the parameters and gradients kept per run (w, b, dw and
-    db of every k-th row and the last, k the least that fits; None: every row). The metrics
-    are kept at every row either way: (steps + 1) × a dozen numbers a run.
-
-    On a GPU, ``cuda_graphs`` (default: on for CUDA) records one step as a CUDA graph after
-    three ordinary ones and replays it: one launch a step instead of dozens, which is most of
-    a step's time on small data. Nothing in a step waits for the host either way.
+    every row (:meth:`History.runs` gives each run cut where it diverged). ``options``: as
+    :class:`Loop` takes them (validation data, the gradient check, what is kept, CUDA graphs).
     """
-    loop = Loop(
-        model, X, y, steps, X_val=X_val, y_val=y_val, reference=reference,
-        check_every=check_every, max_trajectory_values=max_trajectory_values,
-        cuda_graphs=cuda_graphs,
-    )  # fmt: skip
+    loop = Loop(model, X, y, steps, **options)
     loop.run_to(steps)
     return loop.history()
 
@@ -197,6 +165,25 @@ class Loop:
     graph. Recording it is one copy of its head into a (metrics + 1, steps + 1, *runs) buffer,
     and on a kept row one copy of its tail into a (kept rows, parameters, *runs) buffer: which
     rows are kept is arithmetic on t, known before the loop.
+
+    With ``X_val, y_val`` the loop also records validation loss and accuracy. With a ``reference``
+    (the autograd model, with the model's shapes), every ``check_every``-th row and the last
+    one compare the gradient g = (dw, db) with the reference's g_ref at the same parameters:
+
+    - ``check/grad_rel_err`` = ‖g − g_ref‖ / ‖g_ref‖. Near an optimum ‖g_ref‖ → 0 while the
+      rounding in Xᵀ(ŷ − y) does not, so this ratio grows (to O(1) in float32 at ‖g‖ ~ 1e-8)
+      with nothing wrong in either gradient.
+    - ``check/grad_err_vs_terms`` = ‖g − g_ref‖ / ‖(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|)‖: the same
+      difference relative to the size of the numbers summed, which rounding is relative to.
+      It stays near the dtype's epsilon all the way to convergence; a wrong gradient shows.
+
+    ``max_trajectory_values`` bounds the parameters and gradients kept per run (w, b, dw and
+    db of every k-th row and the last, k the least that fits; None: every row). The metrics
+    are kept at every row either way: (steps + 1) × a dozen numbers a run.
+
+    On a GPU, ``cuda_graphs`` (default: on for CUDA) records one step as a CUDA graph after
+    three ordinary ones and replays it: one launch a step instead of dozens, which is most of
+    a step's time on small data. Nothing in a step waits for the host either way.
     """
 
     def __init__(
