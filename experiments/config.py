@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from experiments.batches import per_epoch
 from experiments.choices import (
     SGD,
     Count,
@@ -55,6 +56,14 @@ class ConfigError(ValueError):
 # its first default, 2, whatever it is, so sweeps recorded before resume.
 RECORDING_ONLY = {"max_metric_points": 2}
 COMPILERS = ("g++", "c++", "clang++")  # what torch.compile's inductor builds its kernels with
+# Keys added since the first release, at their defaults: left out of the keys (see _key).
+ADDED = {
+    "compile": False,
+    "batch_size": None,
+    "drop_last": False,
+    "eval_every": None,
+    "epochs": None,
+}
 
 
 def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -72,7 +81,31 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    steps: Count = Field(1000, ge=1, description="full-batch gradient-descent steps per run")
+    steps: Count = Field(1000, ge=1, description="gradient-descent steps per run (one a batch)")
+    epochs: Count | None = Field(
+        None,
+        ge=1,
+        description="passes over the training set, instead of steps: a run takes epochs × "
+        "(batches an epoch) steps, worked out for each dataset (1 an epoch without batch_size)",
+    )
+    batch_size: Count | None = Field(
+        None,
+        ge=1,
+        description="samples a step sees, in an order drawn afresh each epoch from the seed: "
+        "the same batches for every implementation and learning rate; default (or the "
+        "training set's size or more): the whole set, full-batch descent",
+    )
+    drop_last: bool = Field(
+        False,
+        description="with batch_size: leave each epoch's last, smaller batch out (default: keep "
+        "it, a step of its own)",
+    )
+    eval_every: Count | None = Field(
+        None,
+        ge=1,
+        description="with batch_size: steps between measurements of the whole training set "
+        "and the validation set (default: once an epoch; the first and last step always)",
+    )
     dtype: Dtype = Field("float32", description="float32 or float64")
     val_fraction: Real = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
     check_every: Count | None = Field(
@@ -180,6 +213,8 @@ class SweepConfig(_Common):
             raise ValueError("extend_edges needs at least two lrs (their ratio is the spacing)")
         if self.halving is not None and len(self.lrs) < 2:
             raise ValueError("halving needs at least two lrs to choose from")
+        if self.epochs is not None and "steps" in self.model_fields_set:
+            raise ValueError("give steps or epochs, not both")
         if self.halving is not None and self.extend_edges is not None:
             raise ValueError(
                 "halving and extend_edges: choose one (halving keeps rates, extend_edges adds them)"
@@ -199,7 +234,7 @@ class SweepConfig(_Common):
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
         defaults = {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None}
-        return _key(dumped, {**defaults, "halving": None, "compile": False})
+        return _key(dumped, {**defaults, "halving": None, **ADDED})
 
     def on(self, offered: list[str], where: str = "here") -> SweepConfig:
         """This sweep where its runs will train, which ``offered`` those devices (an engine's
@@ -245,15 +280,15 @@ class SweepConfig(_Common):
             self.resolved_devices() if key == "device" else getattr(self, plural)
             for key, plural in AXES.items()
         ]
-        return [
-            RunConfig(**dict(zip(AXES, point, strict=True)), **shared)
-            for point in itertools.product(*lists)
-        ]
+        points = (dict(zip(AXES, point, strict=True)) for point in itertools.product(*lists))
+        return [RunConfig(**point, **shared).in_epochs() for point in points]
 
     @classmethod
     def of_run(cls, run: RunConfig, name: str) -> SweepConfig:
         """The sweep of this one run (``experiments train``)."""
         data = {AXES.get(k, k): [v] if k in AXES else v for k, v in run.model_dump().items()}
+        if run.epochs is not None:  # the steps follow from them
+            data.pop("steps")
         return build(cls, {"name": name, **data})  # checks the device is here
 
 
@@ -306,7 +341,7 @@ class RunConfig(_Common):
     @property
     def key(self) -> str:
         """A stable hash of the whole config: the same key means the same run."""
-        defaults = {"optimizer": SGD.model_dump(mode="json"), "compile": False}
+        defaults = {"optimizer": SGD.model_dump(mode="json"), **ADDED}
         return _key(self.model_dump(mode="json"), defaults)
 
     @property
@@ -339,6 +374,16 @@ class RunConfig(_Common):
                     text = yaml.safe_dump(text, default_flow_style=True, width=10**6).strip()
                 parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(text))}")
         return " ".join(parts)
+
+    def in_epochs(self) -> RunConfig:
+        """This run with its steps worked out from ``epochs`` (as it is without them)."""
+        if self.epochs is None:
+            return self
+        from experiments.data import load_split  # the data reads configs: import when used
+
+        n = load_split(self.dataset, self.seed, self.val_fraction).X_train.shape[0]
+        steps = self.epochs * per_epoch(n, self.batch_size, self.drop_last)
+        return self.model_copy(update={"steps": steps})
 
     def check_every_for(self, n_values: int) -> int:
         if self.check_every is not None:

@@ -11,6 +11,12 @@ numbers a run), and the parameters and gradients of every k-th step, k chosen be
 from ``max_trajectory_values``. A run's memory is its data plus what it keeps, however many
 steps it takes.
 
+With mini-batches (:class:`experiments.batches.Batches`) each step is the post's loop over
+one batch: the step, its loss (``train/batch_loss``), its gradient and its check are the
+batch's, and the whole training set and the validation set are measured at a cadence
+(``eval_every``, the rows between them NaN), with how far the batch gradient was from the full
+one there (``grad/batch_dev_sq``). Without, every step is on the whole set, as before.
+
 A model may train several runs side by side (``experiments.lr_batch``): then its loss, and
 every value it returns, has a trailing axis with one entry per run, and so does the history
 (:meth:`History.runs` takes it apart). The loop reads that axis off the loss and needs nothing
@@ -28,6 +34,7 @@ from typing import TypeVar
 
 import torch
 
+from experiments.batches import Batches
 from manual_models import GradientDescentModel
 from manual_models.validation import check_count
 
@@ -36,14 +43,17 @@ WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels wa
 
 # Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
 # per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
+# ``train/batch_loss`` and ``grad/batch_dev_sq`` are a mini-batch run's only.
 METRICS = (
     "train/loss",
+    "train/batch_loss",
     "val/loss",
     "train/accuracy",
     "val/accuracy",
     "grad/w_norm",
     "grad/b",
     "grad/b_norm",
+    "grad/batch_dev_sq",
     "param/w_norm",
     "param/b",
     "param/b_norm",
@@ -54,13 +64,15 @@ METRICS = (
 
 @dataclass(frozen=True)
 class History:
-    """What happened in full-batch gradient descent, on the CPU.
+    """What happened in gradient descent, on the CPU.
 
     Row t (0 ≤ t ≤ steps) describes the parameters θ_t: the loss and accuracies there, the
-    gradient g_t there, and θ_t itself. For t < steps, θ_{t+1} = θ_t − lr·g_t (plain SGD); the
-    last row is the final state, where no step was taken. ``metrics`` maps names in
+    gradient g_t there (on step t's batch, with mini-batches), and θ_t itself. For t < steps,
+    θ_{t+1} = θ_t − lr·g_t (plain SGD); the last row is the final state, where no step was
+    taken. ``metrics`` maps names in
     :data:`METRICS` to (steps + 1,) tensors, every row; ``check/*`` is NaN on rows that were
-    not checked; ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``,
+    not checked, and with mini-batches the whole-set ``train/*`` and ``val/*`` on rows not
+    measured; ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``,
     ``dw`` and ``db`` hold the parameters and gradients in the model's shapes for the rows in
     ``kept`` only: 0, every, 2·every, … and the last.
     """
@@ -82,7 +94,10 @@ class History:
 
     @property
     def loss(self) -> torch.Tensor:
-        return self.metrics["train/loss"]
+        """The loss of every row's step: on the whole set, or on its batch with mini-batches
+        (whose whole-set ``train/loss`` is measured at a cadence only). The last row takes no
+        step: its loss is the whole set's either way."""
+        return self.metrics.get("train/batch_loss", self.metrics["train/loss"])
 
     @cached_property
     def diverged_at(self) -> int | None:
@@ -200,9 +215,13 @@ class Loop:
         max_trajectory_values: int | None = None,
         cuda_graphs: bool | None = None,
         stops: Iterable[int] = (),
+        batches: Batches | None = None,
+        eval_every: int | None = None,
     ) -> None:
         check_count("steps", steps)
         check_count("check_every", check_every)
+        if batches is not None and batches.n != X.shape[0]:
+            raise ValueError(f"the batches are of {batches.n} samples, X has {X.shape[0]} rows")
         if max_trajectory_values is not None:
             check_count("max_trajectory_values", max_trajectory_values)
         if (X_val is None) != (y_val is None):
@@ -219,11 +238,16 @@ class Loop:
         self.model, self.X, self.y, self.X_val, self.y_val = model, X, y, X_val, y_val
         self.reference, self.check_every, self.steps = reference, check_every, steps
         self.stops = {t for t in stops if 0 < t < steps}
+        self.batches = batches
+        # Mini-batches measure the whole sets once an epoch unless told; full batches every row.
+        every = eval_every or (batches.per_epoch if batches is not None else 1)
+        self.eval_every = check_count("eval_every", every)
         bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
         self.names = [
             name
             for name in METRICS
             if (X_val is not None or not name.startswith("val/"))
+            and (batches is not None or name not in ("train/batch_loss", "grad/batch_dev_sq"))
             and (reference is not None or not name.startswith("check/"))
             and (not name.endswith(("/b", "/b_norm")) or name.endswith(f"/{bias}"))
         ]
@@ -239,7 +263,11 @@ class Loop:
         self.alive: torch.Tensor | None = None  # the columns still trained, once some stopped
         self.nan = torch.full(runs, math.nan, **like)
         self.graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
-        self.captured: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # One graph per kind of row: (checked, measured, batch size).
+        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # A batch's rows, where a captured graph reads them: one buffer per batch size.
+        sizes = batches.sizes() if batches is not None else ()
+        self.rows = {n: torch.zeros(n, dtype=torch.int64, device=model.device) for n in sizes}
         self.warm = 0  # eager steps taken with the current shapes (CUDA graphs want some first)
         self.t = 0  # the next row
 
@@ -248,13 +276,25 @@ class Loop:
             t % self.check_every == 0 or t == self.steps or t in self.stops
         )
 
+    def measured(self, t: int) -> bool:
+        """Whether row t measures the whole training and validation sets (every row in
+        full-batch descent, where the step's own loss is the whole set's)."""
+        return t % self.eval_every == 0 or t == self.steps or t in self.stops
+
     def run_to(self, last: int) -> None:
         """Rows ``self.t`` … ``last``: each describes θ_t and takes the step to θ_{t+1}, but
         the final row (``steps``), where no step is taken."""
         for t in range(self.t, last + 1):
-            step, checked = t < self.steps, self.checked(t)
-            row = self.replayed(checked) if self.graphs and step else None
-            self.record(t, self.row(step=step, checked=checked) if row is None else row)
+            step = t < self.steps
+            kind = {"checked": self.checked(t), "measured": self.measured(t)}
+            rows = self.batches.at(t) if self.batches is not None and step else None
+            if rows is not None and self.graphs:  # where a captured graph reads them
+                rows = self.rows[len(rows)].copy_(rows)
+            if self.graphs and step:
+                row = self.replayed(rows, **kind)
+            else:
+                row = self.row(rows, step=step, **kind)
+            self.record(t, row)
         self.t = max(self.t, last + 1)
 
     def at(self, name: str, t: int) -> torch.Tensor:
@@ -294,28 +334,74 @@ class Loop:
         if slot is not None:
             self.parameters[slot].index_copy_(1, self.alive, row[head:])
 
-    def replayed(self, checked: bool) -> torch.Tensor:
+    def replayed(self, rows: torch.Tensor | None, **kind: bool) -> torch.Tensor:
         """One step on CUDA: the first few with these shapes on a side stream (a warm-up),
-        then one captured graph per kind of row (checked or not), replayed."""
+        then one captured graph per kind of row (checked or not, measured or not, the batch's
+        size), replayed: a batch's rows are read from its size's buffer."""
         if self.warm < WARMUP:
             self.warm += 1
             with side_stream(self.model.device):
-                return self.row(step=True, checked=checked)
-        if checked not in self.captured:
-            self.captured[checked] = capture(lambda: self.row(step=True, checked=checked))
-        graph, out = self.captured[checked]
+                return self.row(rows, step=True, **kind)
+        key = (*kind.values(), None if rows is None else len(rows))
+        if key not in self.captured:
+            self.captured[key] = capture(lambda: self.row(rows, step=True, **kind))
+        graph, out = self.captured[key]
         graph.replay()
         return out
 
-    def row(self, *, step: bool, checked: bool) -> torch.Tensor:
-        """Everything about θ_t, then (if ``step``) one step to θ_{t+1}."""
+    def row(self, rows: torch.Tensor | None, *, step: bool, checked: bool, measured: bool):
+        """Everything about θ_t, then (if ``step``) one step to θ_{t+1}: on the whole set, or
+        on the batch of ``rows``."""
+        if self.batches is None:
+            return self.full_row(step=step, checked=checked)
         model, X, y = self.model, self.X, self.y
         w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
         values = self.describe("param", w, b)
-        if self.X_val is not None:  # at θ_t, before the step
-            with torch.no_grad():
-                values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)
-                values["val/accuracy"] = model.accuracy(model.logits(self.X_val), self.y_val)
+        whole = model.evaluate(X, y, check=False) if measured else None
+        values.update(self.on_sets(whole))
+        if step:
+            X, y = X.index_select(0, rows), y.index_select(0, rows)
+            values["train/batch_loss"], _ = model.train_step(X, y, check=False)
+            grads = model.grads
+        else:  # the final state: no step taken, its batch the whole set
+            values["train/batch_loss"], grads = whole.loss, whole.grads
+        values.update(self.describe("grad", grads["dw"], grads["db"]))
+        deviation = self.nan if whole is None or not step else self.distance(grads, whole.grads)
+        values["grad/batch_dev_sq"] = deviation
+        if self.reference is not None:
+            values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
+        return self.pack(values, w, b, grads, values["train/batch_loss"])
+
+    def on_sets(self, whole) -> dict[str, torch.Tensor]:
+        """The loss and accuracy on the whole training set (from ``whole``, its evaluation at
+        θ_t) and the validation set, or NaN on a row that does not measure them."""
+        if whole is None:
+            sets = ("train/loss", "train/accuracy", "val/loss", "val/accuracy")
+            return {name: self.nan for name in sets if name in self.names}
+        accuracy = self.model.accuracy(whole.logits, self.y)
+        return {"train/loss": whole.loss, "train/accuracy": accuracy, **self.on_validation()}
+
+    def on_validation(self) -> dict[str, torch.Tensor]:
+        """The validation loss and accuracy at θ_t (none without validation data)."""
+        if self.X_val is None:
+            return {}
+        with torch.no_grad():
+            return {
+                "val/loss": self.model.loss(self.X_val, self.y_val, check=False),
+                "val/accuracy": self.model.accuracy(self.model.logits(self.X_val), self.y_val),
+            }
+
+    def distance(self, grads, other) -> torch.Tensor:
+        """‖g − g'‖² per run, over every parameter."""
+        diff = self.flat(grads["dw"], grads["db"]) - self.flat(other["dw"], other["db"])
+        return diff.square().sum(0)
+
+    def full_row(self, *, step: bool, checked: bool) -> torch.Tensor:
+        """A row of full-batch descent: the step's own loss is the whole set's."""
+        model, X, y = self.model, self.X, self.y
+        w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
+        values = self.describe("param", w, b)
+        values.update(self.on_validation())  # at θ_t, before the step
         if step:
             values["train/loss"], z = model.train_step(X, y, check=False)
             grads = model.grads
@@ -324,8 +410,13 @@ class Loop:
         values["train/accuracy"] = model.accuracy(z, y)
         values.update(self.describe("grad", grads["dw"], grads["db"]))
         if self.reference is not None:
-            values.update(self.check(w, b, grads) if checked else self.unchecked())
-        finite = torch.isfinite(values["train/loss"])  # each part as a view: nothing copied
+            values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
+        return self.pack(values, w, b, grads, values["train/loss"])
+
+    def pack(self, values, w, b, grads, loss) -> torch.Tensor:
+        """The row as one vector: the metrics, whether the loss and θ_t are finite, then w,
+        b, dw and db, flat."""
+        finite = torch.isfinite(loss)  # each part as a view: nothing copied
         for part in (w, b):
             finite &= torch.isfinite(self.flat(part)).all(0)
         metrics = torch.stack([*(values[name] for name in self.names), finite.to(w.dtype)])
@@ -341,11 +432,12 @@ class Loop:
             values[f"{prefix}/b_norm"] = torch.linalg.vector_norm(self.flat(b), dim=0)
         return values
 
-    def check(self, w, b, grads) -> dict[str, torch.Tensor]:
-        """The step's gradient against the reference's at the same parameters θ_t."""
+    def check(self, w, b, grads, X, y) -> dict[str, torch.Tensor]:
+        """The step's gradient against the reference's at the same parameters θ_t, on the
+        same data (the step's batch)."""
         self.reference.set_parameters(w, b)
-        expected = self.reference.evaluate(self.X, self.y, check=False)
-        terms = self.reference.summands(self.X, self.y, expected.logits)
+        expected = self.reference.evaluate(X, y, check=False)
+        terms = self.reference.summands(X, y, expected.logits)
         g, g_ref, size = (self.flat(d["dw"], d["db"]) for d in (grads, expected.grads, terms))
         diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
         reference = torch.linalg.vector_norm(g_ref.double(), dim=0)

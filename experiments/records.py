@@ -216,6 +216,7 @@ def thin(n: int, max_points: int) -> np.ndarray:
 # whole in history.parquet.
 CURVES = (
     "train/loss",
+    "train/batch_loss",
     "val/loss",
     "train/accuracy",
     "val/accuracy",
@@ -289,6 +290,7 @@ def record(tracker: Tracker, run_id: str, result: RunResult) -> str:
         "check_every_resolved": result.check_every,
         "lr_batch": result.lr_batch,
         "data_digest": split_digest(config.dataset, config.seed, config.val_fraction),
+        **result.batching,
     }
     steps = max(history.steps, 1)
     metrics = {"time/fit_s": result.seconds, "time/step_ms": 1e3 * result.seconds / steps}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from experiments import halving as search
 from experiments import lr_batch
+from experiments.batches import batches
 from experiments.choices import HalvingConfig
 from experiments.config import RunConfig
 from experiments.data import RunData, run_data
@@ -26,6 +27,7 @@ class RunResult:
     check_every: int
     lr_batch: int = 1  # how many learning rates shared the pass that trained it
     tags: dict[str, str] = field(default_factory=dict)  # a search's: where it stopped the run
+    batching: dict[str, object] = field(default_factory=dict)  # mini-batches: what it saw
 
 
 def train_pass(
@@ -56,11 +58,28 @@ def train_pass(
         last = [next(ends_of) for _ in group]
         for config, history, end in zip(group, whole.runs(last), last, strict=True):
             tags = search.tags(end, steps) if halving is not None else {}
-            shape, check_every = data.shape, loop.check_every
+            shape, check_every, seconds = data.shape, loop.check_every, share * end
+            batching = _batching(loop)
             results.append(
-                RunResult(config, history, share * end, shape, check_every, len(group), tags)
+                RunResult(config, history, seconds, shape, check_every, len(group), tags, batching)
             )
     return results
+
+
+def _batching(loop: Loop) -> dict[str, object]:
+    """A mini-batch run's batches, as its params say them: how many an epoch, the last
+    one's size (or that it was dropped), the steps between whole-set measurements, and a
+    digest of every order drawn (equal for paired runs)."""
+    batches = loop.batches
+    if batches is None:
+        return {}
+    last = batches.n - (batches.per_epoch - 1) * batches.size
+    return {
+        "batches_per_epoch": batches.per_epoch,
+        "last_batch": "dropped" if batches.drop_last and batches.n % batches.size else last,
+        "eval_every_resolved": loop.eval_every,
+        "batch_digest": batches.digest(),
+    }
 
 
 def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
@@ -83,10 +102,14 @@ def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
     # zero_grad the step uses the sum of all past gradients by design: nothing to check.
     checked = config.impl != "autograd" and config.optimizer.zero_grad
     reference = lr_batch.build("autograd", data.X.shape[1], lrs, **new) if checked else None
+    drawn = batches(
+        len(data.X), config.batch_size, seed=config.seed, drop_last=config.drop_last,
+        device=config.device,
+    )  # fmt: skip
     loop = Loop(
         model, data.X, data.y, config.steps, X_val=data.X_val, y_val=data.y_val,
         reference=reference, check_every=config.check_every_for(data.X.numel()),
         max_trajectory_values=config.max_trajectory_values, cuda_graphs=config.cuda_graphs,
-        stops=stops,
+        stops=stops, batches=drawn, eval_every=config.eval_every,
     )  # fmt: skip
     return data, loop
