@@ -25,7 +25,7 @@ from scipy.optimize import linprog
 from sklearn.linear_model import LogisticRegression as SkLogistic
 
 from analysis.agreement import TOLERANCES, trajectory_gap
-from analysis.runs import KEYS, Sweep
+from analysis.runs import KEYS, Sweep, step_loss
 from experiments.data import load_split
 from experiments.findings import best_lrs as _best_lrs
 from experiments.records import dataset_config
@@ -50,7 +50,7 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
         ours, theirs = sweep.history(run.run_id), sweep.history(twin.run_id)
         dtype = DTYPES[run["dtype"]]
         # The loss over every step, not only the rows trajectory.parquet kept.
-        max_delta_loss = float((ours["train/loss"] - theirs["train/loss"]).abs().max())
+        max_delta_loss = float((step_loss(ours) - step_loss(theirs)).abs().max())
         gap = replace(gap, max_delta_loss=max_delta_loss)
         rows.append(
             {
@@ -226,7 +226,7 @@ def best_lrs(sweep: Sweep) -> pd.DataFrame:
 def devices(sweep: Sweep) -> pd.DataFrame:
     """Time per step on each device, and how far the same run lands on another device."""
     runs = sweep.runs[sweep.runs.status == "FINISHED"]
-    keys = ["dataset", "impl", "optimizer", "dtype", "seed", "lr"]
+    keys = ["dataset", "impl", "optimizer", "batch_size", "dtype", "seed", "lr"]
     table = runs.pivot_table(index=keys, columns="device", values="time/step_ms", aggfunc="first")
     table.columns = [f"step_ms_{d}" for d in table.columns]
     table = table.reset_index()
@@ -242,7 +242,7 @@ def devices(sweep: Sweep) -> pd.DataFrame:
                 except KeyError:
                     deltas.append(np.nan)
                     continue
-                deltas.append(float((a["train/loss"] - b["train/loss"]).abs().max()))
+                deltas.append(float((step_loss(a) - step_loss(b)).abs().max()))
             table[f"max_delta_loss_cpu_{other}"] = deltas
             table[f"speedup_{other}"] = table["step_ms_cpu"] / table[f"step_ms_{other}"]
     return table

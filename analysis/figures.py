@@ -32,10 +32,21 @@ def _rules(runs: pd.DataFrame) -> dict[str, object]:
     return {rule: cmap(i % 10) for i, rule in enumerate(rules)} if len(rules) > 1 else {}
 
 
+def _smallest_batch(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of one batch size, the smallest, where a sweep has several: a figure of rates
+    and rules draws one (the mini-batch figures set the sizes side by side)."""
+    size = pd.to_numeric(runs.get("batch_size", pd.Series(index=runs.index)), errors="coerce")
+    size = size.fillna(np.inf)
+    return runs[size == size.min()] if len(runs) else runs
+
+
 def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
     """Per dataset, at autograd's best lr and the first seed: the three training-loss curves
-    (per update rule, each at its own best lr, when the sweep has several)."""
-    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    (per update rule, each at its own best lr, when the sweep has several), on the whole
+    training set (with mini-batches, where it was measured)."""
+    runs = _smallest_batch(sweep.runs[sweep.runs.status == "FINISHED"])
+    if "batch_size" in best and "batch_size" in runs and len(runs):
+        best = best[best.batch_size == runs.batch_size.iloc[0]]
     datasets = list(dict.fromkeys(runs.dataset))
     rules = _rules(runs)
     fig, axes = _grid(len(datasets))
@@ -52,7 +63,7 @@ def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
             pick = pick[(pick.seed == pick.seed.min()) & (pick.device == pick.device.iloc[0])]
             for impl, style in (("autograd", "-"), ("manual", "--"), ("function", ":")):
                 for run_id in pick[pick.impl == impl].run_id:
-                    h = sweep.history(run_id)
+                    h = sweep.history(run_id).dropna(subset=["train/loss"])
                     label = f"{rule} · lr={lr:g}" if rules and impl == "autograd" else None
                     color = rules.get(rule, COLORS[impl])
                     ax.plot(
@@ -106,7 +117,7 @@ def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
 
 def loss_vs_lr(sweep: Sweep) -> Figure:
     """Final validation loss against lr, mean ± std over seeds, per implementation."""
-    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    runs = _smallest_batch(sweep.runs[sweep.runs.status == "FINISHED"])
     datasets = list(dict.fromkeys(runs.dataset))
     rules = _rules(runs)
     fig, axes = _grid(len(datasets))
@@ -199,5 +210,52 @@ def zero_grad(sweep: Sweep, table: pd.DataFrame) -> Figure:
     fig.suptitle(
         "Without zero_grad the step uses Σ of all past gradients: it overshoots and oscillates"
     )
+    fig.tight_layout()
+    return fig
+
+
+def linear_scaling(table: pd.DataFrame) -> Figure:
+    """Per dataset, the final whole-set training loss of each batch size (autograd, mean over
+    seeds): against lr (top), where the sizes part, and against lr / batch size (bottom),
+    where they lie on one curve as far as the linear scaling rule holds."""
+    datasets = list(dict.fromkeys(table.dataset))
+    fig = Figure(figsize=(4.4 * max(len(datasets), 1), 6.4))
+    axes = fig.subplots(2, max(len(datasets), 1), squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    for col, dataset in enumerate(datasets):
+        part = table[table.dataset == dataset]
+        sizes = sorted(part.batch.unique())
+        for i, size in enumerate(sizes):
+            rows = part[part.batch == size].sort_values("lr")
+            color = cmap(i / max(len(sizes) - 1, 1))
+            for ax, x in ((axes[0, col], "lr"), (axes[1, col], "lr_per_sample")):
+                ax.plot(rows[x], rows.final_train_loss, "-o", ms=3, color=color, label=f"b={size}")
+        axes[0, col].set(title=dataset, xscale="log", yscale="log", xlabel="lr")
+        axes[1, col].set(xscale="log", yscale="log", xlabel="lr / batch size")
+        axes[0, col].set_ylabel("final train loss (whole set)")
+        axes[1, col].set_ylabel("final train loss (whole set)")
+        axes[0, col].legend(fontsize=7)
+    fig.suptitle("The linear scaling rule: the same epochs, lr ∝ batch size → the same loss")
+    fig.tight_layout()
+    return fig
+
+
+def batch_noise(points: pd.DataFrame) -> Figure:
+    """‖ĝ − g‖² measured at every logged epoch start against its closed form for sampling
+    without replacement, per batch size; on the diagonal they are equal."""
+    fig = Figure(figsize=(5.2, 4.4))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"]
+    sizes = sorted(points.batch.unique())
+    for i, size in enumerate(sizes):
+        part = points[points.batch == size]
+        color = cmap(i / max(len(sizes) - 1, 1))
+        ax.scatter(part.expected, part.measured, s=8, alpha=0.6, color=color, label=f"b={size}")
+    ends = [points[["expected", "measured"]].min().min(), points.expected.max() * 10]
+    ax.plot(ends, ends, "k--", lw=1, label="measured = expected")
+    ax.set(xscale="log", yscale="log", xlabel="(n − b) / (b (n − 1)) · σ²")
+    ax.set(ylabel="‖batch gradient − full gradient‖²")
+    ax.legend(fontsize=7)
+    fig.suptitle("Gradient noise: one batch each logged step, against the closed form")
     fig.tight_layout()
     return fig

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from analysis import ablation, compare, figures
+from analysis import ablation, compare, figures, minibatch
 from analysis.runs import Sweep, load_sweep
 from experiments import findings
 
@@ -86,10 +86,33 @@ def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
         "grad_errors.png": figures.grad_errors(sweep, pairs),
         "time_per_step.png": figures.time_per_step(sweep),
     }
+    if minibatch.has_batches(sweep.runs):
+        more_tables, more_figures = _minibatch(sweep, pairs)
+        tables.update(more_tables)
+        figs.update(more_figures)
     if (~sweep.runs.zero_grad).any():  # the zero_grad ablation is in this sweep
         tables["accumulation.csv"] = ablation.accumulation(sweep)
         figs["zero_grad.png"] = figures.zero_grad(sweep, tables["accumulation.csv"])
     return Report(sweep, tables, figs)
+
+
+def _minibatch(sweep: Sweep, pairs: pd.DataFrame) -> tuple[dict, dict]:
+    """The mini-batch section's tables and figures (:mod:`analysis.minibatch`)."""
+    scaling = minibatch.scaling(sweep, compare.stability(sweep))
+    points = minibatch.noise(sweep)
+    tables = {
+        "batch_agreement.csv": minibatch.agreement(pairs, sweep.runs),
+        "scaling.csv": scaling,
+        "scaling_breaks.csv": minibatch.where_it_breaks(scaling),
+        "noise.csv": minibatch.noise_summary(points),
+        "noise_points.csv": points,
+    }
+    figs = {}
+    if len(scaling):
+        figs["linear_scaling.png"] = figures.linear_scaling(scaling)
+    if len(points):
+        figs["batch_noise.png"] = figures.batch_noise(points)
+    return tables, figs
 
 
 def write(report: Report, out: Path) -> list[Path]:
@@ -168,6 +191,10 @@ def to_html(report: Report) -> str:
             "reference": _table(_reference_by_lr(reference)),
             "devices": _table(tables["devices.csv"]),
             "halving": _table(tables["halving.csv"]) if "halving.csv" in tables else "",
+            **{
+                name: _table(tables[f"{name}.csv"]) if f"{name}.csv" in tables else ""
+                for name in ("batch_agreement", "scaling", "scaling_breaks", "noise")
+            },
             "accumulation": ""
             if accumulation is None
             else _table(

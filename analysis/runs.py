@@ -76,6 +76,13 @@ class Sweep:
         return History(metrics, W, b, dW, db, kept, every)
 
 
+def step_loss(history: pd.DataFrame) -> pd.Series:
+    """The loss each step took, from a run's ``history.parquet``: on its batch with
+    mini-batches (whose whole-set ``train/loss`` is there at a cadence only), else the whole
+    set's."""
+    return history["train/batch_loss" if "train/batch_loss" in history else "train/loss"]
+
+
 def load_sweep(
     experiment: str = "default", tracking_uri: str | None = None, parent_id: str | None = None
 ) -> Sweep:

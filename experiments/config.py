@@ -46,6 +46,7 @@ from experiments.choices import (
 from manual_models.validation import available_devices
 
 CONFIGS = Path(__file__).parent / "configs"  # the shipped sweep configs
+BatchSize = Annotated[Count, Field(ge=1)] | None
 
 
 class ConfigError(ValueError):
@@ -87,13 +88,6 @@ class _Common(BaseModel):
         ge=1,
         description="passes over the training set, instead of steps: a run takes epochs × "
         "(batches an epoch) steps, worked out for each dataset (1 an epoch without batch_size)",
-    )
-    batch_size: Count | None = Field(
-        None,
-        ge=1,
-        description="samples a step sees, in an order drawn afresh each epoch from the seed: "
-        "the same batches for every implementation and learning rate; default (or the "
-        "training set's size or more): the whole set, full-batch descent",
     )
     drop_last: bool = Field(
         False,
@@ -159,6 +153,11 @@ class SweepConfig(_Common):
     optimizers: list[OptimizerConfig] = Field(
         [SGD], min_length=1, description="update rules: sgd, momentum, nesterov, adam, or maps"
     )
+    batch_sizes: list[BatchSize] = Field(
+        [None],
+        min_length=1,
+        description="samples a step sees (null: the whole training set, full-batch descent)",
+    )
     engine: Literal["local", "dask"] = Field(
         "local", description="where grid points run: this machine, or a Dask cluster"
     )
@@ -221,7 +220,7 @@ class SweepConfig(_Common):
             )
         return self
 
-    @field_validator("datasets", "impls", "lrs", "devices", "seeds", "optimizers")
+    @field_validator("datasets", "impls", "lrs", "devices", "seeds", "optimizers", "batch_sizes")
     @classmethod
     def _no_repeats(cls, values: list) -> list:
         if len(set(values)) != len(values):
@@ -233,7 +232,11 @@ class SweepConfig(_Common):
         """A stable hash of the whole sweep: the same command resumes the same sweep, on any
         engine (where it runs is not part of what it is)."""
         dumped = self.model_dump(mode="json", exclude={"engine", "address"})
-        defaults = {"optimizers": [SGD.model_dump(mode="json")], "extend_edges": None}
+        defaults = {
+            "optimizers": [SGD.model_dump(mode="json")],
+            "extend_edges": None,
+            "batch_sizes": [None],
+        }
         return _key(dumped, {**defaults, "halving": None, **ADDED})
 
     def on(self, offered: list[str], where: str = "here") -> SweepConfig:
@@ -318,6 +321,7 @@ AXES = {
     "device": "devices",
     "seed": "seeds",
     "optimizer": "optimizers",
+    "batch_size": "batch_sizes",
     "impl": "impls",
     "lr": "lrs",
 }
@@ -337,6 +341,12 @@ class RunConfig(_Common):
         SGD,
         description="sgd, momentum, nesterov, adam, or YAML: '{name: adam, weight_decay: 0.01}'",
     )
+    batch_size: BatchSize = Field(
+        None,
+        description="samples a step sees, in an order drawn afresh each epoch from the seed: "
+        "the same batches for every implementation and learning rate; default (or the "
+        "training set's size or more): the whole set, full-batch descent",
+    )
 
     @property
     def key(self) -> str:
@@ -347,8 +357,9 @@ class RunConfig(_Common):
     @property
     def name(self) -> str:
         rule = "" if self.optimizer == SGD else f" · {self.optimizer.label}"
+        batch = "" if self.batch_size is None else f" · b={self.batch_size}"
         return (
-            f"{self.impl} · {self.dataset.label} · lr={self.lr:g}{rule} · {self.device} · "
+            f"{self.impl} · {self.dataset.label} · lr={self.lr:g}{rule}{batch} · {self.device} · "
             f"s{self.seed}"
         )
 

@@ -13,7 +13,7 @@ import pandas as pd
 from experiments.records import ADDED_BY, HALVING, HALVING_STEP, KEYS, latest_attempts
 
 # One best learning rate for each of these groups of runs (and one gradient-error maximum).
-BEST_LR_BY = ["dataset", "impl", "optimizer", "device", "dtype"]
+BEST_LR_BY = ["dataset", "impl", "optimizer", "batch_size", "device", "dtype"]
 
 
 def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     edge = (best["lr"] == best["lr_min"]) | (best["lr"] == best["lr_max"])
     best["on_edge"] = (best["lrs"] > 1) & edge
     best = best.rename(columns={"lr": "best_lr"})
-    same = ["dataset", "optimizer", "device", "dtype"]
+    same = [k for k in group if k != "impl"]
     autograd = best[best.impl == "autograd"].set_index(same)
     joined = best.join(autograd[["best_lr", "val_loss_mean"]].add_suffix("_autograd"), on=same)
     joined["val_loss_vs_autograd"] = joined["val_loss_mean"] - joined["val_loss_mean_autograd"]
@@ -105,7 +105,7 @@ def _metric_name(text: str) -> str:
 
 
 # A search chooses rates per setting: every implementation and seed of it together.
-SETTING = ["dataset", "optimizer", "device", "dtype"]
+SETTING = ["dataset", "optimizer", "batch_size", "device", "dtype"]
 
 
 def halving(runs: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -58,7 +58,7 @@ PARAM_TYPES = {
     "lr_batch": int,
 }
 # What pairs a run with its autograd twin (the same rule: sgd, adam, no zero_grad, ...).
-KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "lr", "steps"]
+KEYS = ["dataset", "device", "dtype", "seed", "optimizer", "batch_size", "lr", "steps"]
 # Params of runs recorded before they existed: plain SGD, two classes.
 DEFAULTS = {
     "optimizer": "sgd",
@@ -66,6 +66,7 @@ DEFAULTS = {
     "optimizer.weight_decay": 0.0,
     "optimizer.zero_grad": "True",
     "n_classes": 2,
+    "batch_size": "None",  # full-batch descent
 }
 # The tag on a run a search added to the grid, naming the search (``extend_edges``).
 ADDED_BY = "added_by"

@@ -21,7 +21,7 @@ class MemorySweep(Sweep):
                     "dataset": "iris", "dataset_name": "iris", "val_fraction": 0.25,
                     "optimizer": "sgd", "optimizer.name": "sgd", "weight_decay": 0.0,
                     "zero_grad": True, "n_classes": 2, "trajectory_every": 1,
-                    "steps": 100}  # fmt: skip
+                    "steps": 100, "batch_size": "None"}  # fmt: skip
         for key, value in defaults.items():
             frame[key] = frame[key].fillna(value) if key in frame else value
         frame["run_name"] = frame["run_id"]

@@ -191,7 +191,7 @@ def test_drop_last_leaves_the_small_batch_out_and_says_so():
 def test_epochs_set_the_steps_per_dataset():
     sweep = SweepConfig(
         datasets=["digits", "iris"], impls=["manual"], lrs=[0.1], devices=["cpu"],
-        batch_size=32, epochs=3,
+        batch_sizes=[32], epochs=3,
     )  # fmt: skip
     digits, iris = sweep.grid()
     assert (digits.steps, iris.steps) == (3 * 43, 3 * 3)  # 1,347 and 75 training rows
