@@ -120,7 +120,7 @@ def noise(sweep: Sweep) -> pd.DataFrame:
     for _, run in runs.iterrows():
         history, kept = sweep.history(run.run_id), sweep.as_history(run.run_id)
         X, y = _training_set(run)
-        n, b = X.shape[0], int(run["batch_size"])
+        b = int(run["batch_size"])
         per_epoch = int(run["batches_per_epoch"])
         measured = history["grad/batch_dev_sq"].to_numpy()
         slot = {int(t): i for i, t in enumerate(kept.kept)}
@@ -128,9 +128,7 @@ def noise(sweep: Sweep) -> pd.DataFrame:
         for t in np.flatnonzero(~np.isnan(measured)):
             if t % per_epoch or t not in slot:  # not a fresh order's first batch, or not kept
                 continue
-            g_i = per_sample(kept.w[slot[t]], kept.b[slot[t]], X, y)
-            spread = (g_i - g_i.mean(0)).square().sum(1).mean()  # σ² = mean ‖gᵢ − g‖²
-            expected = float((n - b) / (b * (n - 1)) * spread)
+            expected = expected_noise(per_sample(kept.w[slot[t]], kept.b[slot[t]], X, y), b)
             rows.append(
                 {
                     "run_id": run.run_id,
@@ -145,6 +143,14 @@ def noise(sweep: Sweep) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def expected_noise(per_sample: torch.Tensor, b: int) -> float:
+    """E‖ĝ − g‖² for a batch of ``b`` of the n rows of ``per_sample`` (n, parameters), drawn
+    without replacement: (n − b) / (b (n − 1)) · σ², σ² = (1/n) Σᵢ ‖gᵢ − g‖²."""
+    n = per_sample.shape[0]
+    spread = (per_sample - per_sample.mean(0)).square().sum(1).mean()
+    return float((n - b) / (b * (n - 1)) * spread)
 
 
 def noise_summary(points: pd.DataFrame) -> pd.DataFrame:
