@@ -14,13 +14,18 @@ interleaved (A, B, A, B, ...) where they compete for the same disk or cache.
    batched too).
 3. **Tracking**: what this repo's logging costs per run against MLflow's bare floor (create a
    run, log its params, end it) and against the naive per-step ``log_metric`` loop.
-4. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
+4. **Mini-batches**: a step on b rows picked from X on the device (``index_select``, the
+   loop's way), against a full-batch step on b rows of their own (the same arithmetic) and
+   against the same batches from a ``torch.utils.data.DataLoader`` (collated on the host and
+   copied over, the textbook way).
+5. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
    in a fresh process, at more and more steps: it should stay flat once the trajectory is
    thinned (what is kept is bounded; the steps are not).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -37,6 +42,7 @@ from multiprocessing.reduction import ForkingPickler
 
 import torch
 
+from experiments.batches import Batches
 from experiments.config import CONFIGS, RunConfig, build, load_sweep
 from experiments.engines import InlineEngine
 from experiments.loop import WARMUP, capture, fit, side_stream
@@ -278,6 +284,53 @@ def batch_row(
 RUN = {"dataset": "breast_cancer", "impl": "manual", "lr": 0.1, "device": "cpu"}  # tracked
 
 
+MINIBATCH_DATA = (100_000, 100)
+MINIBATCH_SIZES = [32, 256, 4096]
+
+
+def minibatch_steps(device: torch.device, sizes: list[int], timer: Timer) -> list[dict]:
+    """Per batch size b, seconds per manual step: on b rows of X picked on the device, as the
+    loop takes them; on b rows of their own; and from a DataLoader over the same samples."""
+    m, n = MINIBATCH_DATA
+    X, y = problem(m, n, device)
+    return [minibatch_row(X, y, b, timer) for b in sizes]
+
+
+def minibatch_row(X: torch.Tensor, y: torch.Tensor, b: int, timer: Timer) -> dict:
+    from torch.utils.data import BatchSampler, DataLoader, SubsetRandomSampler, TensorDataset
+
+    (m, n), device = X.shape, X.device
+    model = make_model("manual", n, 0.01, device=device)
+    drawn, steps = Batches(m, b, seed=0, device=device), itertools.count()
+    alone = (X[:b].clone(), y[:b].clone())  # b rows of their own: a full-batch step of size b
+    order = SubsetRandomSampler(range(m), torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(X.cpu(), y.cpu()), batch_sampler=BatchSampler(order, b, False)
+    )
+    batches = iter(())
+
+    def picked():
+        rows = drawn.at(next(steps))
+        return model.train_step(X.index_select(0, rows), y.index_select(0, rows))
+
+    def loaded():
+        nonlocal batches
+        batch = next(batches, None)
+        if batch is None:  # the next epoch: a new order, as the loop draws it
+            batches = iter(loader)
+            batch = next(batches)
+        return model.train_step(*(part.to(device) for part in batch))
+
+    times = timer.interleaved(
+        {"picked": picked, "alone": lambda: model.train_step(*alone), "loader": loaded}
+    )
+    return {
+        "m": m, "n": n, "batch": b, **{f"{k}_ms": 1e3 * v for k, v in times.items()},
+        "picked_vs_alone": times["picked"] / times["alone"],
+        "loader_vs_picked": times["loader"] / times["picked"],
+    }  # fmt: skip
+
+
 def tracking(repeats: int, naive_sample: int = 200) -> dict:
     """Per-run tracking cost on a scratch SQLite store, for a 1,000-step breast_cancer run:
     MLflow's floor (create a run, log its params, end it); this repo's record of the run, in
@@ -452,6 +505,9 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
     run_steps = 20 if quick else 1000
     report["lr_batch"] = lr_batching(dev, batch_sizes, ks, timer, run_steps)
     report["lr_batch"] += lr_batching(dev, SOFTMAX_SIZES, ks, timer, run_steps, SOFTMAX_ADAM)
+    report["minibatch"] = minibatch_steps(
+        dev, MINIBATCH_SIZES[:2] if quick else MINIBATCH_SIZES, timer
+    )
     if tracking_part:
         report["tracking"] = tracking(10 if quick else 30)
         report["sweep"] = sweep_share("quick.yaml" if quick else "default.yaml")

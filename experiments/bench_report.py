@@ -21,6 +21,8 @@ def markdown(report: dict) -> str:
     where = m.get("gpu") or f"{m['cpu']} ({m['threads']} threads)"
     lines = [f"Machine: {where}, torch {m['torch']}; medians of {report['repeats']} repeats.", ""]
     lines += [*_step_table(report["step"]), "", *_batch_table(report["lr_batch"])]
+    if "minibatch" in report:
+        lines += ["", *_minibatch_table(report["minibatch"])]
     if "tracking" in report:
         lines += ["", *_tracking_table(report["tracking"]), "", *_sweep_line(report["sweep"])]
     if "memory" in report:
@@ -79,6 +81,19 @@ def _batch_table(rows: list[dict]) -> list[str]:
     )  # fmt: skip
 
 
+def _minibatch_table(rows: list[dict]) -> list[str]:
+    header = ["batch", "picked on the device (the loop)", "b rows of their own",
+              "DataLoader", "picked / own", "DataLoader / picked"]  # fmt: skip
+    lines = [
+        [r["batch"], f"{r['picked_ms']:.3g} ms", f"{r['alone_ms']:.3g} ms",
+         f"{r['loader_ms']:.3g} ms", f"{r['picked_vs_alone']:.2f}×",
+         f"{r['loader_vs_picked']:.2f}×"]
+        for r in rows
+    ]  # fmt: skip
+    data = f"{rows[0]['m']:,} × {rows[0]['n']}"
+    return [f"A manual mini-batch step, batches of {data} (float32):", "", *table(header, lines)]
+
+
 def _tracking_table(t: dict) -> list[str]:
     header = [
         "MLflow floor", "this repo, in turn", "handed to the writer (pickled)",
@@ -130,6 +145,9 @@ def metrics(report: dict) -> dict[str, float]:
         what = row["what"].split()[0]
         where = f"{row['model']}/{row['impl']}/{what}/{row['m']}x{row['n']}/K{row['K']}"
         out[f"lr_batch/{where}"] = row["speedup_per_lr"]
+    for row in report.get("minibatch", []):
+        out[f"minibatch/picked_vs_alone/b{row['batch']}"] = row["picked_vs_alone"]
+        out[f"minibatch/loader_vs_picked/b{row['batch']}"] = row["loader_vs_picked"]
     if "tracking" in report:
         out["tracking/ours_vs_floor"] = report["tracking"]["ours_vs_floor"]
         out["tracking/naive_vs_ours"] = report["tracking"]["naive_vs_ours"]

@@ -28,6 +28,7 @@ def report():
             *bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
             *bench.lr_batching(CPU, [(60, 4)], [1, 3], timer, 4, bench.SOFTMAX_ADAM),
         ],
+        "minibatch": [bench.minibatch_row(*bench.problem(200, 5, CPU), b, timer) for b in (16, 64)],
         "tracking": bench.tracking(repeats=1, naive_sample=3),
         "sweep": bench.sweep_share("quick.yaml"),
         "memory": bench.memory_by_steps(
@@ -70,6 +71,16 @@ def test_lr_batch_rows_compare_k_rates_with_one(report):
     for row in rows:
         speedup = row["K"] * row["one_ms"] / row["K_at_once_ms"]
         assert row["speedup_per_lr"] == pytest.approx(speedup, rel=1e-12, abs=0)
+
+
+def test_minibatch_rows_time_the_loop_s_batches_against_their_own_rows_and_a_dataloader(report):
+    for row, b in zip(report["minibatch"], (16, 64), strict=True):
+        assert (row["m"], row["n"], row["batch"]) == (200, 5, b)
+        assert min(row["picked_ms"], row["alone_ms"], row["loader_ms"]) > 0
+        assert row["picked_vs_alone"] == row["picked_ms"] / row["alone_ms"]
+        assert row["loader_vs_picked"] == row["loader_ms"] / row["picked_ms"]
+    table = bench_report.markdown(report)
+    assert "A manual mini-batch step, batches of 200 × 5" in table
 
 
 def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
