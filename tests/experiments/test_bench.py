@@ -23,7 +23,7 @@ def report():
         "machine": bench.machine(CPU),
         "quick": True,
         "repeats": 1,
-        "step": bench.step_times(CPU, [(64, 5), (300, 7)], timer),
+        "step": bench.step_times(CPU, [(300, 7)], timer),  # one size: each compiles (~10 s)
         "lr_batch": [
             *bench.lr_batching(CPU, [(64, 5)], [1, 3], timer, run_steps=4),
             *bench.lr_batching(CPU, [(60, 4)], [1, 3], timer, 4, bench.SOFTMAX_ADAM),
@@ -31,14 +31,11 @@ def report():
         "minibatch": [bench.minibatch_row(*bench.problem(200, 5, CPU), b, timer) for b in (16, 64)],
         "tracking": bench.tracking(repeats=1, naive_sample=3),
         "sweep": bench.sweep_share("quick.yaml"),
-        "memory": bench.memory_by_steps(
-            "cpu", {"n_samples": 200, "n_features": 20, "steps": [20, 200]}, max_values=2000
-        ),
     }
 
 
 def test_step_rows_hold_every_implementation_and_both_floors(report):
-    assert [(r["m"], r["n"]) for r in report["step"]] == [(64, 5), (300, 7)]
+    assert [(r["m"], r["n"]) for r in report["step"]] == [(300, 7)]
     for row in report["step"]:
         assert row["bytes"] == row["m"] * row["n"] * 4
         for name in ("manual", "function", "autograd"):
@@ -99,10 +96,13 @@ def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     assert sweep["tracking_share"] == pytest.approx(share, rel=1e-12, abs=0)
 
 
-def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows(report):
+@pytest.mark.slow  # two fresh processes, each importing torch and MLflow: 17 s
+def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows():
     """Each step count ran in its own process, trained and recorded 8 runs, and kept the rows
     max_trajectory_values allows: 2·(20 + 1) values a row, 2,000 a run."""
-    first, second = report["memory"]
+    spec = {"n_samples": 200, "n_features": 20, "steps": [20, 200]}
+    rows = bench.memory_by_steps("cpu", spec, max_values=2000)
+    first, second = rows
     assert (first["steps"], first["kept_rows"], first["trajectory_every"]) == (20, 21, 1)
     assert (second["steps"], second["trajectory_every"]) == (200, 5)  # ⌈201 · 42 / 2000⌉
     assert second["kept_rows"] == 41  # 0, 5, …, 200
@@ -111,17 +111,17 @@ def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows(report):
     )
     # 42 parameter values and 10 metrics (the checks included) and the finite flag a row
     assert second["every_step_buffer_mb"] == pytest.approx(201 * (42 + 11) * 8 * 4 / 2**20)
+    assert "| 200 | 41 (5) |" in "\n".join(bench_report._memory_table(rows))
 
 
 def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     uri = f"sqlite:///{tmp_path / 'bench.db'}"
     path = bench_report.write(report, tmp_path / "out", Tracker(uri))
     assert path.name == "bench.json"
-    assert json.loads(path.read_text())["step"][0]["m"] == 64
+    assert json.loads(path.read_text())["step"][0]["m"] == 300
     table = (tmp_path / "out" / "bench.md").read_text()
-    assert "| 64 × 5 |" in table and "| step | manual | 64 × 5 | 3 |" in table
+    assert "| 300 × 7 |" in table and "| step | manual | 64 × 5 | 3 |" in table
     assert "ours / floor" in table and "A whole sweep (quick.yaml, 12 runs, CPU)" in table
-    assert "| 200 | 41 (5) |" in table
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
     assert found.info.status == "FINISHED" and found.data.tags["kind"] == "bench"
@@ -129,7 +129,7 @@ def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     assert math.isfinite(metrics["tracking/ours_vs_floor"])
     assert (
         "lr_batch/softmax10-adam/manual/step/60x4/K3" in metrics
-        and "memory/peak_rss_mb/200" in metrics
+        and "minibatch/picked_vs_alone/b16" in metrics
     )
     assert {a.path for a in client.list_artifacts(found.info.run_id)} == {"bench.json", "bench.md"}
 
