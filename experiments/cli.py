@@ -159,6 +159,8 @@ def train(overrides, experiment, tracking_uri, quiet, **options) -> int:
     missing = [k for k, field in run_keys().items() if field.is_required() and k not in data]
     if missing:
         raise ConfigError(f"missing option --{missing[0].replace('_', '-')}")
+    if "steps" in data and data.get("epochs") is not None:
+        raise ConfigError("give --steps or --epochs, not both")
     config = SweepConfig.of_run(build(RunConfig, data), name="train")
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments", *sys.argv[1:]])
     return execute(config, tracking_uri, experiment, command, nested=False, quiet=True)

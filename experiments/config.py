@@ -379,6 +379,8 @@ class RunConfig(_Common):
         parts = ["python -m experiments train"]
         for key, field in run_keys().items():
             value = getattr(self, key)
+            if key == "steps" and self.epochs is not None:
+                continue  # they follow from the epochs
             if field.is_required() or value != field.default:
                 text = as_yaml(value)
                 if not isinstance(text, str | int | float):  # a mapping: YAML on one line

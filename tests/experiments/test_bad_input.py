@@ -127,6 +127,13 @@ def test_absent_device(tmp_path, capsys):
             "max_trajectory_values: Input should be a valid integer",
         ),
         (["--lr", "1e-1", "--seed", "0.5"], "seed: Input should be a valid integer"),
+        (
+            ["--lr", "0.1", "--batch-size", "0"],
+            "batch_size: Input should be greater than or equal to 1",
+        ),
+        (["--lr", "0.1", "--batch-size", "8.5"], "batch_size: Input should be a valid integer"),
+        (["--lr", "0.1", "--steps", "5", "--epochs", "2"], "give --steps or --epochs, not both"),
+        (["--lr", "0.1", "--epochs", "0"], "epochs: Input should be greater than or equal to 1"),
     ],
 )
 def test_train_bad_input(options, message, tmp_path, capsys):

@@ -198,6 +198,7 @@ def test_epochs_set_the_steps_per_dataset():
     full = SweepConfig(datasets=["iris"], impls=["manual"], lrs=[0.1], devices=["cpu"], epochs=7)
     assert full.grid()[0].steps == 7  # without batch_size an epoch is one step
     assert SweepConfig.of_run(digits, "x").grid() == [digits]  # `train` resolves them again
+    assert "--epochs 3" in digits.command() and "--steps" not in digits.command()
     with pytest.raises(ConfigError, match="give steps or epochs, not both"):
         build(SweepConfig, {"datasets": ["iris"], "impls": ["manual"], "lrs": [0.1],
                             "steps": 10, "epochs": 2})  # fmt: skip
