@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, SubsetRandomSampler
 
 from analysis import trajectory_gap
-from experiments import batches, loop
+from experiments import batches, loop, lr_batch
 from experiments.batches import Batches
 from experiments.config import ConfigError, RunConfig, SweepConfig, build
 from experiments.data import run_data
@@ -263,3 +263,24 @@ def test_mini_batches_replay_as_graphs_without_host_syncs(impl, lrs, drop_last):
             graphs.metrics[name], values, rtol=1e-12, atol=1e-15, equal_nan=True, msg=name
         )
     torch.testing.assert_close(graphs.w, eager.w, rtol=1e-12, atol=1e-15)
+
+
+def test_successive_halving_judges_mini_batch_runs_on_the_whole_sets_at_each_rung():
+    """The rungs are measured rows (the whole training and validation sets), and every run of
+    a halving pass is its rate trained alone on the same batches, to where it stopped."""
+    grid = {"datasets": ["digits"], "impls": ["manual", "autograd"], "lrs": [0.01, 0.1, 1.0, 8.0],
+            "devices": ["cpu"], "batch_sizes": [64], "steps": 40, "dtype": "float64"}  # fmt: skip
+    config = SweepConfig(**grid, halving=True)
+    setting = config.grid()
+    searched = train_pass(setting, config.halving)
+    alone = [r for group in lr_batch.passes(setting) for r in train_pass(group)]
+    ends = [int(r.tags.get("halving_step", 40)) for r in searched]
+    assert sorted(set(ends)) == [10, 20, 40]
+    for result, reference, end in zip(searched, alone, ends, strict=True):
+        history = result.history
+        assert history.steps == end and not history.metrics["val/loss"][end].isnan()
+        for name, values in history.metrics.items():
+            expected = reference.history.metrics[name][: end + 1]
+            both = ~expected.isnan() & ~values.isnan()  # the rungs: measured in the pass only
+            atol = 1e-14 if name.startswith("check/") else 0
+            torch.testing.assert_close(values[both], expected[both], rtol=1e-12, atol=atol)
