@@ -69,10 +69,10 @@ class History:
     Row t (0 ≤ t ≤ steps) describes the parameters θ_t: the loss and accuracies there, the
     gradient g_t there (on step t's batch, with mini-batches), and θ_t itself. For t < steps,
     θ_{t+1} = θ_t − lr·g_t (plain SGD); the last row is the final state, where no step was
-    taken. ``metrics`` maps names in
-    :data:`METRICS` to (steps + 1,) tensors, every row; ``check/*`` is NaN on rows that were
-    not checked, and with mini-batches the whole-set ``train/*`` and ``val/*`` on rows not
-    measured; ``val/*`` and ``check/*`` are present only when asked for. ``w``, ``b``,
+    taken. ``metrics`` maps names in :data:`METRICS` to (steps + 1,) tensors, every row;
+    ``check/*`` is NaN on rows that were not checked, and with mini-batches the whole-set
+    ``train/*`` and ``val/*`` on rows not measured; ``val/*`` and ``check/*`` are present only
+    when asked for. ``w``, ``b``,
     ``dw`` and ``db`` hold the parameters and gradients in the model's shapes for the rows in
     ``kept`` only: 0, every, 2·every, … and the last.
     """
@@ -265,9 +265,9 @@ class Loop:
         self.graphs = model.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
         # One graph per kind of row: (checked, measured, batch size).
         self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # A batch's rows, where a captured graph reads them: one buffer per batch size.
+        # A batch's indices, where a captured graph reads them: one buffer per batch size.
         sizes = batches.sizes() if batches is not None else ()
-        self.rows = {n: torch.zeros(n, dtype=torch.int64, device=model.device) for n in sizes}
+        self.buffers = {n: torch.zeros(n, dtype=torch.int64, device=model.device) for n in sizes}
         self.warm = 0  # eager steps taken with the current shapes (CUDA graphs want some first)
         self.t = 0  # the next row
 
@@ -287,13 +287,13 @@ class Loop:
         for t in range(self.t, last + 1):
             step = t < self.steps
             kind = {"checked": self.checked(t), "measured": self.measured(t)}
-            rows = self.batches.at(t) if self.batches is not None and step else None
-            if rows is not None and self.graphs:  # where a captured graph reads them
-                rows = self.rows[len(rows)].copy_(rows)
+            batch = self.batches.at(t) if self.batches is not None and step else None
+            if batch is not None and self.graphs:  # where a captured graph reads it
+                batch = self.buffers[len(batch)].copy_(batch)
             if self.graphs and step:
-                row = self.replayed(rows, **kind)
+                row = self.replayed(batch, **kind)
             else:
-                row = self.row(rows, step=step, **kind)
+                row = self.row(batch, step=step, **kind)
             self.record(t, row)
         self.t = max(self.t, last + 1)
 
@@ -334,33 +334,39 @@ class Loop:
         if slot is not None:
             self.parameters[slot].index_copy_(1, self.alive, row[head:])
 
-    def replayed(self, rows: torch.Tensor | None, **kind: bool) -> torch.Tensor:
+    def replayed(self, batch: torch.Tensor | None, **kind: bool) -> torch.Tensor:
         """One step on CUDA: the first few with these shapes on a side stream (a warm-up),
         then one captured graph per kind of row (checked or not, measured or not, the batch's
-        size), replayed: a batch's rows are read from its size's buffer."""
+        size), replayed: a batch's indices are read from its size's buffer."""
         if self.warm < WARMUP:
             self.warm += 1
             with side_stream(self.model.device):
-                return self.row(rows, step=True, **kind)
-        key = (*kind.values(), None if rows is None else len(rows))
+                return self.row(batch, step=True, **kind)
+        key = (*kind.values(), None if batch is None else len(batch))
         if key not in self.captured:
-            self.captured[key] = capture(lambda: self.row(rows, step=True, **kind))
+            self.captured[key] = capture(lambda: self.row(batch, step=True, **kind))
         graph, out = self.captured[key]
         graph.replay()
         return out
 
-    def row(self, rows: torch.Tensor | None, *, step: bool, checked: bool, measured: bool):
+    def row(self, batch: torch.Tensor | None, *, step: bool, checked: bool, measured: bool):
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}: on the whole set, or
-        on the batch of ``rows``."""
+        on the rows of X whose indices ``batch`` holds."""
         if self.batches is None:
             return self.full_row(step=step, checked=checked)
+        return self.batch_row(batch, step=step, checked=checked, measured=measured)
+
+    def batch_row(self, batch, *, step: bool, checked: bool, measured: bool) -> torch.Tensor:
+        """A row of mini-batch descent: the step, its loss, gradient and check on the batch;
+        on a ``measured`` row the whole sets too, and the batch gradient's distance from the
+        whole set's."""
         model, X, y = self.model, self.X, self.y
         w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
         values = self.describe("param", w, b)
         whole = model.evaluate(X, y, check=False) if measured else None
         values.update(self.on_sets(whole))
         if step:
-            X, y = X.index_select(0, rows), y.index_select(0, rows)
+            X, y = X.index_select(0, batch), y.index_select(0, batch)
             values["train/batch_loss"], _ = model.train_step(X, y, check=False)
             grads = model.grads
         else:  # the final state: no step taken, its batch the whole set
