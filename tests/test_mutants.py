@@ -24,17 +24,36 @@ SUITE = [
     "tests/experiments/test_logged_rows.py",
     "tests/manual_models",
     "tests/experiments/test_loop.py",
+    "tests/experiments/test_minibatch.py",
 ]
 MUTANTS = {
     "validation loss scored on the training data": (
         "experiments/loop.py",
-        'values["val/loss"] = model.loss(self.X_val, self.y_val, check=False)',
-        'values["val/loss"] = model.loss(X, y, check=False)',
+        '"val/loss": self.model.loss(self.X_val, self.y_val, check=False)',
+        '"val/loss": self.model.loss(self.X, self.y, check=False)',
     ),
     "validation accuracy scored on the training data": (
         "experiments/loop.py",
-        'values["val/accuracy"] = model.accuracy(model.logits(self.X_val), self.y_val)',
-        'values["val/accuracy"] = model.accuracy(model.logits(X), y)',
+        '"val/accuracy": self.model.accuracy(self.model.logits(self.X_val), self.y_val)',
+        '"val/accuracy": self.model.accuracy(self.model.logits(self.X), self.y)',
+    ),
+    "every epoch the same order of the batches": (
+        "experiments/batches.py",
+        "order = torch.randperm(self.n, generator=self.generator)",
+        "order = torch.randperm(self.n, generator=torch.Generator().manual_seed(0))",
+    ),
+    "a mini-batch step's gradient checked on the whole set": (
+        "experiments/loop.py",
+        "values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())\n"
+        '        return self.pack(values, w, b, grads, values["train/batch_loss"])',
+        "values.update(self.check(w, b, grads, self.X, self.y) if checked else self.unchecked())\n"
+        '        return self.pack(values, w, b, grads, values["train/batch_loss"])',
+    ),
+    "the whole training loss scored on its first 64 rows": (
+        "experiments/loop.py",
+        'return {"train/loss": whole.loss, "train/accuracy": accuracy, **self.on_validation()}',
+        'return {"train/loss": self.model.loss(self.X[:64], self.y[:64], check=False), '
+        '"train/accuracy": accuracy, **self.on_validation()}',
     ),
     "the loss recorded after the step": (
         "experiments/loop.py",
