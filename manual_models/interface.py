@@ -166,6 +166,21 @@ class Kind(ABC):
     def from_linear(self, weight: torch.Tensor, bias: torch.Tensor):
         """(w, b) as views of ``nn.Linear(n_features, n_outputs)``'s weight and bias."""
 
+    # --- curvature, by hand where a kind derives it (the built-in kinds do) -------------------
+    def hvp_at(self, X, y, w, b, v_w, v_b, weight_decay: float = 0.0):
+        """(H v)_w, (H v)_b: the Hessian of J + (λ/2)‖w‖² at (w, b) times the direction
+        (v_w, v_b), without forming H (a trailing axis of K models too)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Hessian-vector product by hand")
+
+    def hessian_at(self, X, y, w, b, weight_decay: float = 0.0) -> torch.Tensor:
+        """∇²(J + (λ/2)‖w‖²) at one model's (w, b), over θ = (w flattened, b), for small
+        problems (and to check :meth:`hvp_at`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Hessian by hand")
+
+    def hessian_trace_at(self, X, y, w, b, weight_decay: float = 0.0) -> torch.Tensor:
+        """tr ∇²(J + (λ/2)‖w‖²) (one per trailing column)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Hessian trace by hand")
+
     # --- written once from the above -----------------------------------------------------------
     def features(self, X: object) -> torch.Tensor:
         """X checked: a 2-D tensor of n_features columns on the kind's device and dtype."""

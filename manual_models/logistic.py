@@ -18,6 +18,17 @@ Derivation of the gradient, one line at a time:
 
 and gradient descent, θ ← θ − α ∂J/∂θ.
 
+The Hessian, with the bias as a constant feature: x̃ = (x, 1), θ = (w, b), X̃ = [X 1]:
+
+    ∂ŷᵢ/∂zᵢ = σ(zᵢ)(1 − σ(zᵢ)) = sᵢ               (σ' = σ(1 − σ); computed as σ(z)σ(−z))
+    ∇²J     = (1/m) Σᵢ sᵢ x̃ᵢ x̃ᵢᵀ = X̃ᵀ diag(s) X̃ / m  (∂/∂θ of (ŷᵢ − yᵢ) x̃ᵢ / m)
+    H v     = X̃ᵀ (s ⊙ X̃ v) / m                     (two products with X, H never formed)
+            = (Xᵀ(s ⊙ u)/m, mean(s ⊙ u)),  u = X v_w + v_b
+    tr ∇²J  = (1/m) Σᵢ sᵢ ‖x̃ᵢ‖² = (1/m) Σᵢ sᵢ (‖xᵢ‖² + 1)
+
+L2 weight decay λ (the rules' ``weight_decay``: J + (λ/2)‖w‖²) adds λ on the weights only:
+H v gains (λ v_w, 0), the trace n·λ. s ≤ ¼, so ∇²J ⪯ X̃ᵀX̃/(4m): the smoothness bound L.
+
 The pure functions below are the math; :class:`Logistic` is the kind the three implementations
 of the binary model share (the math, the labels, the start), and :class:`LogisticRegression`
 is the post's class around them, corrected (its ``init`` is ``__init__``, and its ``forward``
@@ -76,6 +87,33 @@ def bce_gradients(X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> dict
     """dw = Xᵀ(ŷ − y)/m, db = mean(ŷ − y): the chain rule through ∂J/∂z = (ŷ − y)/m."""
     residual = y_hat - column(y, y_hat)
     return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
+
+
+def curvatures(z: torch.Tensor) -> torch.Tensor:
+    """s = σ(z)(1 − σ(z)) = σ(z)σ(−z): no cancellation in 1 − σ(z) where σ(z) → 1."""
+    return torch.sigmoid(z) * torch.sigmoid(-z)
+
+
+def bce_hvp(X, z, v_w, v_b, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """H v = X̃ᵀ(s ⊙ X̃ v)/m at logits z, for v = (v_w, v_b), plus λ v_w (K columns too)."""
+    su = curvatures(z) * (X @ v_w + v_b)
+    return X.T @ su / X.shape[0] + weight_decay * v_w, su.mean(0)
+
+
+def bce_hessian(X, z, weight_decay: float = 0.0) -> torch.Tensor:
+    """∇²J = X̃ᵀ diag(s) X̃ / m + λ on the weights, (n + 1) × (n + 1), b last (one model)."""
+    X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)
+    H = X1.T @ (curvatures(z).unsqueeze(1) * X1) / X.shape[0]
+    decay = torch.full((X.shape[1] + 1,), weight_decay, dtype=H.dtype, device=H.device)
+    decay[-1] = 0.0  # the bias is not decayed
+    return H + torch.diag(decay)
+
+
+def bce_hessian_trace(X, z, weight_decay: float = 0.0) -> torch.Tensor:
+    """tr ∇²J = (1/m) Σᵢ sᵢ (‖xᵢ‖² + 1) + n λ (one per column of z)."""
+    rows = X.square().sum(1) + 1
+    s = curvatures(z)
+    return (s * (rows if s.ndim == 1 else rows.unsqueeze(1))).mean(0) + X.shape[1] * weight_decay
 
 
 def accuracy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,6 +208,15 @@ class Logistic(Kind):
 
     def summands_at(self, X, y, z):
         return summand_sizes(X, torch.sigmoid(z), y)
+
+    def hvp_at(self, X, y, w, b, v_w, v_b, weight_decay=0.0):
+        return bce_hvp(X, logits(X, w, b), v_w, v_b, weight_decay)
+
+    def hessian_at(self, X, y, w, b, weight_decay=0.0):
+        return bce_hessian(X, logits(X, w, b), weight_decay)
+
+    def hessian_trace_at(self, X, y, w, b, weight_decay=0.0):
+        return bce_hessian_trace(X, logits(X, w, b), weight_decay)
 
     def reference_loss_at(self, X, y, w, b):
         """nn.Linear is F.linear, and BCEWithLogitsLoss is F.binary_cross_entropy_with_logits,

@@ -13,6 +13,18 @@ Derivation of the gradient, one line at a time:
     ∂J/∂W     = (1/m) Σᵢ xᵢ (P − Y)ᵢ = Xᵀ(P − Y) / m  (∂Z_ic/∂W_jc = X_ij)
     ∂J/∂b     = (1/m) Σᵢ (P − Y)ᵢ     = mean(P − Y)   (∂Z_ic/∂b_c = 1)
 
+The Hessian. Per sample, in the logits: ∂²Jᵢ/∂zᵢ∂zᵢᵀ = ∂pᵢ/∂zᵢ = diag(pᵢ) − pᵢpᵢᵀ = Aᵢ
+(∂p_c/∂z_d = p_c([c = d] − p_d)). With x̃ = (x, 1) and θ = (W, b) (W row by row, then b),
+Z = X̃ [W; b], so
+
+    ∇²J = (1/m) Σᵢ (x̃ᵢ x̃ᵢᵀ) ⊗ Aᵢ                  ((n + 1)C × (n + 1)C)
+    H V = (Xᵀ G / m, mean(G)),  G = P ⊙ U − P ⊙ (P ⊙ U) 1 1ᵀ,  U = X V_W + V_b
+          (Aᵢ uᵢ = pᵢ ⊙ uᵢ − pᵢ (pᵢᵀ uᵢ), row by row: H never formed)
+    tr ∇²J = (1/m) Σᵢ ‖x̃ᵢ‖² Σ_c p_ic (1 − p_ic)
+
+Weight decay λ adds λ V_W (and n C λ to the trace). Each Aᵢ is positive semi-definite
+(uᵀAu = Σ p u² − (Σ p u)² is a variance), so ∇²J is too, and Aᵢ ⪯ ½ I.
+
 With C = 2 and one column fixed at 0 this is the binary model: softmax([z, 0]) = (σ(z), 1 − σ(z)).
 The update rules are the binary model's (``optimizers``).
 
@@ -75,6 +87,33 @@ def softmax_gradients(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict
     return {"dw": transposed_product(X, residual) / X.shape[0], "db": residual.mean(0)}
 
 
+def softmax_hvp(X, Z, V_W, V_b, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """H V = (Xᵀ G / m + λ V_W, mean(G)), G = P ⊙ U − P (pᵀu per row), U = X V_W + V_b."""
+    P = torch.softmax(Z, dim=1)
+    PU = P * logits(X, V_W, V_b)
+    G = PU - P * PU.sum(1, keepdim=True)
+    return transposed_product(X, G) / X.shape[0] + weight_decay * V_W, G.mean(0)
+
+
+def softmax_hessian(X, Z, weight_decay: float = 0.0) -> torch.Tensor:
+    """∇²J = (1/m) Σᵢ (x̃ᵢ x̃ᵢᵀ) ⊗ (diag pᵢ − pᵢpᵢᵀ) + λ on W, θ = (W row by row, b)."""
+    P = torch.softmax(Z, dim=1)
+    A = torch.diag_embed(P) - P.unsqueeze(2) * P.unsqueeze(1)
+    X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)
+    size = X1.shape[1] * P.shape[1]
+    H = torch.einsum("ij,ik,icd->jckd", X1, X1, A).reshape(size, size) / X.shape[0]
+    decay = torch.zeros(size).to(H)
+    decay[: X.shape[1] * P.shape[1]] = weight_decay
+    return H + torch.diag(decay)
+
+
+def softmax_hessian_trace(X, Z, weight_decay: float = 0.0) -> torch.Tensor:
+    """tr ∇²J = (1/m) Σᵢ (‖xᵢ‖² + 1) Σ_c p_ic (1 − p_ic) + n C λ (one per model)."""
+    P = torch.softmax(Z, dim=1)
+    rows = (X.square().sum(1) + 1).view(-1, *(1,) * (Z.ndim - 2))
+    return (rows * (P * (1 - P)).sum(1)).mean(0) + X.shape[1] * Z.shape[1] * weight_decay
+
+
 def accuracy(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The fraction whose largest logit is their own class."""
     return (Z.argmax(1) == label_index(y, Z).squeeze(1)).to(Z.dtype).mean(0)
@@ -133,6 +172,15 @@ class Softmax(Kind):
 
     def summands_at(self, X, y, Z):
         return summand_sizes(X, torch.softmax(Z, 1), y)
+
+    def hvp_at(self, X, y, W, b, V_W, V_b, weight_decay=0.0):
+        return softmax_hvp(X, logits(X, W, b), V_W, V_b, weight_decay)
+
+    def hessian_at(self, X, y, W, b, weight_decay=0.0):
+        return softmax_hessian(X, logits(X, W, b), weight_decay)
+
+    def hessian_trace_at(self, X, y, W, b, weight_decay=0.0):
+        return softmax_hessian_trace(X, logits(X, W, b), weight_decay)
 
     def reference_loss_at(self, X, y, W, b):
         """nn.Linear is F.linear (its weight is Wᵀ), CrossEntropyLoss is F.cross_entropy; for
