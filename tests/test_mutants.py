@@ -71,6 +71,21 @@ MUTANTS = {
         "F.softplus(-z.abs())",
         "torch.log(1 + torch.exp(-z.abs()))",
     ),
+    "the Hessian-vector product without its 1/m": (
+        "manual_models/logistic.py",
+        "return X.T @ su / X.shape[0] + weight_decay * v_w, su.mean(0)",
+        "return X.T @ su + weight_decay * v_w, su.mean(0)",
+    ),
+    "the Hessian-vector product with the bias row dropped": (
+        "manual_models/logistic.py",
+        "su = curvatures(z) * (X @ v_w + v_b)",
+        "su = curvatures(z) * (X @ v_w)",
+    ),
+    "the curvature ŷ² for ŷ(1 − ŷ)": (
+        "manual_models/logistic.py",
+        "return torch.sigmoid(z) * torch.sigmoid(-z)",
+        "return torch.sigmoid(z) ** 2",
+    ),
     "a gradient 1 + 1e-9 too large": (
         "manual_models/logistic.py",
         'return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}',
