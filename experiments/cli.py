@@ -337,9 +337,8 @@ def say_outcome(outcome: SweepOutcome, uri: str, name: str, nested: bool) -> int
         f"({outcome.train_seconds:.1f} s training) → experiment {name!r} "
         f"(id {outcome.experiment_id}) in {uri}"
     )
-    for row in failures.itertuples():
-        point = f"{row.impl} · {row.dataset} · lr={row.lr:g} · s{row.seed}"
-        click.echo(f"  FAILED {point}: {row.failure_reason}")
+    for row in failures.itertuples():  # by name: a run that failed early has no params
+        click.echo(f"  FAILED {row.run_name}: {row.failure_reason}")
     page = f"#/experiments/{outcome.experiment_id}/runs"
     if uri.startswith("http"):
         click.echo(f"view: {uri.rstrip('/')}/{page}")

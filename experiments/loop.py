@@ -36,6 +36,7 @@ import torch
 
 from experiments.batches import Batches
 from manual_models import GradientDescentModel
+from manual_models.curvature import sharpness
 from manual_models.validation import check_count
 
 T = TypeVar("T")
@@ -43,7 +44,8 @@ WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels wa
 
 # Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
 # per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
-# ``train/batch_loss`` and ``grad/batch_dev_sq`` are a mini-batch run's only.
+# ``train/batch_loss`` and ``grad/batch_dev_sq`` are a mini-batch run's only; ``curv/*`` a run's
+# that measures its sharpness.
 METRICS = (
     "train/loss",
     "train/batch_loss",
@@ -59,6 +61,8 @@ METRICS = (
     "param/b_norm",
     "check/grad_rel_err",
     "check/grad_err_vs_terms",
+    "curv/sharpness",
+    "curv/lr_x_sharpness",
 )
 
 
@@ -217,6 +221,8 @@ class Loop:
         stops: Iterable[int] = (),
         batches: Batches | None = None,
         eval_every: int | None = None,
+        sharpness_every: int | None = None,
+        sharpness_iterations: int = 5,
     ) -> None:
         check_count("steps", steps)
         check_count("check_every", check_every)
@@ -242,12 +248,17 @@ class Loop:
         # Mini-batches measure the whole sets once an epoch unless told; full batches every row.
         every = eval_every or (batches.per_epoch if batches is not None else 1)
         self.eval_every = check_count("eval_every", every)
+        self.sharpness_every, self.iterations = sharpness_every, sharpness_iterations
+        if sharpness_every is not None:
+            check_count("sharpness_every", sharpness_every)
+            self.direction = start_direction(model)  # warm-started from row to row
         bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
         self.names = [
             name
             for name in METRICS
             if (X_val is not None or not name.startswith("val/"))
             and (batches is not None or name not in ("train/batch_loss", "grad/batch_dev_sq"))
+            and (sharpness_every is not None or not name.startswith("curv/"))
             and (reference is not None or not name.startswith("check/"))
             and (not name.endswith(("/b", "/b_norm")) or name.endswith(f"/{bias}"))
         ]
@@ -276,6 +287,11 @@ class Loop:
             t % self.check_every == 0 or t == self.steps or t in self.stops
         )
 
+    def curved(self, t: int) -> bool:
+        """Whether row t measures the sharpness (every ``sharpness_every``-th, and the last)."""
+        every = self.sharpness_every
+        return every is not None and (t % every == 0 or t == self.steps or t in self.stops)
+
     def measured(self, t: int) -> bool:
         """Whether row t measures the whole training and validation sets (every row in
         full-batch descent, where the step's own loss is the whole set's)."""
@@ -286,7 +302,11 @@ class Loop:
         the final row (``steps``), where no step is taken."""
         for t in range(self.t, last + 1):
             step = t < self.steps
-            kind = {"checked": self.checked(t), "measured": self.measured(t)}
+            kind = {
+                "checked": self.checked(t),
+                "measured": self.measured(t),
+                "curved": self.curved(t),
+            }
             batch = self.batches.at(t) if self.batches is not None and step else None
             if batch is not None and self.graphs:  # where a captured graph reads it
                 batch = self.buffers[len(batch)].copy_(batch)
@@ -311,6 +331,9 @@ class Loop:
                 model.keep(columns)
         self.runs = (len(columns),)
         self.nan = self.nan[: len(columns)]
+        if self.sharpness_every is not None:
+            index = torch.tensor(columns, device=self.model.device)
+            self.direction = tuple(v.index_select(-1, index) for v in self.direction)
         self.captured.clear()  # new shapes: warm up and capture again
         self.warm = 0
 
@@ -349,14 +372,17 @@ class Loop:
         graph.replay()
         return out
 
-    def row(self, batch: torch.Tensor | None, *, step: bool, checked: bool, measured: bool):
+    def row(self, batch: torch.Tensor | None, *, step: bool, curved: bool = False, **kind: bool):
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}: on the whole set, or
         on the rows of X whose indices ``batch`` holds."""
         if self.batches is None:
-            return self.full_row(step=step, checked=checked)
-        return self.batch_row(batch, step=step, checked=checked, measured=measured)
+            values, (w, b), grads, loss = self.full_row(step=step, checked=kind["checked"])
+        else:
+            values, (w, b), grads, loss = self.batch_row(batch, step=step, **kind)
+        values.update(self.curvature(w, b) if curved else self.no_curvature())
+        return self.pack(values, w, b, grads, loss)
 
-    def batch_row(self, batch, *, step: bool, checked: bool, measured: bool) -> torch.Tensor:
+    def batch_row(self, batch, *, step: bool, checked: bool, measured: bool):
         """A row of mini-batch descent: the step, its loss, gradient and check on the batch;
         on a ``measured`` row the whole sets too, and the batch gradient's distance from the
         whole set's."""
@@ -376,7 +402,7 @@ class Loop:
         values["grad/batch_dev_sq"] = deviation
         if self.reference is not None:
             values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
-        return self.pack(values, w, b, grads, values["train/batch_loss"])
+        return values, (w, b), grads, values["train/batch_loss"]
 
     def on_sets(self, whole) -> dict[str, torch.Tensor]:
         """The loss and accuracy on the whole training set (from ``whole``, its evaluation at
@@ -402,7 +428,7 @@ class Loop:
         diff = self.flat(grads["dw"], grads["db"]) - self.flat(other["dw"], other["db"])
         return diff.square().sum(0)
 
-    def full_row(self, *, step: bool, checked: bool) -> torch.Tensor:
+    def full_row(self, *, step: bool, checked: bool):
         """A row of full-batch descent: the step's own loss is the whole set's."""
         model, X, y = self.model, self.X, self.y
         w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
@@ -417,7 +443,27 @@ class Loop:
         values.update(self.describe("grad", grads["dw"], grads["db"]))
         if self.reference is not None:
             values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
-        return self.pack(values, w, b, grads, values["train/loss"])
+        return values, (w, b), grads, values["train/loss"]
+
+    def curvature(self, w, b) -> dict[str, torch.Tensor]:
+        """The sharpness λ_max(∇²J) at θ_t on the whole training set (with the rule's weight
+        decay), by power iteration from the last measured row's vector, and lr·λ_max (which
+        gradient descent on a quadratic needs below 2)."""
+        model = self.model
+        decay = model.rule.weight_decay
+
+        def hvp(v):
+            return model.kind.hvp_at(self.X, self.y, w, b, *v, weight_decay=decay)
+
+        top, v = sharpness(hvp, self.direction, self.iterations, columns=self.runs != ())
+        for kept, new in zip(self.direction, v, strict=True):
+            kept.copy_(new)  # in place: a captured graph reads it where it was
+        return {"curv/sharpness": top, "curv/lr_x_sharpness": model.lr * top}
+
+    def no_curvature(self) -> dict[str, torch.Tensor]:
+        if self.sharpness_every is None:
+            return {}
+        return {"curv/sharpness": self.nan, "curv/lr_x_sharpness": self.nan}
 
     def pack(self, values, w, b, grads, loss) -> torch.Tensor:
         """The row as one vector: the metrics, whether the loss and θ_t are finite, then w,
@@ -460,6 +506,16 @@ class Loop:
         """Tensors as one column per run: (values, *runs)."""
         parts = [t.reshape(-1, *self.runs) for t in tensors]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def start_direction(model: GradientDescentModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random start for the power iteration, in the parameters' shapes (the same
+    for every run and device: drawn on the CPU)."""
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t)
+        for t in (model.w, model.b)
+    )
 
 
 @contextlib.contextmanager

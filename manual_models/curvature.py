@@ -8,7 +8,9 @@ little from one step to the next, so the previous step's vector is a start alrea
 answer: a few iterations a step keep it there (PyHessian and the edge-of-stability code start
 from a fresh random vector each time, and so need tens).
 
-A fixed number of iterations and no convergence test on the host: on a GPU nothing waits.
+A fixed number of iterations and no convergence test on the host: on a GPU nothing waits. With
+``columns``, every tensor has a trailing axis of K models side by side, and each column is
+iterated on its own (norms and quotients per column).
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ from collections.abc import Callable
 
 import torch
 
-Direction = tuple[torch.Tensor, torch.Tensor]  # (v_w, v_b): a vector in the parameters' shapes
+Direction = tuple[torch.Tensor, ...]  # (v_w, v_b): a vector in the parameters' shapes
 
 
-def norm(v: Direction) -> torch.Tensor:
-    return torch.sqrt(sum(part.square().sum() for part in v))
+def inner(a: Direction, b: Direction, columns: bool = False) -> torch.Tensor:
+    """⟨a, b⟩ over every parameter: one number, or one per trailing column."""
+    if not columns:
+        return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+    return sum((x * y).reshape(-1, x.shape[-1]).sum(0) for x, y in zip(a, b, strict=True))
 
 
 def sharpness(
-    hvp: Callable[[Direction], Direction], start: Direction, iterations: int
+    hvp: Callable[[Direction], Direction], start: Direction, iterations: int, columns: bool = False
 ) -> tuple[torch.Tensor, Direction]:
     """(λ, v): the Rayleigh quotient vᵀHv (‖v‖ = 1) after ``iterations`` power steps from
     ``start``, and v, the start for the next call. ``hvp``: v ↦ Hv (``Kind.hvp_at`` at θ)."""
-    scale = norm(start)
-    v = tuple(part / scale for part in start)
-    for _ in range(iterations):
+    v = start
+    for _ in range(iterations + 1):
+        scale = torch.sqrt(inner(v, v, columns))
+        v = tuple(part / scale for part in v)
         hv = hvp(v)
-        scale = norm(hv)
-        v = tuple(part / scale for part in hv)
-    hv = hvp(v)
-    return sum((a * b).sum() for a, b in zip(v, hv, strict=True)), v
+        top, v = inner(v, hv, columns), hv
+    return top, tuple(part / torch.sqrt(inner(hv, hv, columns)) for part in hv)

@@ -279,7 +279,7 @@ def test_a_run_that_raises_fails_alone(tmp_path, capsys):
     assert run(args) == 1
     out = capsys.readouterr().out
     assert "3 finished, 0 diverged, 3 failed with an error" in out
-    assert "noise" in out and "FAILED" in out
+    assert "noise" in out and "  FAILED manual · moons" in out  # by name
 
 
 def test_reruns_are_bit_identical(tmp_path):

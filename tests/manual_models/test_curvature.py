@@ -193,3 +193,37 @@ def test_sharpness_is_the_top_eigenvalue_and_a_warm_start_keeps_it(n_classes):
         w, b = w * 0.99 + 0.01, b * 0.99
         top, vector = sharpness(hvp(w, b), vector, 10)
         assert float(top) == pytest.approx(exact(w, b), rel=5e-6), t
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_loop_logs_the_sharpness_at_its_cadence_and_each_rate_on_its_own(n_classes):
+    """``Loop(sharpness_every=…)``: curv/sharpness at every 5th row and the last (NaN
+    between), the top eigenvalue of the Hessian at that row's kept θ, warm-started from the
+    row before; curv/lr_x_sharpness is lr times it; three rates side by side are each their
+    own run's."""
+    from experiments.loop import Loop
+    from experiments.lr_batch import build
+
+    X, y, *_ = problem(2, 120, 4, n_classes)
+    new = {"n_classes": n_classes, "dtype": F64}
+    rates = [0.05, 0.5, 2.0]
+    together = Loop(build("manual", 4, rates, **new), X, y, 30, sharpness_every=5,
+                    sharpness_iterations=60)  # fmt: skip
+    together.run_to(30)
+    history = together.history()
+    top = history.metrics["curv/sharpness"]
+    assert (~top[:, 0].isnan()).nonzero().flatten().tolist() == [0, 5, 10, 15, 20, 25, 30]
+    kind = kind_for(4, n_classes)
+    for k, lr in enumerate(rates):
+        for t in (5, 30):
+            w, b = history.w[t][..., k], history.b[t][..., k]
+            exact = float(torch.linalg.eigvalsh(kind.hessian_at(X, y, w, b)).max())
+            assert float(top[t, k]) == pytest.approx(exact, rel=1e-8), (lr, t)
+            ratio = float(history.metrics["curv/lr_x_sharpness"][t, k])
+            assert ratio == pytest.approx(lr * float(top[t, k]), rel=1e-14)
+        alone = Loop(build("manual", 4, [lr], **new), X, y, 30, sharpness_every=5,
+                     sharpness_iterations=60)  # fmt: skip
+        alone.run_to(30)
+        mine = alone.history().metrics["curv/sharpness"]
+        # their random starts differ (one draw per shape): equal to the estimate's own error
+        torch.testing.assert_close(top[:, k], mine, rtol=1e-8, atol=0, equal_nan=True)
