@@ -45,9 +45,9 @@ MUTANTS = {
     "a mini-batch step's gradient checked on the whole set": (
         "experiments/loop.py",
         "values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())\n"
-        '        return self.pack(values, w, b, grads, values["train/batch_loss"])',
+        '        return values, (w, b), grads, values["train/batch_loss"]',
         "values.update(self.check(w, b, grads, self.X, self.y) if checked else self.unchecked())\n"
-        '        return self.pack(values, w, b, grads, values["train/batch_loss"])',
+        '        return values, (w, b), grads, values["train/batch_loss"]',
     ),
     "the whole training loss scored on its first 64 rows": (
         "experiments/loop.py",
