@@ -56,6 +56,7 @@ class ConfigError(ValueError):
 # How many points a chart gets is how a run is recorded, not what it is: the key hashes it at
 # its first default, 2, whatever it is, so sweeps recorded before resume.
 RECORDING_ONLY = {"max_metric_points": 2}
+SHARPNESS_ITERATIONS = 10  # power steps a measurement, from the last one's vector (proof.md)
 COMPILERS = ("g++", "c++", "clang++")  # what torch.compile's inductor builds its kernels with
 # Keys added since the first release, at their defaults: left out of the keys (see _key).
 ADDED = {
@@ -64,6 +65,8 @@ ADDED = {
     "drop_last": False,
     "eval_every": None,
     "epochs": None,
+    "sharpness_every": None,
+    "sharpness_iterations": SHARPNESS_ITERATIONS,
 }
 
 
@@ -107,6 +110,19 @@ class _Common(BaseModel):
         ge=1,
         description="steps between grad_rel_err checks; default: every step when the training "
         "set has at most 1e6 values, else 100 checks per run",
+    )
+    sharpness_every: Count | None = Field(
+        None,
+        ge=1,
+        description="steps between measurements of the sharpness λ_max(∇²J) on the whole "
+        "training set (curv/sharpness, curv/lr_x_sharpness), by power iteration on the "
+        "hand-written Hessian-vector product, the first and last step always; default: never",
+    )
+    sharpness_iterations: Count = Field(
+        SHARPNESS_ITERATIONS,
+        ge=1,
+        description="power-iteration steps a sharpness measurement takes, from the last "
+        "measurement's vector",
     )
     max_metric_points: Count = Field(
         200,

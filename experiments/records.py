@@ -225,6 +225,8 @@ CURVES = (
     "param/w_norm",
     "check/log10_grad_rel_err",
     "check/log10_grad_err_vs_terms",
+    "curv/sharpness",
+    "curv/lr_x_sharpness",
 )
 LOG10_FLOOR = 1e-18  # an exact 0 (bit-identical gradients) is drawn at −18
 

@@ -111,5 +111,7 @@ def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
         reference=reference, check_every=config.check_every_for(data.X.numel()),
         max_trajectory_values=config.max_trajectory_values, cuda_graphs=config.cuda_graphs,
         stops=stops, batches=drawn, eval_every=config.eval_every,
+        sharpness_every=config.sharpness_every,
+        sharpness_iterations=config.sharpness_iterations,
     )  # fmt: skip
     return data, loop

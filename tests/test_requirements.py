@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+# Five pytest sessions, each paying for its imports: 16 s of the fast suite's four minutes.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TEST = "tests/manual_models/test_models.py::test_interface_and_shapes"
 CLUSTER_TEST = (
