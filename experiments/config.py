@@ -43,6 +43,7 @@ from experiments.choices import (
     PositiveFloat,
     Real,
 )
+from manual_models.curvature import ITERATIONS
 from manual_models.validation import available_devices
 
 CONFIGS = Path(__file__).parent / "configs"  # the shipped sweep configs
@@ -56,7 +57,6 @@ class ConfigError(ValueError):
 # How many points a chart gets is how a run is recorded, not what it is: the key hashes it at
 # its first default, 2, whatever it is, so sweeps recorded before resume.
 RECORDING_ONLY = {"max_metric_points": 2}
-SHARPNESS_ITERATIONS = 10  # power steps a measurement, from the last one's vector (proof.md)
 COMPILERS = ("g++", "c++", "clang++")  # what torch.compile's inductor builds its kernels with
 # Keys added since the first release, at their defaults: left out of the keys (see _key).
 ADDED = {
@@ -66,7 +66,7 @@ ADDED = {
     "eval_every": None,
     "epochs": None,
     "sharpness_every": None,
-    "sharpness_iterations": SHARPNESS_ITERATIONS,
+    "sharpness_iterations": ITERATIONS,
 }
 
 
@@ -119,7 +119,7 @@ class _Common(BaseModel):
         "hand-written Hessian-vector product, the first and last step always; default: never",
     )
     sharpness_iterations: Count = Field(
-        SHARPNESS_ITERATIONS,
+        ITERATIONS,
         ge=1,
         description="power-iteration steps a sharpness measurement takes, from the last "
         "measurement's vector",

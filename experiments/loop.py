@@ -36,15 +36,11 @@ import torch
 
 from experiments.batches import Batches
 from manual_models import GradientDescentModel
-from manual_models.curvature import sharpness
+from manual_models.curvature import FIRST_ITERATIONS, ITERATIONS, sharpness
 from manual_models.validation import check_count
 
 T = TypeVar("T")
 WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
-# Power steps of a run's first sharpness measurement, from a random vector: 50 bring it to
-# 1e-11 of eigvalsh on every dataset here (digits is the slowest, λ₂/λ₁ = 0.78); the later
-# ones start from the last one's vector and need few.
-FIRST_ITERATIONS = 50
 
 # Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
 # per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
@@ -226,7 +222,7 @@ class Loop:
         batches: Batches | None = None,
         eval_every: int | None = None,
         sharpness_every: int | None = None,
-        sharpness_iterations: int = 5,
+        sharpness_iterations: int = ITERATIONS,
     ) -> None:
         check_count("steps", steps)
         check_count("check_every", check_every)
