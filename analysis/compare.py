@@ -151,6 +151,12 @@ def _data_facts(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @cache
+def _separable(dataset, seed: int, val_fraction: float, n_classes: int) -> bool:
+    split = load_split(dataset, seed, val_fraction)
+    return separable(split.X_train, split.y_train, n_classes)
+
+
+@cache
 def _split_facts(
     dataset, seed: int, val_fraction: float, n_classes: int = 2, weight_decay: float = 0.0
 ) -> dict[str, float | bool]:
@@ -161,22 +167,14 @@ def _split_facts(
     X, y = split.X_train, split.y_train
     facts = {
         "L": smoothness(X, n_classes, weight_decay),
-        "separable": separable(X, y, n_classes),
+        "separable": _separable(dataset, seed, val_fraction, n_classes),
         "optimum_train_loss": np.nan,  # the objective at its minimiser, penalty included
         "optimum_grad_norm": np.nan,
     }
-    if weight_decay > 0 or not facts["separable"]:
-        # scikit-learn minimises C Σᵢ lossᵢ + ½‖W‖² (the intercept unpenalised), which is
-        # m·C times ours when C = 1 / (λ m); multinomial for more than two classes.
-        C = 1 / (weight_decay * len(X)) if weight_decay > 0 else np.inf
-        fit = SkLogistic(C=C, solver="lbfgs", tol=1e-12, max_iter=100_000).fit(X, y)
-        Xt = torch.tensor(X)
-        if n_classes == 2:
-            yt = torch.tensor(y, dtype=torch.float64)
-            W, b = torch.tensor(fit.coef_[0]), torch.tensor(fit.intercept_[0])
-        else:
-            yt = torch.tensor(y)
-            W, b = torch.tensor(fit.coef_.T), torch.tensor(fit.intercept_)
+    theta = optimum(dataset, seed, val_fraction, n_classes, weight_decay)
+    if theta is not None:
+        W, b = theta
+        Xt, yt = torch.tensor(X), torch.tensor(y, dtype=torch.float64 if n_classes == 2 else None)
         model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)
         model.set_parameters(W, b)
         grads = model.gradients(Xt, yt)
@@ -187,6 +185,46 @@ def _split_facts(
             torch.linalg.vector_norm(torch.cat([dW.flatten(), grads["db"].reshape(-1)]))
         )
     return facts
+
+
+@cache
+def optimum(
+    dataset, seed: int, val_fraction: float, n_classes: int = 2, weight_decay: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """θ* = (W, b), the minimiser of the mean loss + (λ/2)‖W‖² on the run's training split
+    (float64), or None where there is none: a separable training set without weight decay.
+    scikit-learn's lbfgs finds it, :func:`polished` makes it exact to rounding."""
+    if weight_decay == 0 and _separable(dataset, seed, val_fraction, n_classes):
+        return None
+    split = load_split(dataset, seed, val_fraction)
+    X, y = split.X_train, split.y_train
+    # scikit-learn minimises C Σᵢ lossᵢ + ½‖W‖² (the intercept unpenalised), which is m·C
+    # times ours when C = 1 / (λ m); multinomial for more than two classes.
+    C = 1 / (weight_decay * len(X)) if weight_decay > 0 else np.inf
+    fit = SkLogistic(C=C, solver="lbfgs", tol=1e-12, max_iter=100_000).fit(X, y)
+    if n_classes == 2:
+        W, b = torch.tensor(fit.coef_[0]), torch.tensor(fit.intercept_[0])
+    else:
+        W, b = torch.tensor(fit.coef_.T), torch.tensor(fit.intercept_)
+    y = torch.tensor(y, dtype=torch.float64 if n_classes == 2 else None)
+    return polished(torch.tensor(X), y, n_classes, weight_decay, W, b)
+
+
+def polished(X, y, n_classes: int, weight_decay: float, W, b, steps: int = 3):
+    """Newton's method from lbfgs's answer, with the gradient and the Hessian by hand: lbfgs
+    stops where the gradient is ~1e-8 (θ* off by ~1e-9, a floor under every distance to it);
+    Newton's steps square the error. H may be singular (a constant feature; softmax's shift
+    of every class's logit), and the gradient has no part in its null space: the step is
+    H⁺g, in H's range."""
+    model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)
+    for _ in range(steps):
+        model.set_parameters(W, b)
+        grads = model.gradients(X, y)
+        g = torch.cat([(grads["dw"] + weight_decay * W).flatten(), grads["db"].flatten()])
+        H = model.kind.hessian_at(X, y, W, b, weight_decay=weight_decay)
+        step = torch.linalg.pinv(H, hermitian=True, rtol=1e-12) @ g
+        W, b = W - step[: W.numel()].reshape(W.shape), b - step[W.numel() :].reshape(b.shape)
+    return W, b
 
 
 def reference(sweep: Sweep) -> pd.DataFrame:

@@ -259,3 +259,52 @@ def batch_noise(points: pd.DataFrame) -> Figure:
     fig.suptitle("Gradient noise: one batch each logged step, against the closed form")
     fig.tight_layout()
     return fig
+
+
+def sharpness(sweep: Sweep) -> Figure:
+    """Per dataset, for each lr (manual, first seed, plain full-batch descent): lr·λ_max(∇²J)
+    over the steps, the lines at 1 and 2 (a quadratic's monotone and stable limits)."""
+    runs = sweep.runs[(sweep.runs.status == "FINISHED") & (sweep.runs.impl == "manual")]
+    runs = _smallest_batch(runs[runs.optimizer == "sgd"])
+    runs = runs[runs.seed == runs.seed.min()] if len(runs) else runs
+    datasets = list(dict.fromkeys(runs.dataset))
+    fig, axes = _grid(max(len(datasets), 1))
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, dataset in zip(axes, datasets, strict=False):
+        part = runs[runs.dataset == dataset].sort_values("lr")
+        for i, (lr, run_id) in enumerate(zip(part.lr, part.run_id, strict=True)):
+            h = sweep.history(run_id)
+            if "curv/lr_x_sharpness" not in h:
+                continue
+            h = h.dropna(subset=["curv/lr_x_sharpness"])
+            color = cmap(i / max(len(part) - 1, 1))
+            ax.plot(h.step, h["curv/lr_x_sharpness"], color=color, lw=1.4, label=f"lr={lr:g}")
+        for level, style in ((1, ":"), (2, "--")):
+            ax.axhline(level, color="crimson", ls=style, lw=1)
+        ax.set(title=dataset, xlabel="step", ylabel="lr · λ_max", yscale="log")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Sharpness times the learning rate: gradient descent on a quadratic needs < 2")
+    fig.tight_layout()
+    return fig
+
+
+def late_rates(held: pd.DataFrame) -> Figure:
+    """For each converging run, the measured late linear rate of ‖θ_t − θ*‖ against the one
+    H* predicts, max_i |1 − ηλ_i|, as 1 − rate on log axes (the diagonal: equal)."""
+    fig = Figure(figsize=(5.2, 4.2))
+    ax = fig.subplots()
+    shown = held.dropna(subset=["late_rate"])
+    shown = shown[(shown.late_rate < 1) & (shown.predicted_rate < 1)]
+    cmap = matplotlib.colormaps["tab10"]
+    for i, (dataset, part) in enumerate(shown.groupby("dataset")):
+        ax.scatter(1 - part.predicted_rate, 1 - part.late_rate, s=18, color=cmap(i % 10),
+                   label=dataset)  # fmt: skip
+    if len(shown):
+        low = min((1 - shown.predicted_rate).min(), (1 - shown.late_rate).min())
+        ax.plot([low, 1], [low, 1], "--", color="gray", lw=1)
+        ax.legend(fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="1 − predicted rate (from H*)",
+           ylabel="1 − measured late rate")  # fmt: skip
+    ax.set_title("Late linear rate of ‖θ_t − θ*‖ against the Hessian's", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from analysis import ablation, compare, figures, minibatch
+from analysis import ablation, compare, figures, minibatch, stability
 from analysis.runs import Sweep, load_sweep
 from experiments import findings
 
@@ -90,6 +90,15 @@ def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
         more_tables, more_figures = _minibatch(sweep, pairs)
         tables.update(more_tables)
         figs.update(more_figures)
+    held = stability.table(sweep)
+    if len(held):  # plain gradient descent on an objective with a minimiser
+        tables["stability.csv"] = held
+        tables["stability_counts.csv"] = stability.counts(held)
+        figs["late_rates.png"] = figures.late_rates(held)
+    along = stability.sharpness_along(sweep)
+    if len(along):  # the sweep measured its runs' sharpness
+        tables["sharpness.csv"] = along
+        figs["sharpness.png"] = figures.sharpness(sweep)
     if (~sweep.runs.zero_grad).any():  # the zero_grad ablation is in this sweep
         tables["accumulation.csv"] = ablation.accumulation(sweep)
         figs["zero_grad.png"] = figures.zero_grad(sweep, tables["accumulation.csv"])
@@ -182,6 +191,9 @@ def to_html(report: Report) -> str:
         unfinished=_table(unfinished, ["run_name", "status", "failure", "failure_reason"])
         if len(unfinished)
         else "",
+        stability_notes=stability.notes(tables["stability.csv"])
+        if "stability.csv" in tables
+        else [],
         ablated=0 if accumulation is None else len(accumulation),
         closed_form=0 if accumulation is None else int(accumulation["agrees"].sum()),
         figures={name: _png(fig) for name, fig in report.figures.items()},
@@ -195,6 +207,7 @@ def to_html(report: Report) -> str:
                 name: _table(tables[f"{name}.csv"]) if f"{name}.csv" in tables else ""
                 for name in ("batch_agreement", "scaling", "scaling_breaks", "noise")
             },
+            **_stability_tables(tables),
             "accumulation": ""
             if accumulation is None
             else _table(
@@ -202,6 +215,46 @@ def to_html(report: Report) -> str:
             ),
         },
     )
+
+
+def _stability_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Markup | str]:
+    """The stability section's tables, per dataset × lr over seeds and implementations (the
+    CSVs have every run)."""
+    out = {"stability": "", "stability_counts": "", "sharpness": ""}
+    if "stability.csv" in tables:
+        held = tables["stability.csv"]
+        out["stability_counts"] = _table(tables["stability_counts.csv"])
+        out["stability"] = _table(
+            held.groupby(["dataset", "weight_decay", "lr"], as_index=False).agg(
+                lambda_star=("lambda_star", "first"),
+                lr_times_lambda_star=("lr_times_lambda_star", "first"),
+                zone=("zone", "first"),
+                classes=("class", _tally),
+                periods=("period", lambda p: _tally(p.dropna().astype(int))),
+                late_rate=("late_rate", "median"),
+                predicted_rate=("predicted_rate", "first"),
+                rate_ratio=("rate_ratio", "median"),
+            )
+        )
+    if "sharpness.csv" in tables:
+        along = tables["sharpness.csv"]
+        out["sharpness"] = _table(
+            along.groupby(["dataset", "lr"], as_index=False).agg(
+                first=("first_lr_x_sharpness", "median"),
+                largest=("max_lr_x_sharpness", "median"),
+                late_median=("late_median_lr_x_sharpness", "median"),
+                final=("final_lr_x_sharpness", "median"),
+                share_above_2=("share_above_2", "median"),
+                loss_rises=("loss_rises", "median"),
+                last_rise=("last_rise", "median"),
+            )
+        )
+    return out
+
+
+def _tally(values: pd.Series) -> str:
+    """'monotone ×6, cycle ×3': each value and how many times, most first."""
+    return ", ".join(f"{v} ×{n}" for v, n in values.value_counts().items())
 
 
 def _reference_by_lr(reference: pd.DataFrame) -> pd.DataFrame:

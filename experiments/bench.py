@@ -18,7 +18,10 @@ interleaved (A, B, A, B, ...) where they compete for the same disk or cache.
    loop's way), against a full-batch step on b rows of their own (the same arithmetic) and
    against the same batches from a ``torch.utils.data.DataLoader`` (collated on the host and
    copied over, the textbook way).
-5. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
+5. **Sharpness**: a whole run of K rates (``fit``, checked and validated, as a sweep runs it)
+   measuring λ_max(∇²J) at the default cadence against the same run without: what the default
+   costs, per model.
+6. **Memory against steps**: the peak resident memory of one 8-rate pass, trained and recorded
    in a fresh process, at more and more steps: it should stay flat once the trajectory is
    thinned (what is kept is bounded; the steps are not).
 """
@@ -54,6 +57,7 @@ from experiments.tracking import Tracker
 from experiments.training import train_pass
 from experiments.writer import Writer
 from manual_models import HandModel, Logistic, Optimizer, make_model
+from manual_models.curvature import ITERATIONS, SHARPNESS_EVERY
 from manual_models.logistic import BLOCKED_ABOVE
 
 SIZES = [(569, 30), (1797, 64), (100_000, 100), (1_000_000, 100)]
@@ -423,6 +427,34 @@ def sweep_share(config_file: str) -> dict:
     }
 
 
+def sharpness_cost(
+    device: torch.device, cases: list[tuple[Batched, tuple[int, int]]], k: int, run_steps: int
+) -> list[dict]:
+    """Per model: a checked run of ``k`` rates with the sharpness measured every
+    ``SHARPNESS_EVERY`` steps (``ITERATIONS`` block steps each) against the same run without,
+    timed in turns."""
+    whole_runs = Timer(device, 3, min_s=0)
+    rows = []
+    for case, (m, n) in cases:
+        X, y = problem(m, n, device, n_classes=case.n_classes)
+        X_val, y_val = problem(max(m // 4, 1), n, device, seed=1, n_classes=case.n_classes)
+        new = {"n_classes": case.n_classes, "optimizer": case.rule, "device": device}
+
+        def run(every: int | None, new=new, X=X, y=y, X_val=X_val, y_val=y_val, n=n):
+            def model(impl):
+                return LrBatch(make_model(impl, n, rates(1)[0], **new), rates(k))
+
+            return lambda: fit(model("manual"), X, y, run_steps, X_val=X_val, y_val=y_val,
+                               reference=model("autograd"), sharpness_every=every)  # fmt: skip
+
+        times = whole_runs.interleaved({"off": run(None), "on": run(SHARPNESS_EVERY)})
+        rows.append({"model": case.label, "m": m, "n": n, "K": k, "steps": run_steps,
+                     "every": SHARPNESS_EVERY, "iterations": ITERATIONS,
+                     "off_ms": 1e3 * times["off"], "on_ms": 1e3 * times["on"],
+                     "on_vs_off": times["on"] / times["off"]})  # fmt: skip
+    return rows
+
+
 def memory_by_steps(device: str, spec: dict, max_values: int) -> list[dict]:
     """Each step count in a fresh process (peak RSS is per process), one after the other, all
     recording into one scratch store whose schema is made first (a probe measures its pass and
@@ -508,6 +540,8 @@ def run_bench(device: str = "cpu", quick: bool = False, tracking_part: bool = Tr
     report["minibatch"] = minibatch_steps(
         dev, MINIBATCH_SIZES[:2] if quick else MINIBATCH_SIZES, timer
     )
+    cases = [(LOGISTIC_SGD, SOFTMAX_SIZES[0]), (SOFTMAX_ADAM, SOFTMAX_SIZES[0])]
+    report["sharpness"] = sharpness_cost(dev, cases, 8, run_steps)
     if tracking_part:
         report["tracking"] = tracking(10 if quick else 30)
         report["sweep"] = sweep_share("quick.yaml" if quick else "default.yaml")

@@ -23,6 +23,8 @@ def markdown(report: dict) -> str:
     lines += [*_step_table(report["step"]), "", *_batch_table(report["lr_batch"])]
     if "minibatch" in report:
         lines += ["", *_minibatch_table(report["minibatch"])]
+    if "sharpness" in report:
+        lines += ["", *_sharpness_table(report["sharpness"])]
     if "tracking" in report:
         lines += ["", *_tracking_table(report["tracking"]), "", *_sweep_line(report["sweep"])]
     if "memory" in report:
@@ -94,6 +96,31 @@ def _minibatch_table(rows: list[dict]) -> list[str]:
     return [f"A manual mini-batch step, batches of {data} (float32):", "", *table(header, lines)]
 
 
+def _sharpness_table(rows: list[dict]) -> list[str]:
+    header = ["model", "m × n", "K", "steps", "without", "measured", "measured / without"]
+    return [
+        *table(
+            header,
+            [
+                [
+                    r["model"],
+                    f"{r['m']:,} × {r['n']}",
+                    r["K"],
+                    r["steps"],
+                    f"{r['off_ms']:.4g} ms",
+                    f"{r['on_ms']:.4g} ms",
+                    f"{r['on_vs_off']:.2f}×",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        f"A checked run of K rates with the sharpness measured every {rows[0]['every']} steps "
+        f"({rows[0]['iterations']} block steps of two Hessian-vector products each, the first "
+        "from random vectors) against the same run without.",
+    ]
+
+
 def _tracking_table(t: dict) -> list[str]:
     header = [
         "MLflow floor", "this repo, in turn", "handed to the writer (pickled)",
@@ -145,6 +172,8 @@ def metrics(report: dict) -> dict[str, float]:
         what = row["what"].split()[0]
         where = f"{row['model']}/{row['impl']}/{what}/{row['m']}x{row['n']}/K{row['K']}"
         out[f"lr_batch/{where}"] = row["speedup_per_lr"]
+    for row in report.get("sharpness", []):
+        out[f"sharpness/on_vs_off/{row['model']}"] = row["on_vs_off"]
     for row in report.get("minibatch", []):
         out[f"minibatch/picked_vs_alone/b{row['batch']}"] = row["picked_vs_alone"]
         out[f"minibatch/loader_vs_picked/b{row['batch']}"] = row["loader_vs_picked"]

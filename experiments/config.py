@@ -43,7 +43,7 @@ from experiments.choices import (
     PositiveFloat,
     Real,
 )
-from manual_models.curvature import ITERATIONS
+from manual_models.curvature import ITERATIONS, SHARPNESS_EVERY
 from manual_models.validation import available_devices
 
 CONFIGS = Path(__file__).parent / "configs"  # the shipped sweep configs
@@ -65,9 +65,10 @@ ADDED = {
     "drop_last": False,
     "eval_every": None,
     "epochs": None,
-    "sharpness_every": None,
-    "sharpness_iterations": ITERATIONS,
 }
+# The sharpness is measured on a run and changes nothing in it: its keys are never hashed, so a
+# sweep resumes at any cadence (a run measured at another one counts as done, as above).
+MEASURED_ONLY = ("sharpness_every", "sharpness_iterations")
 
 
 def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -76,6 +77,8 @@ def _key(dumped: dict[str, Any], defaults: dict[str, Any]) -> str:
     for name, default in defaults.items():
         if dumped.get(name) == default:
             dumped.pop(name, None)
+    for name in MEASURED_ONLY:
+        dumped.pop(name, None)
     canonical = json.dumps({**dumped, **RECORDING_ONLY}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -112,17 +115,17 @@ class _Common(BaseModel):
         "set has at most 1e6 values, else 100 checks per run",
     )
     sharpness_every: Count | None = Field(
-        None,
+        SHARPNESS_EVERY,
         ge=1,
         description="steps between measurements of the sharpness λ_max(∇²J) on the whole "
-        "training set (curv/sharpness, curv/lr_x_sharpness), by power iteration on the "
-        "hand-written Hessian-vector product, the first and last step always; default: never",
+        "training set (curv/sharpness, curv/lr_x_sharpness), from the hand-written "
+        "Hessian-vector product, the first and last step always; null: never",
     )
     sharpness_iterations: Count = Field(
         ITERATIONS,
         ge=1,
-        description="power-iteration steps a sharpness measurement takes, from the last "
-        "measurement's vector",
+        description="block-iteration steps (two Hessian-vector products each) a sharpness "
+        "measurement takes from the last measurement's pair of vectors",
     )
     max_metric_points: Count = Field(
         200,

@@ -36,7 +36,7 @@ import torch
 
 from experiments.batches import Batches
 from manual_models import GradientDescentModel
-from manual_models.curvature import FIRST_ITERATIONS, ITERATIONS, sharpness
+from manual_models.curvature import FIRST_ITERATIONS, ITERATIONS, Pair, sharpness
 from manual_models.validation import check_count
 
 T = TypeVar("T")
@@ -251,8 +251,8 @@ class Loop:
         self.sharpness_every, self.iterations = sharpness_every, sharpness_iterations
         if sharpness_every is not None:
             check_count("sharpness_every", sharpness_every)
-            self.direction = start_direction(model)  # warm-started from row to row
-            self.started = False  # whether the direction is a measurement's yet
+            self.pair = start_pair(model, self.runs)  # warm-started from row to row
+            self.started = False  # whether the pair is a measurement's yet
         bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
         self.names = [
             name
@@ -289,9 +289,11 @@ class Loop:
         )
 
     def curved(self, t: int) -> bool:
-        """Whether row t measures the sharpness (every ``sharpness_every``-th, and the last)."""
+        """Whether row t measures the sharpness: every ``sharpness_every``-th, and the last. Not
+        at a rung: a measurement moves the pair the next one starts from, and a run that goes
+        on from a rung is the run its rate trains alone, to the bit."""
         every = self.sharpness_every
-        return every is not None and (t % every == 0 or t == self.steps or t in self.stops)
+        return every is not None and (t % every == 0 or t == self.steps)
 
     def measured(self, t: int) -> bool:
         """Whether row t measures the whole training and validation sets (every row in
@@ -334,7 +336,9 @@ class Loop:
         self.nan = self.nan[: len(columns)]
         if self.sharpness_every is not None:
             index = torch.tensor(columns, device=self.model.device)
-            self.direction = tuple(v.index_select(-1, index) for v in self.direction)
+            self.pair = tuple(
+                tuple(v.index_select(-1, index) for v in direction) for direction in self.pair
+            )
         self.captured.clear()  # new shapes: warm up and capture again
         self.warm = 0
 
@@ -448,18 +452,14 @@ class Loop:
 
     def curvature(self, w, b) -> dict[str, torch.Tensor]:
         """The sharpness λ_max(∇²J) at θ_t on the whole training set (with the rule's weight
-        decay), by power iteration from the last measured row's vector, and lr·λ_max (which
-        gradient descent on a quadratic needs below 2)."""
+        decay), by a block of two vectors iterated from the last measured row's pair, and
+        lr·λ_max (which gradient descent on a quadratic needs below 2)."""
         model = self.model
-        decay = model.rule.weight_decay
-
-        def hvp(v):
-            return model.kind.hvp_at(self.X, self.y, w, b, *v, weight_decay=decay)
-
+        hvp = model.kind.hessian_product(self.X, self.y, w, b, model.rule.weight_decay)
         iterations = self.iterations if self.started else max(self.iterations, FIRST_ITERATIONS)
         self.started = True
-        top, v = sharpness(hvp, self.direction, iterations, columns=self.runs != ())
-        for kept, new in zip(self.direction, v, strict=True):
+        top, pair = sharpness(hvp, self.pair, iterations, columns=self.runs != ())
+        for kept, new in zip(sum(self.pair, ()), sum(pair, ()), strict=True):
             kept.copy_(new)  # in place: a captured graph reads it where it was
         return {"curv/sharpness": top, "curv/lr_x_sharpness": model.lr * top}
 
@@ -511,14 +511,17 @@ class Loop:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def start_direction(model: GradientDescentModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random start for the power iteration, in the parameters' shapes (the same
-    for every run and device: drawn on the CPU)."""
+def start_pair(model: GradientDescentModel, runs: tuple[int, ...]) -> Pair:
+    """A seeded random start for the sharpness' two vectors, in the parameters' shapes: drawn
+    once for one model on the CPU and repeated in each of the ``runs`` columns, so a rate's
+    estimate is the same in any pass and on any device."""
     generator = torch.Generator().manual_seed(0)
-    return tuple(
-        torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t)
-        for t in (model.w, model.b)
-    )
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        one = torch.randn(t.shape[: t.ndim - len(runs)], generator=generator, dtype=torch.float64)
+        return one.reshape(one.shape + (1,) * len(runs)).expand(t.shape).to(t).clone()
+
+    return tuple(tuple(draw(t) for t in (model.w, model.b)) for _ in range(2))
 
 
 @contextlib.contextmanager

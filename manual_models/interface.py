@@ -167,10 +167,15 @@ class Kind(ABC):
         """(w, b) as views of ``nn.Linear(n_features, n_outputs)``'s weight and bias."""
 
     # --- curvature, by hand where a kind derives it (the built-in kinds do) -------------------
-    def hvp_at(self, X, y, w, b, v_w, v_b, weight_decay: float = 0.0):
-        """(H v)_w, (H v)_b: the Hessian of J + (λ/2)‖w‖² at (w, b) times the direction
-        (v_w, v_b), without forming H (a trailing axis of K models too)."""
+    def hessian_product(self, X, y, w, b, weight_decay: float = 0.0):
+        """v ↦ H v, H the Hessian of J + (λ/2)‖w‖² at (w, b), v = (v_w, v_b), without forming
+        H (a trailing axis of K models too): what depends on θ alone (the logits) computed
+        once, for the many products an eigenvalue estimate takes."""
         raise NotImplementedError(f"{type(self).__name__} has no Hessian-vector product by hand")
+
+    def hvp_at(self, X, y, w, b, v_w, v_b, weight_decay: float = 0.0):
+        """(H v)_w, (H v)_b: one product (:meth:`hessian_product`)."""
+        return self.hessian_product(X, y, w, b, weight_decay)((v_w, v_b))
 
     def hessian_at(self, X, y, w, b, weight_decay: float = 0.0) -> torch.Tensor:
         """∇²(J + (λ/2)‖w‖²) at one model's (w, b), over θ = (w flattened, b), for small

@@ -209,8 +209,9 @@ class Logistic(Kind):
     def summands_at(self, X, y, z):
         return summand_sizes(X, torch.sigmoid(z), y)
 
-    def hvp_at(self, X, y, w, b, v_w, v_b, weight_decay=0.0):
-        return bce_hvp(X, logits(X, w, b), v_w, v_b, weight_decay)
+    def hessian_product(self, X, y, w, b, weight_decay=0.0):
+        z = logits(X, w, b)
+        return lambda v: bce_hvp(X, z, *v, weight_decay)
 
     def hessian_at(self, X, y, w, b, weight_decay=0.0):
         return bce_hessian(X, logits(X, w, b), weight_decay)

@@ -173,8 +173,9 @@ class Softmax(Kind):
     def summands_at(self, X, y, Z):
         return summand_sizes(X, torch.softmax(Z, 1), y)
 
-    def hvp_at(self, X, y, W, b, V_W, V_b, weight_decay=0.0):
-        return softmax_hvp(X, logits(X, W, b), V_W, V_b, weight_decay)
+    def hessian_product(self, X, y, W, b, weight_decay=0.0):
+        Z = logits(X, W, b)
+        return lambda V: softmax_hvp(X, Z, *V, weight_decay)
 
     def hessian_at(self, X, y, W, b, weight_decay=0.0):
         return softmax_hessian(X, logits(X, W, b), weight_decay)

@@ -29,6 +29,7 @@ def report():
             *bench.lr_batching(CPU, [(60, 4)], [1, 3], timer, 4, bench.SOFTMAX_ADAM),
         ],
         "minibatch": [bench.minibatch_row(*bench.problem(200, 5, CPU), b, timer) for b in (16, 64)],
+        "sharpness": bench.sharpness_cost(CPU, [(bench.LOGISTIC_SGD, (80, 5))], 3, 60),
         "tracking": bench.tracking(repeats=1, naive_sample=3),
         "sweep": bench.sweep_share("quick.yaml"),
     }
@@ -70,6 +71,21 @@ def test_lr_batch_rows_compare_k_rates_with_one(report):
         assert row["speedup_per_lr"] == pytest.approx(speedup, rel=1e-12, abs=0)
 
 
+def test_sharpness_rows_time_a_run_measured_at_the_default_cadence_against_one_not(report):
+    (row,) = report["sharpness"]
+    assert (row["model"], row["m"], row["n"], row["K"], row["steps"]) == (
+        "logistic-sgd",
+        80,
+        5,
+        3,
+        60,
+    )
+    assert (row["every"], row["iterations"]) == (25, 5)
+    assert row["on_vs_off"] == row["on_ms"] / row["off_ms"] and row["off_ms"] > 0
+    assert "measured every 25 steps" in bench_report.markdown(report)
+    assert "sharpness/on_vs_off/logistic-sgd" in bench_report.metrics(report)
+
+
 def test_minibatch_rows_time_the_loop_s_batches_against_their_own_rows_and_a_dataloader(report):
     for row, b in zip(report["minibatch"], (16, 64), strict=True):
         assert (row["m"], row["n"], row["batch"]) == (200, 5, b)
@@ -85,10 +101,11 @@ def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     assert t["floor_ms"] > 0 and t["ours_ms"] > 0 and t["naive_ms_per_point"] > 0
     assert 0 < t["handover_ms"] < t["ours_ms"]  # a writer takes the run off the training's hands
     assert t["ours_vs_floor"] == pytest.approx(t["ours_ms"] / t["floor_ms"], rel=1e-12, abs=0)
-    # The naive estimate is the floor plus one log_metric per value of the 10-series history;
-    # ours charts 6 curves and 2 log10 checks of 1,001 steps at 200 points, the rest at 2.
-    assert "10010 values; 1608 points charted, max_metric_points=200" in t["run"]
-    expected = t["floor_ms"] + 10010 * t["naive_ms_per_point"]
+    # The naive estimate is the floor plus one log_metric per value of the 12-series history;
+    # ours charts 6 curves and 2 log10 checks of 1,001 steps at 200 points, the rest at 2, and
+    # the sharpness and lr times it at their 41 measurements (every 25 steps).
+    assert "10092 values; 1690 points charted, max_metric_points=200" in t["run"]
+    expected = t["floor_ms"] + 10092 * t["naive_ms_per_point"]
     assert t["naive_ms_estimated"] == pytest.approx(expected, rel=1e-12, abs=0)
     sweep = report["sweep"]
     assert sweep["runs"] == 12 and 0 < sweep["train_seconds"] < sweep["seconds"]
@@ -109,8 +126,9 @@ def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows():
     assert first["peak_rss_mb"] > 100 and second["peak_vs_first"] == pytest.approx(
         second["peak_rss_mb"] / first["peak_rss_mb"], rel=1e-12, abs=0
     )
-    # 42 parameter values and 10 metrics (the checks included) and the finite flag a row
-    assert second["every_step_buffer_mb"] == pytest.approx(201 * (42 + 11) * 8 * 4 / 2**20)
+    # 42 parameter values and 12 metrics (the checks and the sharpness included) and the
+    # finite flag a row
+    assert second["every_step_buffer_mb"] == pytest.approx(201 * (42 + 13) * 8 * 4 / 2**20)
     assert "| 200 | 41 (5) |" in "\n".join(bench_report._memory_table(rows))
 
 

@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 
 from analysis.runs import load_sweep
 from experiments.cli import run as experiments_cli
-from experiments.config import ConfigError, RunConfig, build
+from experiments.config import CONFIGS, ConfigError, RunConfig, build
+from experiments.config import load_sweep as load_sweep_config
 from experiments.data import load_split
 from experiments.records import dataset_config
 from manual_models import make_model
@@ -77,12 +78,17 @@ def test_the_logged_sharpness_is_the_top_eigenvalue_at_the_kept_parameters(sweep
     assert np.median(errors) < 1e-4 and max(errors) < 0.1
 
 
-def test_the_key_is_off_by_default_and_refuses_nonsense():
+def test_every_run_measures_by_default_and_the_measurement_is_not_in_its_key():
+    """On by default; off with null. Measuring changes nothing in a run, so a run's key (and
+    a sweep's) is the same at any cadence: sweeps recorded before it resume."""
     base = {"dataset": "iris", "impl": "manual", "lr": 0.1}
-    assert RunConfig(**base).sharpness_every is None
+    assert RunConfig(**base).sharpness_every == 25
+    assert build(RunConfig, {**base, "sharpness_every": None}).sharpness_every is None
     plain = RunConfig(**base).key
-    assert RunConfig(**base, sharpness_iterations=10).key == plain  # at its default: old keys
-    assert RunConfig(**base, sharpness_every=5).key != plain
+    for other in ({"sharpness_every": None}, {"sharpness_every": 5}, {"sharpness_iterations": 2}):
+        assert RunConfig(**base, **other).key == plain
     for bad in ({"sharpness_every": 0}, {"sharpness_iterations": 0}, {"sharpness_every": 1.5}):
         with pytest.raises(ConfigError):
             build(RunConfig, {**base, **bad})
+    sweep = load_sweep_config(CONFIGS / "quick.yaml", {})
+    assert load_sweep_config(CONFIGS / "quick.yaml", {"sharpness_every": None}).key == sweep.key

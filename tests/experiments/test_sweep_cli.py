@@ -20,6 +20,7 @@ METRICS = {
     "grad/w_norm", "grad/b", "param/w_norm", "param/b",
 }  # fmt: skip
 CHECKS = {"check/grad_rel_err", "check/grad_err_vs_terms"}
+CURVATURE = {"curv/sharpness", "curv/lr_x_sharpness"}  # every run's, every 25 steps
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_curves_are_charted_whole_and_the_rest_at_their_ends(quick_sweep):
     child = next(c for c in children if c.data.tags["impl"] == "manual")
     maxima = {"check/max_grad_rel_err", "check/max_grad_err_vs_terms"}
     log10 = {"check/log10_grad_rel_err", "check/log10_grad_err_vs_terms"}
-    expected = METRICS | CHECKS | log10 | maxima | {"time/fit_s", "time/step_ms"}
+    expected = METRICS | CHECKS | CURVATURE | log10 | maxima | {"time/fit_s", "time/step_ms"}
     assert set(child.data.metrics) == expected
 
     def steps(name):
@@ -135,6 +136,8 @@ def test_curves_are_charted_whole_and_the_rest_at_their_ends(quick_sweep):
         assert steps(name) == list(range(101)), name
     for name in ("param/b", "grad/b", "check/grad_err_vs_terms"):
         assert steps(name) == [0, 100], name
+    for name in CURVATURE:  # a curve of its measurements
+        assert steps(name) == [0, 25, 50, 75, 100], name
     log10 = client.get_metric_history(child.info.run_id, "check/log10_grad_err_vs_terms")
     assert all(-18 <= m.value < -5 for m in log10)
     assert float(child.data.params["log10_lr"]) == pytest.approx(
@@ -153,7 +156,7 @@ def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
     trajectory = pd.read_parquet(Path(folder) / "trajectory.parquet")
     n = int(child.data.params["n_features"])
     assert list(history["step"]) == list(range(101))
-    assert set(history.columns) == METRICS | CHECKS | {"step"}
+    assert set(history.columns) == METRICS | CHECKS | CURVATURE | {"step"}
     assert history["check/grad_err_vs_terms"].max() < 1e-5
     maximum = child.data.metrics["check/max_grad_rel_err"]
     assert history["check/grad_rel_err"].max() == maximum  # the same float, written twice
