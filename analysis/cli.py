@@ -55,7 +55,9 @@ def report(experiment: str, tracking_uri: str | None, out: str | None, baseline:
     result, folder = make_report(experiment, tracking_uri, out, baseline)
     pairs = result.pairs
     agree = int(pairs["agrees"].sum()) if len(pairs) else 0
-    click.echo(f"{agree} of {len(pairs)} pairs agree with autograd within tolerance")
+    twinned = int(pairs["twin_run_id"].notna().sum()) if "twin_run_id" in pairs else 0
+    alone = f" ({len(pairs) - twinned} runs have no autograd twin)" if twinned < len(pairs) else ""
+    click.echo(f"{agree} of {twinned} pairs agree with autograd within tolerance{alone}")
     click.echo(f"report: {(folder / 'report.html').resolve()}")
 
 

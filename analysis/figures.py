@@ -90,7 +90,8 @@ def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
     dtypes = sorted(pairs.dtype.unique()) if len(pairs) else []
     fig, axes = _grid(max(len(dtypes), 1), width=6.5, height=3.8)
     for ax, dtype in zip(axes, dtypes, strict=False):
-        chosen = pairs[(pairs.dtype == dtype) & pairs.twin_run_id.notna()]
+        twins = pairs.get("twin_run_id", pd.Series(np.nan, index=pairs.index))  # none: no twins
+        chosen = pairs[(pairs.dtype == dtype) & twins.notna()]
         cmap = matplotlib.colormaps["tab10"]
         colors = {d: cmap(i % 10) for i, d in enumerate(dict.fromkeys(chosen.dataset))}
         for row in chosen.itertuples():
@@ -306,5 +307,37 @@ def late_rates(held: pd.DataFrame) -> Figure:
     ax.set(xscale="log", yscale="log", xlabel="1 − predicted rate (from H*)",
            ylabel="1 − measured late rate")  # fmt: skip
     ax.set_title("Late linear rate of ‖θ_t − θ*‖ against the Hessian's", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def implicit_bias(sweep: Sweep, paths: dict[str, pd.DataFrame], held: pd.DataFrame) -> Figure:
+    """Per separable dataset (a row), for each lr (manual, first seed), against log t: ‖θ_t‖
+    (slope → ‖ŵ‖), 1 − cos(θ_t, ŵ) (→ 0 like 1/log² t), the normalised margin over the SVM's
+    and η·t·J(θ_t) over ‖ŵ‖² (both → 1). ``paths``: run id → its path (from
+    :func:`analysis.implicit_bias.path`)."""
+    runs = held[(held.impl == "manual") & (held.seed == held.seed.min())]
+    datasets = list(dict.fromkeys(runs.dataset))
+    fig = Figure(figsize=(15, 3.2 * max(len(datasets), 1)))
+    axes = fig.subplots(max(len(datasets), 1), 4, squeeze=False)
+    cmap = matplotlib.colormaps["viridis"]
+    panels = [("norm", "‖θ_t‖", "linear"), ("one_minus_cos", "1 − cos(θ_t, ŵ)", "log"),
+              ("margin_ratio", "margin / SVM's", "linear"),
+              ("lr_t_loss_ratio", "η·t·J / ‖ŵ‖²", "log")]  # fmt: skip
+    for row, dataset in zip(axes, datasets, strict=False):
+        part = runs[runs.dataset == dataset].sort_values("lr")
+        for i, run in enumerate(part.itertuples()):
+            along = paths[run.run_id]
+            color = cmap(i / max(len(part) - 1, 1))
+            for ax, (column, _, _) in zip(row, panels, strict=True):
+                ax.plot(along.step, along[column], color=color, lw=1.2, label=f"lr={run.lr:g}")
+        norm = part.svm_norm.iloc[0]
+        for ax, (column, label, scale) in zip(row, panels, strict=True):
+            ax.set(xscale="log", yscale=scale, xlabel="step t", ylabel=label)
+            if column in ("margin_ratio", "lr_t_loss_ratio"):
+                ax.axhline(1, color="crimson", ls="--", lw=1)
+        row[0].set_title(f"{dataset}: ‖ŵ‖ = {norm:.4g}, {part.support_vectors.iloc[0]} SVs")
+        row[0].legend(fontsize=6, ncol=2)
+    fig.suptitle("Gradient descent on separable data against the hard-margin SVM")
     fig.tight_layout()
     return fig

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from analysis import ablation, compare, figures, minibatch, stability
+from analysis import ablation, compare, figures, implicit_bias, minibatch, stability
 from analysis.runs import Sweep, load_sweep
 from experiments import findings
 
@@ -95,6 +95,13 @@ def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
         tables["stability.csv"] = held
         tables["stability_counts.csv"] = stability.counts(held)
         figs["late_rates.png"] = figures.late_rates(held)
+    bias = implicit_bias.table(sweep)
+    if len(bias):  # plain gradient descent on a separable set, without weight decay
+        tables["implicit_bias.csv"] = bias
+        figs["implicit_bias.png"] = figures.implicit_bias(
+            sweep, implicit_bias.paths(sweep, bias), bias
+        )
+        tables["last_rise.csv"] = implicit_bias.last_rises(bias)
     along = stability.sharpness_along(sweep)
     if len(along):  # the sweep measured its runs' sharpness
         tables["sharpness.csv"] = along
@@ -165,6 +172,11 @@ PAIR_COLUMNS = [
     "val_accuracy",
     "val_accuracy_autograd",
 ]
+IMPLICIT_BIAS_COLUMNS = [
+    "dataset", "impl", "lr", "svm_norm", "support_vectors", "steps", "slope_over_svm_norm",
+    "one_minus_cos", "one_minus_cos_times_log2_t", "margin_ratio", "lr_t_loss_over_svm_norm2",
+    "sharpness_over_bound", "below_2_from", "loss_rises", "last_rise",
+]  # fmt: skip
 TEMPLATES = Environment(
     loader=PackageLoader("analysis", "templates"), autoescape=True, undefined=StrictUndefined
 )
@@ -220,7 +232,11 @@ def to_html(report: Report) -> str:
 def _stability_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Markup | str]:
     """The stability section's tables, per dataset × lr over seeds and implementations (the
     CSVs have every run)."""
-    out = {"stability": "", "stability_counts": "", "sharpness": ""}
+    out = {"stability": "", "stability_counts": "", "sharpness": "", "implicit_bias": "",
+           "last_rise": ""}  # fmt: skip
+    if "implicit_bias.csv" in tables:
+        out["implicit_bias"] = _table(tables["implicit_bias.csv"], IMPLICIT_BIAS_COLUMNS)
+        out["last_rise"] = _table(tables["last_rise.csv"])
     if "stability.csv" in tables:
         held = tables["stability.csv"]
         out["stability_counts"] = _table(tables["stability_counts.csv"])

@@ -128,3 +128,31 @@ def exact_cross_entropy(Z: torch.Tensor, y: torch.Tensor) -> float:
 def exact():
     """The exact losses, to hold a loss to a relative bound without an absolute slack."""
     return SimpleNamespace(bce=exact_bce, cross_entropy=exact_cross_entropy)
+
+
+CURVED_SWEEP = """
+name: curved
+datasets: [wine, moons]
+impls: [manual, autograd]
+lrs: [0.3, 3.0, 30.0]
+devices: [cpu]
+dtype: float64
+steps: 60
+sharpness_every: 10
+"""
+
+
+@pytest.fixture(scope="session")
+def curved_sweep(tmp_path_factory):
+    """(sweep, uri): a float64 sweep measuring its sharpness every 10 of 60 steps, through the
+    real CLI, on wine (separable) and moons (not), at rates on both sides of 2/L: what the
+    sharpness, stability and implicit-bias tests read."""
+    from analysis.runs import load_sweep
+    from experiments.cli import run as experiments_cli
+
+    folder = tmp_path_factory.mktemp("curved")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    (folder / "curved.yaml").write_text(CURVED_SWEEP)
+    command = ["sweep", str(folder / "curved.yaml"), "--tracking-uri", uri, "--quiet"]
+    assert experiments_cli(command) == 0
+    return load_sweep("curved", uri), uri

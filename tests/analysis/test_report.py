@@ -47,7 +47,8 @@ def test_report_files(broken_sweep):
     names = {p.name for p in out.iterdir()}
     assert {"report.html", "pairs.csv", "best_lr.csv", "reference.csv", "devices.csv"} <= names
     figures = ["loss_curves", "delta_w", "loss_vs_lr", "grad_errors", "time_per_step"]
-    figures += ["sharpness", "late_rates"]  # every run's sharpness; iris has a minimiser
+    # every run's sharpness; iris has a minimiser; breast_cancer is separable
+    figures += ["sharpness", "late_rates", "implicit_bias"]
     assert {f"{name}.png" for name in figures} <= names
     assert len(pd.read_csv(out / "pairs.csv")) == 8  # (manual, function) × 2 datasets × 2 lrs
     assert len(pd.read_csv(out / "best_lr.csv")) == 6  # 2 datasets × 3 impls
@@ -56,6 +57,9 @@ def test_report_files(broken_sweep):
     held = pd.read_csv(out / "stability.csv")  # iris: not separable; breast_cancer is
     assert len(held) == 6 and set(held.dataset) == {"iris"}
     assert set(held.zone) == {"below 1"} and set(held["class"]) == {"monotone"}
+    bias = pd.read_csv(out / "implicit_bias.csv")
+    assert len(bias) == 6 and set(bias.dataset) == {"breast_cancer"}
+    assert (bias.sharpness_over_bound <= 1).all()
 
 
 def test_the_broken_gradient_is_flagged_and_the_correct_one_passes(broken_sweep):
@@ -72,7 +76,7 @@ def test_report_html_names_every_pair_and_embeds_its_figures(broken_sweep):
     page = (out / "report.html").read_text()
     for name in pd.read_csv(out / "pairs.csv").run_name:
         assert name in page
-    assert page.count("data:image/png;base64,") == 7
+    assert page.count("data:image/png;base64,") == 8
     assert "The stability threshold" in page
     assert 'src="http' not in page  # self-contained: readable offline
     assert "breast_cancer" in page and "no minimiser" in page
@@ -124,6 +128,7 @@ def test_stored_notebooks_have_no_outputs():
     assert [p.name for p in notebooks()] == [
         "01-manual-vs-autograd.ipynb", "02-learning-rates.ipynb", "03-devices.ipynb",
         "04-zero-grad-and-optimizers.ipynb", "05-mini-batches.ipynb", "06-stability.ipynb",
+        "07-implicit-bias.ipynb",
     ]  # fmt: skip
     for path in notebooks():
         for cell in json.loads(path.read_text())["cells"]:
@@ -139,6 +144,8 @@ def test_notebooks_run_against_a_sweep_in_process(broken_sweep, run_notebook):
         printed, figures = run_notebook(path, "quick", uri)
         if path.name == "05-mini-batches.ipynb":
             assert "no mini-batch run" in printed and figures == 0
+        elif path.name == "07-implicit-bias.ipynb":  # breast_cancer is separable, at lr 0.1, 1
+            assert "6 of plain gradient descent on a separable set" in printed and figures == 1
         else:
             assert figures >= 1, path.name
 
@@ -147,8 +154,8 @@ def test_notebooks_run_against_a_sweep_in_process(broken_sweep, run_notebook):
 def test_notebooks_execute_against_a_sweep(broken_sweep, tmp_path):
     uri, _ = broken_sweep
     written = execute("quick", uri, tmp_path)
-    assert len(written) == 6
-    for path in [*written[:4], written[5]]:  # 05 has no figure without mini-batches
+    assert len(written) == 7
+    for path in [*written[:4], *written[5:]]:  # 05 has no figure without mini-batches
         book = json.loads(path.read_text())
         outputs = [o for c in book["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
         assert not [o for o in outputs if o["output_type"] == "error"], path.name
