@@ -119,10 +119,8 @@ def table(sweep: Sweep) -> pd.DataFrame:
 def path(sweep: Sweep, run: pd.Series, svm: Svm, X: np.ndarray, y: np.ndarray) -> pd.DataFrame:
     """Per kept row t ≥ 1: ‖θ_t‖, 1 − cos(θ_t, ŵ), the normalised margin over the SVM's, and
     η·t·J(θ_t) over ‖ŵ‖² (both → 1)."""
-    history, trajectory = sweep.history(run.run_id), sweep.trajectory(run.run_id)
-    steps = trajectory["step"].to_numpy()
-    theta = np.hstack([trajectory.filter(regex=r"^w_\d+$").to_numpy(),
-                       history["param/b"].to_numpy()[steps, None]])  # fmt: skip
+    history = sweep.history(run.run_id)
+    steps, theta = sweep.parameters(run.run_id)
     keep = steps >= 1
     steps, theta = steps[keep], theta[keep]
     norms = np.linalg.norm(theta, axis=1)

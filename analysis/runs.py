@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -55,6 +56,16 @@ class Sweep:
     def trajectory(self, run_id: str) -> pd.DataFrame:
         """w and dw per (kept) step: ``step, w_0 …, dw_0 …``."""
         return self._artifact(run_id, "trajectory.parquet")
+
+    def parameters(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, θ): the kept rows' parameters flat, one row each, as the Hessian by hand
+        orders them: w (W row by row), then b."""
+        trajectory = self.trajectory(run_id)
+        steps = trajectory["step"].to_numpy()
+        theta = trajectory.filter(regex=r"^w_\d+$").to_numpy()
+        if int(self.runs.set_index("run_id").loc[run_id, "n_classes"]) == 2:  # b: param/b
+            theta = np.hstack([theta, self.history(run_id)["param/b"].to_numpy()[steps, None]])
+        return steps, theta
 
     def as_history(self, run_id: str) -> History:
         """The run as the engine's :class:`History`: every row's metrics, and the parameters

@@ -127,7 +127,7 @@ def behaviour(loss: np.ndarray, dtype: str) -> Behaviour:
             return Behaviour("cycle", p, _cycle_start(loss, p, noise + 0.01 * swing), **rises)
     swings = [np.ptp(part) for part in np.array_split(window, 4)]
     if all(a > b for a, b in itertools.pairwise(swings)) and swings[-1] < swings[0] / 2:
-        return Behaviour("oscillating", **rises)  # swings still rising, dying down
+        return Behaviour("oscillating", **rises)  # still rising, by less and less
     return Behaviour("neither", **rises)
 
 
@@ -151,10 +151,12 @@ def late_rate(steps: np.ndarray, distances: np.ndarray, floor: float) -> float:
 
 
 def gradient_descent_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The finished runs of plain full-batch gradient descent."""
+    """The finished runs of plain full-batch gradient descent (weight decay or not: the
+    penalty is part of the objective whose Hessian the threshold is of)."""
     size = pd.to_numeric(runs.get("batch_size", pd.Series(index=runs.index)), errors="coerce")
     full = size.isna() | (size >= pd.to_numeric(runs.get("n_train", np.inf)))
-    return runs[(runs.status == "FINISHED") & (runs.optimizer == "sgd") & full]
+    plain = (runs["optimizer.name"] == "sgd") & runs.zero_grad.astype(bool)
+    return runs[(runs.status == "FINISHED") & plain & full]
 
 
 def table(sweep: Sweep) -> pd.DataFrame:
@@ -176,11 +178,7 @@ def table(sweep: Sweep) -> pd.DataFrame:
 def _held(sweep: Sweep, run: pd.Series, curvature: Curvature) -> dict:
     lr, history = float(run["lr"]), sweep.history(run.run_id)
     what = behaviour(history["train/loss"].to_numpy(), run["dtype"])
-    trajectory = sweep.trajectory(run.run_id)
-    steps = trajectory["step"].to_numpy()
-    thetas = trajectory.filter(regex=r"^w_\d+$").to_numpy()
-    if int(run["n_classes"]) == 2:  # b is the param/b series
-        thetas = np.hstack([thetas, history["param/b"].to_numpy()[steps, None]])
+    steps, thetas = sweep.parameters(run.run_id)
     distances = curvature.distance(thetas)
     floor = 10 * ROUNDING[run["dtype"]] * max(np.linalg.norm(curvature.theta), 1.0)
     stable = what.kind in ("monotone", "oscillating")
