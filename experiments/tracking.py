@@ -95,6 +95,16 @@ def upload(uri: str, artifacts: str, tables: Mapping[str, object]) -> None:
         get_artifact_repository(artifacts, tracking_uri=uri).log_artifacts(tmp)
 
 
+# MLflow 3's UI has two views of an experiment, GenAI (traces, judges, an assistant) and model
+# training (the runs); the experiment's kind tag, and the link's workflowType, choose the one.
+KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_page(experiment_id: str) -> str:
+    """The UI's path to an experiment's runs, in the model-training view."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 class Tracker:
     """One MLflow store: open it once, then create, fill and end runs in it."""
 
@@ -127,10 +137,13 @@ class Tracker:
     @retry_when_locked
     def experiment(self, name: str) -> str:
         """The experiment's id, created on first use (artifacts beside a SQLite store); on a
-        server with logins, one this user may write runs to."""
+        server with logins, one this user may write runs to. Its kind is model training, so
+        the UI opens it on its runs, not on traces."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             check_may_write(self.uri, found.experiment_id, name)
+            if found.tags.get(KIND) is None:  # made before this tag was set
+                self.client.set_experiment_tag(found.experiment_id, KIND, MODEL_TRAINING)
             return found.experiment_id
         location = None
         path = sqlite_path(self.uri)
@@ -138,7 +151,9 @@ class Tracker:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
             location = (path.resolve().parent / "mlartifacts" / slug).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={KIND: MODEL_TRAINING}
+            )
         except Exception:
             found = self.client.get_experiment_by_name(name)  # another driver made it just now
             if found is None:

@@ -123,6 +123,9 @@ auth_cache_ttl_seconds = 60
 EOF
   # The admin's password reaches MLflow by environment; it makes the admin on an empty
   # user store and is ignored after.
+  # No GenAI job runner (a job runner and queue consumers this project never uses: about 2 GB);
+  # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
   MLFLOW_AUTH_CONFIG_PATH="$DIR/auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD" \
     nohup "$PY" -m mlflow server --app-name basic-auth \
     --backend-store-uri "$DB/mlflow" \

@@ -2,12 +2,12 @@
 
 quick.yaml (300 steps, two seeds) is swept into a temporary store, `python -m experiments ui`
 (what `make ui` runs) serves it on a free loopback port, and Playwright drives Debian's
-Chromium: the runs page of the sweep, the parent run expanded, every child run by name, param
-columns; then the runs grouped by `setting` in two clicks, and the chart view: `train/loss`
-drawn from 200 points a run, one mean curve with a min–max band over the seeds for each
-setting, the gradient check on a log10 axis that reads. Screenshots land in reports/e2e/.
-`.ci/run` installs Chromium and Playwright and sets REQUIRE_E2E=1, so there a missing browser
-fails instead of skipping.
+Chromium: the runs page of the sweep in the model-training view, the parent run expanded,
+every child run by name, param columns; then the runs grouped by `setting` in two clicks, and
+the chart view: `train/loss` drawn from 200 points a run, one mean curve with a min–max band
+over the seeds for each setting, the gradient check on a log10 axis that reads. Screenshots
+land in reports/e2e/. `.ci/run` installs Chromium and Playwright and sets REQUIRE_E2E=1, so
+there a missing browser fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def served(tmp_path_factory, free_port):
     try:
         lines = [server.stdout.readline() for _ in range(2)]
         url = lines[1].split("MLflow UI: ", 1)[1].strip()
-        assert url == f"http://127.0.0.1:{port}/#/experiments/1/runs", lines
+        assert url == f"http://127.0.0.1:{port}/#/experiments/1/runs?workflowType=machine_learning"
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -108,6 +108,11 @@ def test_runs_page_and_charts(served):
 def runs_page(page, grid) -> None:
     """The sweep's parent, expanded: every child by name; two params picked as columns."""
     page.get_by_text(f"sweep · quick · {len(grid)} runs", exact=False).first.wait_for()
+    # What a person first sees is the model-training view (the experiment's kind and the
+    # link's workflowType say so), not the GenAI one with its judges and sessions.
+    page.get_by_text("Model registry", exact=True).first.wait_for()
+    for genai in ("Judges", "Sessions", "Prompts"):
+        assert page.get_by_text(genai, exact=True).count() == 0, genai
     close = page.locator('[aria-label="Close"]')  # the assistant panel, where it opens
     if close.count():
         close.first.click()

@@ -18,6 +18,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def report():
+    """Every part of the bench at toy sizes: 30 s of `make test`'s 4 minutes (each
+    implementation compiles once), so the tests that read it are `slow` (`make test-all`)."""
     timer = bench.Timer(CPU, repeats=1, min_s=0)
     return {
         "machine": bench.machine(CPU),
@@ -35,6 +37,7 @@ def report():
     }
 
 
+@pytest.mark.slow
 def test_step_rows_hold_every_implementation_and_both_floors(report):
     assert [(r["m"], r["n"]) for r in report["step"]] == [(300, 7)]
     for row in report["step"]:
@@ -54,6 +57,7 @@ def test_step_rows_hold_every_implementation_and_both_floors(report):
         assert row["compile_s"] > 0 and row["compile_pays_after_steps"] == pytest.approx(pays)
 
 
+@pytest.mark.slow
 def test_lr_batch_rows_compare_k_rates_with_one(report):
     rows = report["lr_batch"]
     kinds = {(r["model"], r["what"].split()[0], r["impl"], r["K"]) for r in rows}
@@ -71,6 +75,7 @@ def test_lr_batch_rows_compare_k_rates_with_one(report):
         assert row["speedup_per_lr"] == pytest.approx(speedup, rel=1e-12, abs=0)
 
 
+@pytest.mark.slow
 def test_sharpness_rows_time_a_run_measured_at_the_default_cadence_against_one_not(report):
     (row,) = report["sharpness"]
     assert (row["model"], row["m"], row["n"], row["K"], row["steps"]) == (
@@ -86,6 +91,7 @@ def test_sharpness_rows_time_a_run_measured_at_the_default_cadence_against_one_n
     assert "sharpness/on_vs_off/logistic-sgd" in bench_report.metrics(report)
 
 
+@pytest.mark.slow
 def test_minibatch_rows_time_the_loop_s_batches_against_their_own_rows_and_a_dataloader(report):
     for row, b in zip(report["minibatch"], (16, 64), strict=True):
         assert (row["m"], row["n"], row["batch"]) == (200, 5, b)
@@ -96,6 +102,7 @@ def test_minibatch_rows_time_the_loop_s_batches_against_their_own_rows_and_a_dat
     assert "A manual mini-batch step, batches of 200 × 5" in table
 
 
+@pytest.mark.slow
 def test_tracking_compares_with_the_floor_and_the_naive_loop(report):
     t = report["tracking"]
     assert t["floor_ms"] > 0 and t["ours_ms"] > 0 and t["naive_ms_per_point"] > 0
@@ -132,6 +139,7 @@ def test_memory_rows_are_fresh_processes_keeping_what_the_limit_allows():
     assert "| 200 | 41 (5) |" in "\n".join(bench_report._memory_table(rows))
 
 
+@pytest.mark.slow
 def test_writes_json_markdown_and_an_mlflow_run(report, tmp_path):
     uri = f"sqlite:///{tmp_path / 'bench.db'}"
     path = bench_report.write(report, tmp_path / "out", Tracker(uri))

@@ -62,3 +62,19 @@ def test_digest_sees_every_value():
     X[50_000, 3] = 1e-300
     assert digest(X, np.zeros(100_000)) != before
     assert digest(X.reshape(10, -1), np.zeros(100_000)) != digest(X, np.zeros(100_000))
+
+
+def test_experiments_open_in_the_model_training_view(tmp_path):
+    """A sweep's experiment is of the model-training kind, one made before the tag gets it,
+    and the printed link names the view: the UI opens on the runs, not on GenAI's traces."""
+    from experiments.tracking import KIND, MODEL_TRAINING, Tracker, runs_page
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.open()
+    made = tracker.experiment("fresh")
+    assert tracker.client.get_experiment(made).tags[KIND] == MODEL_TRAINING
+    old = tracker.client.create_experiment("old")  # as a store from before holds it
+    assert KIND not in tracker.client.get_experiment(old).tags
+    assert tracker.experiment("old") == old
+    assert tracker.client.get_experiment(old).tags[KIND] == "custom_model_development"
+    assert runs_page("7") == "#/experiments/7/runs?workflowType=machine_learning"
