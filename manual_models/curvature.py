@@ -29,7 +29,7 @@ import torch
 Direction = tuple[torch.Tensor, ...]  # (v_w, v_b): a vector in the parameters' shapes
 Pair = tuple[Direction, Direction]  # two directions iterated together
 # A sweep's default (docs/proof.md): a measurement every 25 steps, 5 block steps (two products
-# each) from the last one's pair; within 1e-6 of eigvalsh but where θ jumps between them.
+# each) from the last one's pair; within 3.3e-5 of eigvalsh but where θ jumps between them.
 SHARPNESS_EVERY = 25
 ITERATIONS = 5
 # A run's first measurement, from random vectors (λ₃/λ₁ is up to 0.82 here: docs/proof.md).
