@@ -151,7 +151,8 @@ def _data_facts(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @cache
-def _separable(dataset, seed: int, val_fraction: float, n_classes: int) -> bool:
+def split_separable(dataset, seed: int, val_fraction: float, n_classes: int) -> bool:
+    """:func:`separable` of a run's training split, once a split."""
     split = load_split(dataset, seed, val_fraction)
     return separable(split.X_train, split.y_train, n_classes)
 
@@ -167,7 +168,7 @@ def _split_facts(
     X, y = split.X_train, split.y_train
     facts = {
         "L": smoothness(X, n_classes, weight_decay),
-        "separable": _separable(dataset, seed, val_fraction, n_classes),
+        "separable": split_separable(dataset, seed, val_fraction, n_classes),
         "optimum_train_loss": np.nan,  # the objective at its minimiser, penalty included
         "optimum_grad_norm": np.nan,
     }
@@ -194,7 +195,7 @@ def optimum(
     """θ* = (W, b), the minimiser of the mean loss + (λ/2)‖W‖² on the run's training split
     (float64), or None where there is none: a separable training set without weight decay.
     scikit-learn's lbfgs finds it, :func:`polished` makes it exact to rounding."""
-    if weight_decay == 0 and _separable(dataset, seed, val_fraction, n_classes):
+    if weight_decay == 0 and split_separable(dataset, seed, val_fraction, n_classes):
         return None
     split = load_split(dataset, seed, val_fraction)
     X, y = split.X_train, split.y_train

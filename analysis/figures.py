@@ -311,7 +311,7 @@ def late_rates(held: pd.DataFrame) -> Figure:
     return fig
 
 
-def implicit_bias(sweep: Sweep, paths: dict[str, pd.DataFrame], held: pd.DataFrame) -> Figure:
+def implicit_bias(paths: dict[str, pd.DataFrame], held: pd.DataFrame) -> Figure:
     """Per separable dataset (a row), for each lr (manual, first seed), against log t: ‖θ_t‖
     (slope → ‖ŵ‖), 1 − cos(θ_t, ŵ) (→ 0 like 1/log² t), the normalised margin over the SVM's
     and η·t·J(θ_t) over ‖ŵ‖² (both → 1). ``paths``: run id → its path (from

@@ -79,16 +79,11 @@ def hard_margin_svm(X: np.ndarray, y: np.ndarray, tolerance: float = 1e-9) -> Sv
     return Svm(w, alpha, np.flatnonzero(margins <= 1 + tolerance))
 
 
-def _svm_of(dataset, seed: int, val_fraction: float) -> tuple[Svm, np.ndarray, np.ndarray]:
-    """ŵ of a run's training split, with the split's X and y."""
-    split = load_split(dataset, seed, val_fraction)
-    return _svm(dataset, seed, val_fraction), split.X_train, split.y_train
-
-
 @cache
-def _svm(dataset, seed: int, val_fraction: float) -> Svm:
+def _svm_of(dataset, seed: int, val_fraction: float) -> tuple[Svm, np.ndarray, np.ndarray]:
+    """ŵ of a run's training split, with the split's X and y (one load and one NNLS a split)."""
     split = load_split(dataset, seed, val_fraction)
-    return hard_margin_svm(split.X_train, split.y_train)
+    return hard_margin_svm(split.X_train, split.y_train), split.X_train, split.y_train
 
 
 def separable_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +92,7 @@ def separable_runs(runs: pd.DataFrame) -> pd.DataFrame:
     runs = gradient_descent_runs(runs)
     runs = runs[(runs.n_classes.astype(int) == 2) & (runs.weight_decay.astype(float) == 0)]
     keep = [
-        compare._separable(dataset_config(run), int(run.seed), float(run.val_fraction), 2)
+        compare.split_separable(dataset_config(run), int(run.seed), float(run.val_fraction), 2)
         for _, run in runs.iterrows()
     ]
     return runs[np.array(keep, dtype=bool)] if len(runs) else runs

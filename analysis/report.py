@@ -98,9 +98,7 @@ def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
     bias = implicit_bias.table(sweep)
     if len(bias):  # plain gradient descent on a separable set, without weight decay
         tables["implicit_bias.csv"] = bias
-        figs["implicit_bias.png"] = figures.implicit_bias(
-            sweep, implicit_bias.paths(sweep, bias), bias
-        )
+        figs["implicit_bias.png"] = figures.implicit_bias(implicit_bias.paths(sweep, bias), bias)
         tables["last_rise.csv"] = implicit_bias.last_rises(bias)
     along = stability.sharpness_along(sweep)
     if len(along):  # the sweep measured its runs' sharpness
@@ -247,8 +245,9 @@ def _stability_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Markup | str
                 zone=("zone", "first"),
                 classes=("class", _tally),
                 periods=("period", lambda p: _tally(p.dropna().astype(int))),
-                late_rate=("late_rate", "median"),
-                predicted_rate=("predicted_rate", "first"),
+                # rates within 1e-4 of 1 read alike at 4 digits: show what they miss of 1
+                one_minus_late_rate=("late_rate", lambda r: 1 - r.median()),
+                one_minus_predicted_rate=("predicted_rate", lambda r: 1 - r.iloc[0]),
                 rate_ratio=("rate_ratio", "median"),
             )
         )

@@ -433,26 +433,29 @@ def sharpness_cost(
     """Per model: a checked run of ``k`` rates with the sharpness measured every
     ``SHARPNESS_EVERY`` steps (``ITERATIONS`` block steps each) against the same run without,
     timed in turns."""
-    whole_runs = Timer(device, 3, min_s=0)
-    rows = []
-    for case, (m, n) in cases:
-        X, y = problem(m, n, device, n_classes=case.n_classes)
-        X_val, y_val = problem(max(m // 4, 1), n, device, seed=1, n_classes=case.n_classes)
-        new = {"n_classes": case.n_classes, "optimizer": case.rule, "device": device}
+    timer = Timer(device, 3, min_s=0)
+    return [sharpness_row(case, m, n, k, run_steps, device, timer) for case, (m, n) in cases]
 
-        def run(every: int | None, new=new, X=X, y=y, X_val=X_val, y_val=y_val, n=n):
-            def model(impl):
-                return LrBatch(make_model(impl, n, rates(1)[0], **new), rates(k))
 
-            return lambda: fit(model("manual"), X, y, run_steps, X_val=X_val, y_val=y_val,
-                               reference=model("autograd"), sharpness_every=every)  # fmt: skip
+def sharpness_row(
+    case: Batched, m: int, n: int, k: int, run_steps: int, device: torch.device, timer: Timer
+) -> dict:
+    X, y = problem(m, n, device, n_classes=case.n_classes)
+    X_val, y_val = problem(max(m // 4, 1), n, device, seed=1, n_classes=case.n_classes)
+    new = {"n_classes": case.n_classes, "optimizer": case.rule, "device": device}
 
-        times = whole_runs.interleaved({"off": run(None), "on": run(SHARPNESS_EVERY)})
-        rows.append({"model": case.label, "m": m, "n": n, "K": k, "steps": run_steps,
-                     "every": SHARPNESS_EVERY, "iterations": ITERATIONS,
-                     "off_ms": 1e3 * times["off"], "on_ms": 1e3 * times["on"],
-                     "on_vs_off": times["on"] / times["off"]})  # fmt: skip
-    return rows
+    def model(impl: str):
+        return LrBatch(make_model(impl, n, rates(1)[0], **new), rates(k))
+
+    def run(every: int | None):
+        return lambda: fit(model("manual"), X, y, run_steps, X_val=X_val, y_val=y_val,
+                           reference=model("autograd"), sharpness_every=every)  # fmt: skip
+
+    times = timer.interleaved({"off": run(None), "on": run(SHARPNESS_EVERY)})
+    return {"model": case.label, "m": m, "n": n, "K": k, "steps": run_steps,
+            "every": SHARPNESS_EVERY, "iterations": ITERATIONS,
+            "off_ms": 1e3 * times["off"], "on_ms": 1e3 * times["on"],
+            "on_vs_off": times["on"] / times["off"]}  # fmt: skip
 
 
 def memory_by_steps(device: str, spec: dict, max_values: int) -> list[dict]:
