@@ -15,6 +15,7 @@ How to add a model (docs/design.md says it with an example):
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -94,6 +95,11 @@ class GradientDescentModel(Protocol):
     def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None: ...
 
 
+def weigh(terms: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Each sample's terms (dim 0) times its weight; as they are without weights."""
+    return terms if weights is None else terms * weights.view(-1, *(1,) * (terms.ndim - 1))
+
+
 class Kind(ABC):
     """A kind of model: its labels, its seeded start, and its math as functions of the
     parameters. Subclass it and write every abstract method; nothing else is asked.
@@ -105,6 +111,9 @@ class Kind(ABC):
     """
 
     n_classes: int = 2
+    # rᵢ = m sᵢ / Σ s, per sample (mean 1), or None: set by :meth:`weighted`. A kind's math
+    # multiplies each sample's term by it (:func:`weigh`) before it takes the mean.
+    weights: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -187,6 +196,21 @@ class Kind(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no Hessian trace by hand")
 
     # --- written once from the above -----------------------------------------------------------
+    def weighted(self, sample_weight: object) -> Kind:
+        """The same kind with the loss Σᵢ sᵢ ℓᵢ / Σᵢ sᵢ: what repeating row i sᵢ times would
+        give (scikit-learn's ``sample_weight``), for data of exactly len(sample_weight) rows.
+
+        Stored as rᵢ = m sᵢ / Σ s, so the mean of rᵢ ℓᵢ is that loss, and every mean the kind
+        takes (loss, gradient, curvature) is weighted the same way by multiplying one term."""
+        s = torch.as_tensor(sample_weight, dtype=self.dtype, device=self.device)
+        if s.ndim != 1 or s.numel() == 0:
+            raise ValueError(f"sample_weight must be 1-D and not empty, got shape {tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()) or bool((s < 0).any()) or not bool(s.sum() > 0):
+            raise ValueError("sample_weight must be finite and non-negative, with a positive sum")
+        kind = copy.copy(self)
+        kind.weights = s * (s.numel() / s.sum())
+        return kind
+
     def features(self, X: object) -> torch.Tensor:
         """X checked: a 2-D tensor of n_features columns on the kind's device and dtype."""
         return check_X(X, self.n_features, self.device, self.dtype)
@@ -196,6 +220,10 @@ class Kind(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """X and y checked together: y's length is X's rows."""
         X = self.features(X)
+        if self.weights is not None and self.weights.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"this kind weighs {self.weights.shape[0]} samples; X has {X.shape[0]} rows"
+            )
         return X, self.labels(y, X.shape[0], check=check)
 
     def __repr__(self) -> str:

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from manual_models.base import HandModel
 from manual_models.initialisation import init_linear
-from manual_models.interface import Evaluation, Kind
+from manual_models.interface import Evaluation, Kind, weigh
 from manual_models.optimizers import Optimizer
 from manual_models.validation import check_binary_labels
 
@@ -67,7 +67,9 @@ def column(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return y if z.ndim == 1 else y.unsqueeze(1)
 
 
-def bce_from_logits(z: torch.Tensor, y: torch.Tensor, *, reduce: str = "mean") -> torch.Tensor:
+def bce_from_logits(
+    z: torch.Tensor, y: torch.Tensor, *, reduce: str = "mean", weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """J = mean(softplus(z) − y z) = mean((max(z, 0) − y z) + log1p(e^{−|z|})).
 
     The exponent is never positive, so J is finite for every finite z: no log(0), no overflow.
@@ -75,17 +77,20 @@ def bce_from_logits(z: torch.Tensor, y: torch.Tensor, *, reduce: str = "mean") -
     small log1p term is not rounded away: each sample's loss is accurate to a few ulp, even at
     1e-16 (``BCEWithLogitsLoss`` computes log(e^{−m} + e^{−z−m}) and loses digits there).
     Over the samples (dim 0): one loss, or one per column of z; ``reduce="sum"`` sums instead.
+    ``weights``: each sample's term times its weight first (``Kind.weighted``).
     """
     y = column(y, z)
     # addcmul(a, y, z, value=-1) is a − y·z, and softplus(−|z|) is log1p(e^{−|z|}) (its
     # threshold never applies to x ≤ 0): the same arithmetic in fewer kernels.
     per_sample = torch.addcmul(torch.clamp_min(z, 0), y, z, value=-1) + F.softplus(-z.abs())
+    per_sample = weigh(per_sample, weights)
     return per_sample.sum(0) if reduce == "sum" else per_sample.mean(0)
 
 
-def bce_gradients(X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """dw = Xᵀ(ŷ − y)/m, db = mean(ŷ − y): the chain rule through ∂J/∂z = (ŷ − y)/m."""
-    residual = y_hat - column(y, y_hat)
+def bce_gradients(X, y_hat, y, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """dw = Xᵀ(ŷ − y)/m, db = mean(ŷ − y): the chain rule through ∂J/∂z = (ŷ − y)/m (with
+    weights r, ∂J/∂z = r ⊙ (ŷ − y)/m)."""
+    residual = weigh(y_hat - column(y, y_hat), weights)
     return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}
 
 
@@ -94,25 +99,28 @@ def curvatures(z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(z) * torch.sigmoid(-z)
 
 
-def bce_hvp(X, z, v_w, v_b, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """H v = X̃ᵀ(s ⊙ X̃ v)/m at logits z, for v = (v_w, v_b), plus λ v_w (K columns too)."""
-    su = curvatures(z) * (X @ v_w + v_b)
+def bce_hvp(
+    X, z, v_w, v_b, weight_decay: float = 0.0, weights=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """H v = X̃ᵀ(s ⊙ X̃ v)/m at logits z, for v = (v_w, v_b), plus λ v_w (K columns too); with
+    weights r, s is r ⊙ s."""
+    su = weigh(curvatures(z), weights) * (X @ v_w + v_b)
     return X.T @ su / X.shape[0] + weight_decay * v_w, su.mean(0)
 
 
-def bce_hessian(X, z, weight_decay: float = 0.0) -> torch.Tensor:
+def bce_hessian(X, z, weight_decay: float = 0.0, weights=None) -> torch.Tensor:
     """∇²J = X̃ᵀ diag(s) X̃ / m + λ on the weights, (n + 1) × (n + 1), b last (one model)."""
     X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)
-    H = X1.T @ (curvatures(z).unsqueeze(1) * X1) / X.shape[0]
+    H = X1.T @ (weigh(curvatures(z), weights).unsqueeze(1) * X1) / X.shape[0]
     decay = torch.full((X.shape[1] + 1,), weight_decay, dtype=H.dtype, device=H.device)
     decay[-1] = 0.0  # the bias is not decayed
     return H + torch.diag(decay)
 
 
-def bce_hessian_trace(X, z, weight_decay: float = 0.0) -> torch.Tensor:
+def bce_hessian_trace(X, z, weight_decay: float = 0.0, weights=None) -> torch.Tensor:
     """tr ∇²J = (1/m) Σᵢ sᵢ (‖xᵢ‖² + 1) + n λ (one per column of z)."""
     rows = X.square().sum(1) + 1
-    s = curvatures(z)
+    s = weigh(curvatures(z), weights)
     return (s * (rows if s.ndim == 1 else rows.unsqueeze(1))).mean(0) + X.shape[1] * weight_decay
 
 
@@ -121,14 +129,14 @@ def accuracy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((z > 0) == (column(y, z) > 0.5)).to(z.dtype).mean(0)
 
 
-def summand_sizes(X: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def summand_sizes(X, y_hat, y, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """(|X|ᵀ|ŷ − y|/m, mean|ŷ − y|): the gradient's sums taken over absolute values, the size
     that rounding in a correct gradient is relative to (however much the terms cancel)."""
-    residual = (y_hat - column(y, y_hat)).abs()
+    residual = weigh((y_hat - column(y, y_hat)).abs(), weights)
     return {"dw": X.abs().T @ residual / X.shape[0], "db": residual.mean(0)}
 
 
-def blocked_step(X, y, w, b, block_rows):
+def blocked_step(X, y, w, b, block_rows, weights=None):
     """Loss, gradients and logits as above, in row blocks: X read from memory once a step.
 
     The unblocked step reads X twice (X w, then Xᵀ(ŷ − y)). Here each block of rows is used
@@ -141,25 +149,27 @@ def blocked_step(X, y, w, b, block_rows):
     for start in range(0, m, block_rows):
         rows = slice(start, start + block_rows)
         Xb, yb, zb = X[rows], y[rows], z[rows]
+        rb = None if weights is None else weights[rows]
         (torch.addmv if w.ndim == 1 else torch.addmm)(b, Xb, w, out=zb)  # z = b + X w
-        total += bce_from_logits(zb, yb, reduce="sum")
-        residual = torch.sigmoid(zb).sub_(column(yb, zb))
+        total += bce_from_logits(zb, yb, reduce="sum", weights=rb)
+        residual = weigh(torch.sigmoid(zb).sub_(column(yb, zb)), rb)
         (dw.addmv_ if w.ndim == 1 else dw.addmm_)(Xb.T, residual)  # dw += Xᵀ(ŷ − y)
         residual_sum += residual.sum(0)
     return Evaluation(total / m, {"dw": dw / m, "db": residual_sum / m}, z)
 
 
 def loss_and_gradients(
-    X, y, w, b, *, blocked_above: float = BLOCKED_ABOVE, block_bytes: int = BLOCK_BYTES
+    X, y, w, b, *, blocked_above=BLOCKED_ABOVE, block_bytes=BLOCK_BYTES, weights=None
 ) -> Evaluation:
     """J, (dw, db) and z at (w, b), by hand. An X of more than ``blocked_above`` bytes on the
     CPU goes in row blocks of about ``block_bytes`` (:func:`blocked_step`), so it is read from
     memory once per step instead of twice."""
     if X.device.type == "cpu" and X.numel() * X.element_size() > blocked_above:
         rows = max(1, block_bytes // (X.shape[1] * X.element_size()))
-        return blocked_step(X, y, w, b, rows)
+        return blocked_step(X, y, w, b, rows, weights)
     z = logits(X, w, b)
-    return Evaluation(bce_from_logits(z, y), bce_gradients(X, torch.sigmoid(z), y), z)
+    loss = bce_from_logits(z, y, weights=weights)
+    return Evaluation(loss, bce_gradients(X, torch.sigmoid(z), y, weights), z)
 
 
 class Logistic(Kind):
@@ -197,27 +207,27 @@ class Logistic(Kind):
         return logits(X, w, b)
 
     def loss_at(self, X, y, w, b):
-        return bce_from_logits(logits(X, w, b), y)
+        return bce_from_logits(logits(X, w, b), y, weights=self.weights)
 
     def gradients_at(self, X, y, w, b):
         blocks = {"blocked_above": self.blocked_above, "block_bytes": self.block_bytes}
-        return loss_and_gradients(X, y, w, b, **blocks)
+        return loss_and_gradients(X, y, w, b, **blocks, weights=self.weights)
 
     def accuracy(self, z, y):
         return accuracy(z, y)
 
     def summands_at(self, X, y, z):
-        return summand_sizes(X, torch.sigmoid(z), y)
+        return summand_sizes(X, torch.sigmoid(z), y, self.weights)
 
     def hessian_product(self, X, y, w, b, weight_decay=0.0):
         z = logits(X, w, b)
-        return lambda v: bce_hvp(X, z, *v, weight_decay)
+        return lambda v: bce_hvp(X, z, *v, weight_decay, self.weights)
 
     def hessian_at(self, X, y, w, b, weight_decay=0.0):
-        return bce_hessian(X, logits(X, w, b), weight_decay)
+        return bce_hessian(X, logits(X, w, b), weight_decay, self.weights)
 
     def hessian_trace_at(self, X, y, w, b, weight_decay=0.0):
-        return bce_hessian_trace(X, logits(X, w, b), weight_decay)
+        return bce_hessian_trace(X, logits(X, w, b), weight_decay, self.weights)
 
     def reference_loss_at(self, X, y, w, b):
         """nn.Linear is F.linear, and BCEWithLogitsLoss is F.binary_cross_entropy_with_logits,
@@ -226,10 +236,10 @@ class Logistic(Kind):
         per_sample = F.binary_cross_entropy_with_logits(
             z, column(y, z).expand_as(z), reduction="none"
         )
-        return per_sample.mean(0), z
+        return weigh(per_sample, self.weights).mean(0), z
 
     def criterion(self):
-        return nn.BCEWithLogitsLoss()
+        return nn.BCEWithLogitsLoss(weight=self.weights)  # its weight: one per sample
 
     def from_linear(self, weight, bias):
         """w and b as views of ``nn.Linear(n, 1)``'s weight (1, n) and bias (1,)."""

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from manual_models.base import HandModel
 from manual_models.initialisation import init_linear
-from manual_models.interface import Evaluation, Kind
+from manual_models.interface import Evaluation, Kind, weigh
 from manual_models.optimizers import Optimizer
 from manual_models.validation import check_class_labels, check_count
 
@@ -62,18 +62,18 @@ def label_index(y: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     return y.view(-1, 1, *(1,) * (Z.ndim - 2)).expand(-1, 1, *Z.shape[2:])
 
 
-def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy_from_logits(Z: torch.Tensor, y: torch.Tensor, weights=None) -> torch.Tensor:
     """J = mean((M − Z_y) + log1p(Σ_{k ≠ argmax} e^{Z_k − M})), M = max_k Z_k: log Σ e^{Z} − Z_y.
 
     No exponent is positive, so nothing overflows, and for a confident right answer the
     bracket is exactly 0 and the small log1p term keeps its digits (``log_softmax`` computes
     log(1 + tiny) − 0 there, as ``BCEWithLogitsLoss`` does in the binary case). One loss, or
-    one per model for Z (m, C, K).
+    one per model for Z (m, C, K). ``weights``: each sample's term times its weight first.
     """
     top, at = Z.max(dim=1, keepdim=True)
     e = torch.exp(Z - top).scatter(1, at, 0.0)  # every term but the largest, which is e⁰ = 1
     per_sample = (top - Z.gather(1, label_index(y, Z))).squeeze(1) + torch.log1p(e.sum(1))
-    return per_sample.mean(0)
+    return weigh(per_sample, weights).mean(0)
 
 
 def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -81,24 +81,28 @@ def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like).scatter_(1, label_index(y, like), 1.0)
 
 
-def softmax_gradients(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """dW = Xᵀ(P − Y)/m, db = mean(P − Y): the chain rule through ∂J/∂Z = (P − Y)/m."""
-    residual = P - one_hot(y, P)
+def softmax_gradients(X, P, y, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """dW = Xᵀ(P − Y)/m, db = mean(P − Y): the chain rule through ∂J/∂Z = (P − Y)/m (with
+    weights r, row i of it times rᵢ)."""
+    residual = weigh(P - one_hot(y, P), weights)
     return {"dw": transposed_product(X, residual) / X.shape[0], "db": residual.mean(0)}
 
 
-def softmax_hvp(X, Z, V_W, V_b, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """H V = (Xᵀ G / m + λ V_W, mean(G)), G = P ⊙ U − P (pᵀu per row), U = X V_W + V_b."""
+def softmax_hvp(
+    X, Z, V_W, V_b, weight_decay: float = 0.0, weights=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """H V = (Xᵀ G / m + λ V_W, mean(G)), G = P ⊙ U − P (pᵀu per row), U = X V_W + V_b (with
+    weights r, row i of G times rᵢ)."""
     P = torch.softmax(Z, dim=1)
     PU = P * logits(X, V_W, V_b)
-    G = PU - P * PU.sum(1, keepdim=True)
+    G = weigh(PU - P * PU.sum(1, keepdim=True), weights)
     return transposed_product(X, G) / X.shape[0] + weight_decay * V_W, G.mean(0)
 
 
-def softmax_hessian(X, Z, weight_decay: float = 0.0) -> torch.Tensor:
+def softmax_hessian(X, Z, weight_decay: float = 0.0, weights=None) -> torch.Tensor:
     """∇²J = (1/m) Σᵢ (x̃ᵢ x̃ᵢᵀ) ⊗ (diag pᵢ − pᵢpᵢᵀ) + λ on W, θ = (W row by row, b)."""
     P = torch.softmax(Z, dim=1)
-    A = torch.diag_embed(P) - P.unsqueeze(2) * P.unsqueeze(1)
+    A = weigh(torch.diag_embed(P) - P.unsqueeze(2) * P.unsqueeze(1), weights)
     X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)
     size = X1.shape[1] * P.shape[1]
     H = torch.einsum("ij,ik,icd->jckd", X1, X1, A).reshape(size, size) / X.shape[0]
@@ -107,11 +111,13 @@ def softmax_hessian(X, Z, weight_decay: float = 0.0) -> torch.Tensor:
     return H + torch.diag(decay)
 
 
-def softmax_hessian_trace(X, Z, weight_decay: float = 0.0) -> torch.Tensor:
+def softmax_hessian_trace(X, Z, weight_decay: float = 0.0, weights=None) -> torch.Tensor:
     """tr ∇²J = (1/m) Σᵢ (‖xᵢ‖² + 1) Σ_c p_ic (1 − p_ic) + n C λ (one per model)."""
     P = torch.softmax(Z, dim=1)
     rows = (X.square().sum(1) + 1).view(-1, *(1,) * (Z.ndim - 2))
-    return (rows * (P * (1 - P)).sum(1)).mean(0) + X.shape[1] * Z.shape[1] * weight_decay
+    return (rows * weigh((P * (1 - P)).sum(1), weights)).mean(0) + X.shape[1] * Z.shape[
+        1
+    ] * weight_decay
 
 
 def accuracy(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,17 +125,17 @@ def accuracy(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (Z.argmax(1) == label_index(y, Z).squeeze(1)).to(Z.dtype).mean(0)
 
 
-def summand_sizes(X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def summand_sizes(X, P, y, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """(|X|ᵀ|P − Y|/m, mean|P − Y|): the sizes of the gradient's terms (see the binary model)."""
-    residual = (P - one_hot(y, P)).abs()
+    residual = weigh((P - one_hot(y, P)).abs(), weights)
     return {"dw": transposed_product(X.abs(), residual) / X.shape[0], "db": residual.mean(0)}
 
 
-def loss_and_gradients(X, y, W, b) -> Evaluation:
+def loss_and_gradients(X, y, W, b, weights: torch.Tensor | None = None) -> Evaluation:
     """J, (dW, db) and Z at (W, b), by hand."""
     Z = logits(X, W, b)
-    loss = cross_entropy_from_logits(Z, y)
-    return Evaluation(loss, softmax_gradients(X, torch.softmax(Z, dim=1), y), Z)
+    loss = cross_entropy_from_logits(Z, y, weights)
+    return Evaluation(loss, softmax_gradients(X, torch.softmax(Z, dim=1), y, weights), Z)
 
 
 class Softmax(Kind):
@@ -162,40 +168,55 @@ class Softmax(Kind):
         return logits(X, W, b)
 
     def loss_at(self, X, y, W, b):
-        return cross_entropy_from_logits(logits(X, W, b), y)
+        return cross_entropy_from_logits(logits(X, W, b), y, self.weights)
 
     def gradients_at(self, X, y, W, b):
-        return loss_and_gradients(X, y, W, b)
+        return loss_and_gradients(X, y, W, b, self.weights)
 
     def accuracy(self, Z, y):
         return accuracy(Z, y)
 
     def summands_at(self, X, y, Z):
-        return summand_sizes(X, torch.softmax(Z, 1), y)
+        return summand_sizes(X, torch.softmax(Z, 1), y, self.weights)
 
     def hessian_product(self, X, y, W, b, weight_decay=0.0):
         Z = logits(X, W, b)
-        return lambda V: softmax_hvp(X, Z, *V, weight_decay)
+        return lambda V: softmax_hvp(X, Z, *V, weight_decay, self.weights)
 
     def hessian_at(self, X, y, W, b, weight_decay=0.0):
-        return softmax_hessian(X, logits(X, W, b), weight_decay)
+        return softmax_hessian(X, logits(X, W, b), weight_decay, self.weights)
 
     def hessian_trace_at(self, X, y, W, b, weight_decay=0.0):
-        return softmax_hessian_trace(X, logits(X, W, b), weight_decay)
+        return softmax_hessian_trace(X, logits(X, W, b), weight_decay, self.weights)
 
     def reference_loss_at(self, X, y, W, b):
         """nn.Linear is F.linear (its weight is Wᵀ), CrossEntropyLoss is F.cross_entropy; for
         K models (W (n, C, K)) Z is (m, C, K), which F.cross_entropy reads as K positions."""
         Z = F.linear(X, W.flatten(1).T, b.flatten()).view(X.shape[0], *W.shape[1:])
         target = label_index(y, Z).squeeze(1)
-        return F.cross_entropy(Z, target, reduction="none").mean(0), Z
+        per_sample = F.cross_entropy(Z, target, reduction="none")
+        return weigh(per_sample, self.weights).mean(0), Z
 
     def criterion(self):
-        return nn.CrossEntropyLoss()
+        # CrossEntropyLoss's own weight is one per class: a weight per sample is its terms.
+        if self.weights is None:
+            return nn.CrossEntropyLoss()
+        return WeightedCrossEntropy(self.weights)
 
     def from_linear(self, weight, bias):
         """W and b as views of ``nn.Linear(n, C)``'s weight (C, n), which is Wᵀ, and bias."""
         return weight.T, bias
+
+
+class WeightedCrossEntropy(nn.Module):
+    """``nn.CrossEntropyLoss`` with a weight per sample: mean(rᵢ · ℓᵢ)."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(Z, y, reduction="none") * self.weights).mean()
 
 
 class SoftmaxRegression(HandModel):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from manual_models.base import Model
-from manual_models.interface import Evaluation, Kind, Step
+from manual_models.interface import Evaluation, Kind, Step, weigh
 from manual_models.logistic import Logistic, bce_from_logits, bce_gradients, column, logits
 from manual_models.optimizers import Optimizer
 from manual_models.softmax import (
@@ -44,14 +44,15 @@ class LogisticLoss(torch.autograd.Function):
     formulas hold column by column, and X and y, shared by all columns, sum their K parts.
     The backward is itself written in differentiable ops, so double backward
     (``create_graph=True``, ``gradgradcheck``) works: there it recomputes z from the inputs.
+    ``weights`` (optional, no gradient): each sample's term times rᵢ (``Kind.weighted``).
     """
 
     @staticmethod
-    def forward(ctx, X, w, b, y):
+    def forward(ctx, X, w, b, y, weights=None):
         z = logits(X, w, b)
         ctx.save_for_backward(X, w, b, y)
-        ctx.z = z
-        return bce_from_logits(z, y)
+        ctx.z, ctx.weights = z, weights
+        return bce_from_logits(z, y, weights=weights)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -59,19 +60,20 @@ class LogisticLoss(torch.autograd.Function):
         # With create_graph=True grad mode is on: rebuild z so the graph reaches w and b.
         z = logits(X, w, b) if torch.is_grad_enabled() else ctx.z
         y_hat = torch.sigmoid(z)
-        need_X, need_w, need_b, need_y = ctx.needs_input_grad
+        need_X, need_w, need_b, need_y = ctx.needs_input_grad[:4]
+        r = ctx.weights
         dX = dw = db = dy = None
         if need_w or need_b:
-            grads = bce_gradients(X, y_hat, y)
+            grads = bce_gradients(X, y_hat, y, r)
             dw = grad_output * grads["dw"] if need_w else None
             db = grad_output * grads["db"] if need_b else None
         m = X.shape[0]
         if need_X:
-            residual = (y_hat - column(y, z)) * grad_output
+            residual = weigh(y_hat - column(y, z), r) * grad_output
             dX = (torch.outer(residual, w) if z.ndim == 1 else residual @ w.T) / m
         if need_y:
-            dy = -(grad_output * z if z.ndim == 1 else z @ grad_output) / m
-        return dX, dw, db, dy
+            dy = -weigh(grad_output * z if z.ndim == 1 else z @ grad_output, r) / m
+        return (dX, dw, db, dy, None)[: len(ctx.needs_input_grad)]
 
 
 class SoftmaxLoss(torch.autograd.Function):
@@ -81,31 +83,32 @@ class SoftmaxLoss(torch.autograd.Function):
         ∂J/∂W = g Xᵀ(P − Y)/m     ∂J/∂b = g mean(P − Y)     ∂J/∂X = g (P − Y) Wᵀ/m
     With K models (W (n, C, K), b (C, K)) J and g are (K,), and the formulas hold model by
     model. y holds class indices: no gradient. The backward is written in differentiable ops, so
-    double backward works (it rebuilds Z from the inputs when grad mode is on).
+    double backward works (it rebuilds Z from the inputs when grad mode is on). ``weights``
+    (optional, no gradient): each sample's term times rᵢ.
     """
 
     @staticmethod
-    def forward(ctx, X, W, b, y):
+    def forward(ctx, X, W, b, y, weights=None):
         Z = class_logits(X, W, b)
         ctx.save_for_backward(X, W, b, y)
-        ctx.Z = Z
-        return cross_entropy_from_logits(Z, y)
+        ctx.Z, ctx.weights = Z, weights
+        return cross_entropy_from_logits(Z, y, weights)
 
     @staticmethod
     def backward(ctx, grad_output):
         X, W, b, y = ctx.saved_tensors
         Z = class_logits(X, W, b) if torch.is_grad_enabled() else ctx.Z
         P = torch.softmax(Z, dim=1)
-        need_X, need_W, need_b, _ = ctx.needs_input_grad
+        need_X, need_W, need_b = ctx.needs_input_grad[:3]
         dX = dW = db = None
         if need_W or need_b:
-            grads = softmax_gradients(X, P, y)
+            grads = softmax_gradients(X, P, y, ctx.weights)
             dW = grad_output * grads["dw"] if need_W else None
             db = grad_output * grads["db"] if need_b else None
         if need_X:  # summed over the classes (and the K models, for W (n, C, K))
-            residual = (grad_output * (P - one_hot(y, P))).flatten(1)
+            residual = (grad_output * weigh(P - one_hot(y, P), ctx.weights)).flatten(1)
             dX = residual @ W.flatten(1).T / X.shape[0]
-        return dX, dW, db, None
+        return (dX, dW, db, None, None)[: len(ctx.needs_input_grad)]
 
 
 class Twin(Model, nn.Module):
@@ -230,7 +233,8 @@ class AutogradTwin(Twin):
 
 class FunctionTwin(Twin):
     """The same, with the loss replaced by an ``autograd.Function`` whose backward is the
-    hand derivation (``Loss.apply(X, w, b, y)``); its weight and bias are held in the kind's
+    hand derivation (``Loss.apply(X, w, b, y)``, and the kind's weights after y when it has
+    them); its weight and bias are held in the kind's
     shapes, as the Function takes them (no view between them and the loss)."""
 
     def __init__(
@@ -252,7 +256,8 @@ class FunctionTwin(Twin):
     def loss_graph_at(self, X, y, w, b):
         with torch.no_grad():  # for the accuracy: the Function keeps its own logits inside
             z = self.kind.logits_at(X, w, b)
-        return self.Loss.apply(X, w, b, y), z
+        weights = () if self.kind.weights is None else (self.kind.weights,)
+        return self.Loss.apply(X, w, b, y, *weights), z
 
 
 class AutogradLogisticRegression(AutogradTwin):

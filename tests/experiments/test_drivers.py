@@ -121,6 +121,7 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # 20 s; the next test keeps one driver a sweep in make test
 def test_two_drivers_started_together_run_each_grid_point_once(store):
     a, b = start(store.uri, steps=2000), start(store.uri, steps=2000)  # they race at the start
     (_out_a, err_a), (_out_b, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)
