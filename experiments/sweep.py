@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import click
 import pandas as pd
 
-from experiments import edges, findings, halving, lr_batch, records
+from experiments import edges, findings, halving, lr_batch, models, records
 from experiments.choices import HalvingConfig
 from experiments.config import RunConfig, SweepConfig
 from experiments.engines import Engine, open_engine
@@ -317,7 +317,7 @@ class Sweep:
         seconds = time.perf_counter() - self.start
         if self.parent_id is not None:
             timing = {"sweep/seconds": seconds, "sweep/train_seconds": self.train_seconds}
-            _conclude(self.tracker, self.parent_id, runs, timing)
+            _conclude(self.tracker, self.experiment_id, self.parent_id, runs, timing)
         self._release()
         return SweepOutcome(
             self.experiment_id, self.parent_id, runs, seconds, self.train_seconds, skipped
@@ -357,8 +357,9 @@ def _ending(sweep: Sweep, engine: Engine):
         raise
 
 
-def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -> None:
-    """The finished sweep on its parent run: runs.csv, summary.csv, the counts, the answer."""
+def _conclude(tracker: Tracker, experiment_id: str, parent: str, runs, timing: dict) -> None:
+    """The finished sweep on its parent run: runs.csv, summary.csv, the counts, the answer;
+    and the best runs' models."""
     tracker.log_text(parent, runs.reindex(columns=records.RUNS_CSV).to_csv(index=False), "runs.csv")
     if (runs.status == "FINISHED").any():
         tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
@@ -369,7 +370,8 @@ def _conclude(tracker: Tracker, parent: str, runs: pd.DataFrame, timing: dict) -
         counts["sweep/steps_share"] = findings.halving_share(runs)
     if (latest[records.ADDED_BY] != "").any():  # extend_edges widened the grid
         counts["sweep/added"] = int((latest[records.ADDED_BY] != "").sum())
-    tracker.log(parent, metrics={**timing, **counts, **findings.headline(runs)})
+    logged = models.log_best(tracker, experiment_id, runs)
+    tracker.log(parent, metrics={**timing, **counts, **findings.headline(runs), **logged})
     tracker.finish(parent)
 
 
