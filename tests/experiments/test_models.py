@@ -112,7 +112,7 @@ def test_a_resumed_sweep_logs_no_model_twice(served, tmp_path):
 @pytest.mark.slow
 def test_mlflow_models_predict_serves_it_from_the_command_line(served, tmp_path, monkeypatch):
     """``mlflow models predict --env-manager local``: the model as MLflow's CLI runs it."""
-    sweep, uri, logged = served
+    _sweep, uri, logged = served
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = next(m for m in logged if m.name == "iris_classes_all-manual")
     loaded = mlflow.pyfunc.load_model(model.model_uri)
