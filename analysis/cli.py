@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from analysis.report import make_report
 from analysis.run_notebooks import execute
-from analysis.runs import AnalysisError
+from analysis.runs import AnalysisError, Sweep
 from experiments.cli import entry
 from experiments.stores import TrackingError
 
@@ -52,13 +55,27 @@ def report(experiment: str, tracking_uri: str | None, out: str | None, baseline:
     """Write report.html, pairs.csv, best_lr.csv, reference.csv, devices.csv and the figures
     for the latest sweep of EXPERIMENT (and halving.csv for a halving sweep), and log them on
     its parent run."""
+    outer_run = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run -e analyze` made it
     result, folder = make_report(experiment, tracking_uri, out, baseline)
+    if outer_run:
+        record_analysis(result.sweep, outer_run, folder / "report.html")
     pairs = result.pairs
     agree = int(pairs["agrees"].sum()) if len(pairs) else 0
     twinned = int(pairs["twin_run_id"].notna().sum()) if "twin_run_id" in pairs else 0
     alone = f" ({len(pairs) - twinned} runs have no autograd twin)" if twinned < len(pairs) else ""
     click.echo(f"{agree} of {twinned} pairs agree with autograd within tolerance{alone}")
     click.echo(f"report: {(folder / 'report.html').resolve()}")
+
+
+def record_analysis(sweep: Sweep, run_id: str, report: Path) -> None:
+    """``mlflow run``'s run of the analysis: named for the sweep, its report attached, and a
+    child of the sweep's parent where both are in one experiment (the UI nests it there)."""
+    client = sweep.tracker.client
+    client.set_tag(run_id, "mlflow.runName", f"analysis · {sweep.experiment_name}")
+    client.set_tag(run_id, "analyzed_sweep", sweep.parent_id)
+    if client.get_run(run_id).info.experiment_id == sweep.experiment_id:
+        client.set_tag(run_id, "mlflow.parentRunId", sweep.parent_id)
+    client.log_artifact(run_id, str(report))
 
 
 @main.command()

@@ -297,7 +297,7 @@ def make_report(
 ) -> tuple[Report, Path]:
     sweep = load_sweep(experiment, tracking_uri)
     report = build(sweep, None if baseline is None else load_sweep(baseline, tracking_uri))
-    folder = Path(out) if out is not None else Path("reports") / experiment
+    folder = Path(out) if out else Path("reports") / experiment
     files = write(report, folder)
     log_to_parent(report, files)
     return report, folder

@@ -79,7 +79,23 @@ def tracking_options(command):
         metavar="KEY=VALUE",
         help="override a config key; VALUE is YAML, e.g. lrs=[0.01,0.1]",
     )(command)
+    command = click.option(
+        "--sets",
+        metavar="'KEY=VALUE …'",
+        default="",
+        help="several overrides in one argument, as `mlflow run -P overrides=…` passes them "
+        "(shell words: quote a VALUE with spaces)",
+    )(command)
     return click.option("--quiet", is_flag=True, help="no progress bar")(command)
+
+
+def all_overrides(overrides: tuple[str, ...], sets: str) -> dict[str, object]:
+    """--set KEY=VALUE, each, and --sets 'KEY=VALUE KEY=VALUE', together."""
+    try:
+        words = shlex.split(sets)
+    except ValueError as err:
+        raise ConfigError(f"--sets {sets!r}: {err}") from None
+    return parse_overrides((*overrides, *words))
 
 
 @main.command()
@@ -105,17 +121,17 @@ def tracking_options(command):
 @click.option("--restart", is_flag=True, help="start a fresh sweep instead of resuming")
 @tracking_options
 def sweep(
-    config, workers, engine, address, restart, overrides, experiment, tracking_uri, quiet
+    config, workers, engine, address, restart, overrides, sets, experiment, tracking_uri, quiet
 ) -> int:
     """Run every grid point of CONFIG (default: experiments/configs/default.yaml)."""
     path = Path(config) if config else DEFAULT_CONFIG
     chosen = {k: v for k, v in {"engine": engine, "address": address}.items() if v}
-    sweep_config = load_sweep(path, {**parse_overrides(overrides), **chosen})
+    sweep_config = load_sweep(path, {**all_overrides(overrides, sets), **chosen})
     command = " ".join(
         [
             "python -m experiments sweep",
             shlex.quote(str(path)),
-            *(f"--set {shlex.quote(o)}" for o in overrides),
+            *(f"--set {shlex.quote(o)}" for o in (*overrides, *shlex.split(sets))),
         ]
     )
     return execute(
@@ -150,12 +166,12 @@ def run_key_options(command):
 @main.command()
 @run_key_options
 @tracking_options
-def train(overrides, experiment, tracking_uri, quiet, **options) -> int:
+def train(overrides, sets, experiment, tracking_uri, quiet, **options) -> int:
     """Train one run: the keys of a sweep's grid point, as options or --set KEY=VALUE."""
     given = {
         k: parse_value(f"--{k.replace('_', '-')}", v) for k, v in options.items() if v is not None
     }
-    data = {**given, **parse_overrides(overrides)}
+    data = {**given, **all_overrides(overrides, sets)}
     missing = [k for k, field in run_keys().items() if field.is_required() and k not in data]
     if missing:
         raise ConfigError(f"missing option --{missing[0].replace('_', '-')}")
@@ -278,7 +294,13 @@ def execute(
     restart: bool = False,
 ) -> int:
     """Run the sweep (which checks the store and the engine before anything is written), and
-    say how it went: exit code 1 if a run failed with an error, else 0."""
+    say how it went: exit code 1 if a run failed with an error, else 0.
+
+    Under ``mlflow run`` the run it made (``$MLFLOW_RUN_ID``) is the sweep's parent, a single
+    run's too. The variable leaves the environment first: a worker or writer process that
+    inherited it would log to that run through MLflow's fluent API."""
+    outer_run = os.environ.pop("MLFLOW_RUN_ID", None) or None
+    nested = nested or outer_run is not None
     tracker = Tracker(uri)
     outcome = run_sweep(
         config,
@@ -289,8 +311,12 @@ def execute(
         nested=nested,
         progress=not quiet,
         restart=restart,
+        outer_run=outer_run,
     )
-    return say_outcome(outcome, tracker.uri, experiment or config.name, nested)
+    name = experiment or config.name
+    if outer_run is not None:  # the sweep is in the experiment of mlflow run's run
+        name = tracker.client.get_experiment(outcome.experiment_id).name
+    return say_outcome(outcome, tracker.uri, name, nested)
 
 
 # What the closing table shows: each implementation at its best lr, or a single run's numbers.

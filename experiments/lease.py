@@ -157,6 +157,28 @@ class Lease:
         self._hold(parent_id, placed)
         return parent_id
 
+    def adopt(self, run_id: str, sweep_key: str, tags: dict[str, str]) -> bool:
+        """Hold a run made elsewhere as the sweep's parent (``mlflow run``'s): ``tags`` make it
+        one, unless it is already this sweep's parent (``mlflow run --run-id``: then it
+        resumes). Returns whether it was. Refuses a run of another sweep, or one another driver
+        holds, having written nothing."""
+        run = self.tracker.run(run_id)
+        held_key = run.data.tags.get("sweep_key")
+        if held_key not in (None, sweep_key):
+            raise ConfigError(
+                f"run {run_id} is the parent of another sweep (key {held_key}): give "
+                "`mlflow run` no --run-id to start this one"
+            )
+        self._refuse_if_held([run])
+        placed = now()
+        self.tracker.log(run_id, tags={**self.tags(), **({} if held_key else tags)})
+        other = self._other([self.tracker.run(run_id)])
+        if other is not None:  # another driver claimed it at the same moment
+            self.tracker.delete_tag(run_id, self.key)
+            self._refuse_if_held([self.tracker.run(run_id)])
+        self._hold(run_id, placed)
+        return held_key is not None
+
     def held(self) -> bool:
         """Whether this driver may still act on the sweep (renewed recently, claim intact)."""
         silent = now() - self._renewed

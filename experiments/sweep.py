@@ -59,6 +59,7 @@ def run_sweep(
     nested: bool = True,
     progress: bool = True,
     restart: bool = False,
+    outer_run: str | None = None,
 ) -> SweepOutcome:
     """Train and record every grid point not finished yet, on ``engine`` (else the one the
     config names, with ``workers``), which this opens, checks and closes.
@@ -68,7 +69,8 @@ def run_sweep(
     process are marked KILLED and run again. One driver at a time: while another holds the
     sweep's lease (:mod:`experiments.lease`) this one stops before writing anything.
     ``restart`` starts a fresh parent instead, whoever runs the old one; ``nested=False``
-    (``experiments train``) records the runs without a parent.
+    (``experiments train``) records the runs without a parent. ``outer_run``: the run
+    ``mlflow run`` made (its ``MLFLOW_RUN_ID``) becomes the parent, in its experiment.
     """
     lease = Lease(tracker) if nested else None  # a sweep with a parent is held by one driver
     check_reachable(tracker.uri)  # before an engine starts, and before anything is written
@@ -80,13 +82,16 @@ def run_sweep(
             click.echo(f"engine: {engine.describe()}", err=True)
         grid = config.grid()
         tracker.open()
-        experiment_id = tracker.experiment(experiment or config.name)
+        if outer_run is None:
+            experiment_id = tracker.experiment(experiment or config.name)
+        else:
+            experiment_id = tracker.run(outer_run).info.experiment_id
         sweep = Sweep(
             tracker, experiment_id, lease=lease, halving=config.halving, batch=config.batch_lrs
         )
         with _ending(sweep, engine):
             if nested:
-                sweep.open_parent(config, grid, command, restart)
+                sweep.open_parent(config, grid, command, restart, outer_run)
             skipped = _train(sweep, engine, config, grid, "runs to do", progress)
             if config.extend_edges is not None:
                 skipped += _widen(sweep, engine, config, grid, progress)
@@ -139,20 +144,25 @@ class Sweep:
     batch: bool = True  # rates side by side in a pass, where the implementation batches
 
     def open_parent(
-        self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool
-    ) -> None:
+        self, config: SweepConfig, grid: list[RunConfig], command: str, restart: bool,
+        outer_run: str | None = None,
+    ) -> None:  # fmt: skip
         """The sweep's parent run, held by this driver: reopened if this sweep ran before
         (then its finished grid points are known, and runs a dead driver left RUNNING are
-        marked KILLED), else new; with ``restart`` new in any case."""
+        marked KILLED), else new; with ``restart`` new in any case; ``outer_run`` (made by
+        ``mlflow run``) made the parent, or resumed if it is one already."""
         with shielded():  # an interrupt waits until parent_id is known (and marked KILLED)
+            stamp = time.strftime("%Y-%m-%d %H:%M")
+            name = f"sweep · {config.name} · {len(grid)} runs · {stamp}"
+            tags = records.sweep_tags(config, len(grid), command)
 
             def create(claim: dict[str, str]) -> str:  # the run alone: filled once held
-                stamp = time.strftime("%Y-%m-%d %H:%M")
-                name = f"sweep · {config.name} · {len(grid)} runs · {stamp}"
-                tags = {**records.sweep_tags(config, len(grid), command), **claim}
-                return self.tracker.start_run(self.experiment_id, name, tags=tags)
+                return self.tracker.start_run(self.experiment_id, name, tags={**tags, **claim})
 
-            if restart:
+            if outer_run is not None:
+                named = {**tags, "mlflow.runName": name}
+                self.parent_id, existed = outer_run, self.lease.adopt(outer_run, config.key, named)
+            elif restart:
                 self.parent_id, existed = self.lease.start(create), False
             else:
                 self.parent_id, existed = self.lease.acquire(self.experiment_id, config.key, create)

@@ -78,8 +78,8 @@ MUTANTS = {
     ),
     "the Hessian-vector product with the bias row dropped": (
         "manual_models/logistic.py",
-        "su = curvatures(z) * (X @ v_w + v_b)",
-        "su = curvatures(z) * (X @ v_w)",
+        "su = weigh(curvatures(z), weights) * (X @ v_w + v_b)",
+        "su = weigh(curvatures(z), weights) * (X @ v_w)",
     ),
     "the curvature ŷ² for ŷ(1 − ŷ)": (
         "manual_models/logistic.py",

@@ -167,6 +167,7 @@ def test_bad_device_is_one_line_and_exit_2(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # 18 s of make test
 def test_large_cpu_data_is_also_timed_unblocked():
     """Above the blocking threshold (a parameter here) the manual step is timed both ways."""
     timer = bench.Timer(CPU, repeats=1, min_s=0)

@@ -57,6 +57,7 @@ def local_engine_runs(tmp_path_factory):
     return finals(children(uri, "quick"))
 
 
+@pytest.mark.slow  # 17 s of make test; the cluster tests run Dask against a server
 def test_local_dask_cluster_gives_the_local_engine_runs(local_engine_runs, tmp_path, distributed):
     uri = f"sqlite:///{tmp_path / 'dask.db'}"
     args = ["sweep", QUICK, "--engine", "dask", "--workers", "2", "--tracking-uri", uri, "--quiet"]

@@ -145,16 +145,16 @@ def test_k_models_side_by_side_are_each_model_alone():
 
 WRONG = {
     "a missing 1/m": (manual_models.logistic, "bce_hvp",
-                      lambda X, z, v_w, v_b, weight_decay=0.0: (
+                      lambda X, z, v_w, v_b, weight_decay=0.0, weights=None: (
                           X.T @ (manual_models.logistic.curvatures(z) * (X @ v_w + v_b)),
                           (manual_models.logistic.curvatures(z) * (X @ v_w + v_b)).mean(0))),
     "a dropped bias row": (manual_models.logistic, "bce_hvp",
-                           lambda X, z, v_w, v_b, weight_decay=0.0: (
+                           lambda X, z, v_w, v_b, weight_decay=0.0, weights=None: (
                                X.T @ (manual_models.logistic.curvatures(z) * (X @ v_w)) / len(X),
                                (manual_models.logistic.curvatures(z) * (X @ v_w)).mean(0))),
     "ŷ² for ŷ(1 − ŷ)": (manual_models.logistic, "curvatures", lambda z: torch.sigmoid(z) ** 2),
     "softmax without the −ppᵀ term": (manual_models.softmax, "softmax_hvp",
-                                     lambda X, Z, V_W, V_b, weight_decay=0.0: (
+                                     lambda X, Z, V_W, V_b, weight_decay=0.0, weights=None: (
                                          manual_models.softmax.transposed_product(
                                              X, torch.softmax(Z, 1) * (X @ V_W + V_b)) / len(X),
                                          (torch.softmax(Z, 1) * (X @ V_W + V_b)).mean(0))),
