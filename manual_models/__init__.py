@@ -17,7 +17,14 @@ each must provide.
 
 from manual_models.base import HandModel, Model
 from manual_models.compare import Comparison, compare, relative_error
-from manual_models.interface import Evaluation, GradientDescentModel, Implementation, Kind, Step
+from manual_models.interface import (
+    Evaluation,
+    GradientDescentModel,
+    Implementation,
+    Kind,
+    Step,
+    weigh,
+)
 from manual_models.logistic import (
     Logistic,
     LogisticRegression,
@@ -79,6 +86,7 @@ __all__ = [
     "make_model",
     "relative_error",
     "softmax_gradients",
+    "weigh",
 ]
 
 IMPLEMENTATIONS: dict[str, type[GradientDescentModel]] = {

@@ -114,6 +114,7 @@ class Kind(ABC):
     # rᵢ = m sᵢ / Σ s, per sample (mean 1), or None: set by :meth:`weighted`. A kind's math
     # multiplies each sample's term by it (:func:`weigh`) before it takes the mean.
     weights: torch.Tensor | None = None
+    weighs_samples = False  # a kind that does so says it: a weighted kind that did not would lie
 
     def __init__(
         self,
@@ -202,6 +203,12 @@ class Kind(ABC):
 
         Stored as rᵢ = m sᵢ / Σ s, so the mean of rᵢ ℓᵢ is that loss, and every mean the kind
         takes (loss, gradient, curvature) is weighted the same way by multiplying one term."""
+        if not self.weighs_samples:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not weigh its samples: multiply each sample's "
+                "term by self.weights (manual_models.weigh) before every mean, then set "
+                "weighs_samples = True"
+            )
         s = torch.as_tensor(sample_weight, dtype=self.dtype, device=self.device)
         if s.ndim != 1 or s.numel() == 0:
             raise ValueError(f"sample_weight must be 1-D and not empty, got shape {tuple(s.shape)}")

@@ -179,6 +179,7 @@ class Logistic(Kind):
     the bench times both ways)."""
 
     n_classes = 2
+    weighs_samples = True
 
     def __init__(
         self,

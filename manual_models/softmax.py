@@ -143,6 +143,8 @@ class Softmax(Kind):
     (``nn.Linear(n, C)``'s draw, its weight is Wᵀ), the link softmax, and the math above as
     functions of the parameters."""
 
+    weighs_samples = True
+
     def __init__(
         self,
         n_features: int,

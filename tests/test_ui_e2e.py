@@ -3,7 +3,7 @@
 quick.yaml (300 steps, two seeds) is swept into a temporary store, `python -m experiments ui`
 (what `make ui` runs) serves it on a free loopback port, and Playwright drives Debian's
 Chromium: the runs page of the sweep in the model-training view, the parent run expanded,
-every child run by name, param columns; then the runs grouped by `setting` in two clicks, and
+every child run by name, the best runs' models in the Models column, param columns; then the runs grouped by `setting` in two clicks, and
 the chart view: `train/loss` drawn from 200 points a run, one mean curve with a min–max band
 over the seeds for each setting, the gradient check on a log10 axis that reads. Screenshots
 land in reports/e2e/. `.ci/run` installs Chromium and Playwright and sets REQUIRE_E2E=1, so
@@ -119,6 +119,10 @@ def runs_page(page, grid) -> None:
     page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
     for point in grid:
         page.get_by_text(point.name, exact=True).first.wait_for()
+    # The best run of each dataset × implementation links its model in the Models column.
+    for dataset in ("iris", "breast_cancer"):
+        for impl in ("manual", "autograd", "function"):
+            page.get_by_text(f"{dataset}-{impl}", exact=True).first.wait_for()
     # MLflow 3 lists params behind "Show more columns": pick two, as a person would.
     page.get_by_text("Show more columns").click()
     for name in ("impl", "lr"):

@@ -207,6 +207,12 @@ def test_weights_are_checked():
     for bad in ([1.0, -1.0], [0.0, 0.0], [1.0, float("nan")], [[1.0]]):
         with pytest.raises(ValueError, match="sample_weight must be"):
             kind.weighted(bad)
+
+    class Unweighing(Logistic):
+        weighs_samples = False
+
+    with pytest.raises(NotImplementedError, match="Unweighing does not weigh its samples"):
+        Unweighing(2).weighted([1.0, 2.0])
     model = HandModel(kind.weighted([1.0, 2.0]))
     with pytest.raises(ValueError, match="this kind weighs 2 samples; X has 3 rows"):
         model.loss(torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
