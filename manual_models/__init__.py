@@ -16,6 +16,7 @@ each must provide.
 """
 
 from manual_models.base import HandModel, Model
+from manual_models.checks import ModelCheckFailed, check_model
 from manual_models.compare import Comparison, compare, relative_error
 from manual_models.interface import (
     Evaluation,
@@ -72,6 +73,7 @@ __all__ = [
     "LogisticLoss",
     "LogisticRegression",
     "Model",
+    "ModelCheckFailed",
     "Optimizer",
     "Softmax",
     "SoftmaxLoss",
@@ -80,6 +82,7 @@ __all__ = [
     "Twin",
     "bce_from_logits",
     "bce_gradients",
+    "check_model",
     "compare",
     "cross_entropy_from_logits",
     "logits",

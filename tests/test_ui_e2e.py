@@ -3,11 +3,12 @@
 quick.yaml (300 steps, two seeds) is swept into a temporary store, `python -m experiments ui`
 (what `make ui` runs) serves it on a free loopback port, and Playwright drives Debian's
 Chromium: the runs page of the sweep in the model-training view, the parent run expanded,
-every child run by name, the best runs' models in the Models column, param columns; then the runs grouped by `setting` in two clicks, and
-the chart view: `train/loss` drawn from 200 points a run, one mean curve with a min–max band
-over the seeds for each setting, the gradient check on a log10 axis that reads. Screenshots
-land in reports/e2e/. `.ci/run` installs Chromium and Playwright and sets REQUIRE_E2E=1, so
-there a missing browser fails instead of skipping.
+every child run by name, the best runs' models in the Models column, param columns; then the
+runs grouped by `setting` in two clicks, and the chart view: `train/loss` drawn from 200
+points a run, one mean curve with a min–max band over the seeds for each setting, the
+gradient check on a log10 axis that reads. Screenshots land in reports/e2e/. `.ci/run`
+installs Chromium and Playwright and sets REQUIRE_E2E=1, so there a missing browser fails
+instead of skipping.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from experiments import LrBatch, fit
-from manual_models import AutogradTwin, Evaluation, HandModel, Kind
+from manual_models import AutogradTwin, Evaluation, HandModel, Kind, ModelCheckFailed, check_model
+from manual_models.checks import parametrize_with_checks
 from manual_models.initialisation import init_linear
 from manual_models.validation import check_binary_labels
 
@@ -102,6 +103,18 @@ class ProbitMissingOneOverM(Probit):
     def gradients_at(self, X, y, w, b):
         loss, grads, z = super().gradients_at(X, y, w, b)
         return Evaluation(loss, {**grads, "dw": grads["dw"] * X.shape[0]}, z)
+
+
+# What a user writes to check a kind of their own: three lines.
+@parametrize_with_checks([Probit])
+def test_probit_passes_check_model(check):
+    check()
+
+
+def test_check_model_finds_the_missing_one_over_m():
+    with pytest.raises(ModelCheckFailed, match=r"FAIL gradient +cpu +\d") as raised:
+        check_model(ProbitMissingOneOverM, devices=["cpu"])
+    assert "ok   K in one pass" in str(raised.value)  # a wrong gradient is still per column
 
 
 @pytest.fixture
