@@ -134,6 +134,9 @@ def separable(X: np.ndarray, y: np.ndarray, n_classes: int = 2) -> bool:
 
 def _data_facts(runs: pd.DataFrame) -> pd.DataFrame:
     """Per split and objective: smoothness, separability and the optimum."""
+    if runs.empty:  # a sweep of a model of one's own only: its columns, in their dtypes
+        dtypes = {name: bool if name == "separable" else float for name in FACTS}
+        return runs[SPLIT].assign(**{k: pd.Series(dtype=t) for k, t in dtypes.items()})
     splits = runs.drop_duplicates(SPLIT)
     return pd.DataFrame(
         {
@@ -155,6 +158,9 @@ def split_separable(dataset, seed: int, val_fraction: float, n_classes: int) -> 
     """:func:`separable` of a run's training split, once a split."""
     split = load_split(dataset, seed, val_fraction)
     return separable(split.X_train, split.y_train, n_classes)
+
+
+FACTS = ["L", "separable", "optimum_train_loss", "optimum_grad_norm"]
 
 
 @cache
@@ -228,10 +234,17 @@ def polished(X, y, n_classes: int, weight_decay: float, W, b, steps: int = 3):
     return W, b
 
 
+def built_in(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the built-in kinds (logistic, softmax), whose objective, smoothness and
+    optimum this module knows; not those of a model of one's own (``model:``)."""
+    return runs[runs["model"] == "None"] if "model" in runs else runs
+
+
 def reference(sweep: Sweep) -> pd.DataFrame:
     """Each finished run's final objective (training loss, plus (λ/2)‖W‖² under weight
-    decay) against the optimum of the same objective."""
-    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    decay) against the optimum of the same objective (the built-in kinds' runs: a model of
+    one's own has its own objective, whose optimum this does not know)."""
+    runs = built_in(sweep.runs[sweep.runs.status == "FINISHED"])
     facts = _data_facts(runs)
     columns = ["dataset", "device", "dtype", "impl", "optimizer", "lr", "run_id", *SPLIT[1:]]
     out = runs[list(dict.fromkeys(columns))]
@@ -248,8 +261,8 @@ def reference(sweep: Sweep) -> pd.DataFrame:
 
 
 def stability(sweep: Sweep) -> pd.DataFrame:
-    """lr·L per run: full-batch GD on this loss is stable for lr·L < 2."""
-    runs = sweep.runs[sweep.runs.status == "FINISHED"]
+    """lr·L per run of a built-in kind: full-batch GD on this loss is stable for lr·L < 2."""
+    runs = built_in(sweep.runs[sweep.runs.status == "FINISHED"])
     facts = _data_facts(runs)[[*SPLIT, "L"]]
     out = runs[["run_id", *SPLIT, "lr"]].merge(facts, on=SPLIT)
     return out.assign(lr_times_L=out["lr"] * out["L"])[["run_id", "L", "lr_times_L"]]

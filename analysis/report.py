@@ -197,6 +197,7 @@ def to_html(report: Report) -> str:
         agree=int(pairs["agrees"].sum()) if len(pairs) else 0,
         disagree=list(pairs[~pairs["agrees"]].run_name) if len(pairs) else [],
         separable=sorted(reference[reference.separable].dataset.unique()),
+        own_models=sorted(set(sweep.runs.get("model", pd.Series(dtype=str))) - {"None"}),
         n_unfinished=len(unfinished),
         unfinished=_table(unfinished, ["run_name", "status", "failure", "failure_reason"])
         if len(unfinished)

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.compare import SPLIT, optimum
+from analysis.compare import SPLIT, built_in, optimum
 from analysis.runs import Sweep
 from experiments.data import load_split
 from experiments.records import dataset_config
@@ -152,11 +152,11 @@ def late_rate(steps: np.ndarray, distances: np.ndarray, floor: float) -> float:
 
 def gradient_descent_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The finished runs of plain full-batch gradient descent (weight decay or not: the
-    penalty is part of the objective whose Hessian the threshold is of)."""
+    penalty is part of the objective whose Hessian the threshold is of), of a built-in kind."""
     size = pd.to_numeric(runs.get("batch_size", pd.Series(index=runs.index)), errors="coerce")
     full = size.isna() | (size >= pd.to_numeric(runs.get("n_train", np.inf)))
     plain = (runs["optimizer.name"] == "sgd") & runs.zero_grad.astype(bool)
-    return runs[(runs.status == "FINISHED") & plain & full]
+    return built_in(runs[(runs.status == "FINISHED") & plain & full])
 
 
 def table(sweep: Sweep) -> pd.DataFrame:

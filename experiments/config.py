@@ -43,6 +43,7 @@ from experiments.choices import (
     PositiveFloat,
     Real,
 )
+from manual_models import load_kind
 from manual_models.curvature import ITERATIONS, SHARPNESS_EVERY
 from manual_models.validation import available_devices
 
@@ -65,6 +66,7 @@ ADDED = {
     "drop_last": False,
     "eval_every": None,
     "epochs": None,
+    "model": None,
 }
 # The sharpness is measured on a run and changes nothing in it: its keys are never hashed, so a
 # sweep resumes at any cadence (a run measured at another one counts as done, as above).
@@ -107,6 +109,13 @@ class _Common(BaseModel):
         "and the validation set (default: once an epoch; the first and last step always)",
     )
     dtype: Dtype = Field("float32", description="float32 or float64")
+    model: str | None = Field(
+        None,
+        description="a kind of your own, 'package.module:Class' (a manual_models.Kind subclass "
+        "importable where the runs train): trained with its derivation (impl manual) beside "
+        "autograd of its own reference loss (impl autograd); default: logistic regression, "
+        "softmax for more classes",
+    )
     val_fraction: Real = Field(0.25, gt=0, lt=1, description="held-out, stratified share")
     check_every: Count | None = Field(
         None,
@@ -148,6 +157,13 @@ class _Common(BaseModel):
         description="the manual model's loss and gradient through torch.compile (the "
         "elementwise work over the logits fused); the twins, the references, stay eager",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            load_kind(value)  # a ValueError in one line names what is wrong
+        return value
 
     @field_validator("compile")
     @classmethod
@@ -233,6 +249,11 @@ class SweepConfig(_Common):
             raise ValueError("halving needs at least two lrs to choose from")
         if self.epochs is not None and "steps" in self.model_fields_set:
             raise ValueError("give steps or epochs, not both")
+        if self.model is not None and "function" in self.impls:
+            raise ValueError(
+                "impls: a model of your own trains as manual and autograd (function needs an "
+                "autograd.Function of your own)"
+            )
         if self.halving is not None and self.extend_edges is not None:
             raise ValueError(
                 "halving and extend_edges: choose one (halving keeps rates, extend_edges adds them)"
@@ -377,9 +398,10 @@ class RunConfig(_Common):
     def name(self) -> str:
         rule = "" if self.optimizer == SGD else f" · {self.optimizer.label}"
         batch = "" if self.batch_size is None else f" · b={self.batch_size}"
+        model = "" if self.model is None else f" {self.model.rpartition(':')[2]}"
         return (
-            f"{self.impl} · {self.dataset.label} · lr={self.lr:g}{rule}{batch} · {self.device} · "
-            f"s{self.seed}"
+            f"{self.impl}{model} · {self.dataset.label} · lr={self.lr:g}{rule}{batch} · "
+            f"{self.device} · s{self.seed}"
         )
 
     def params(self) -> dict[str, str]:

@@ -67,6 +67,7 @@ DEFAULTS = {
     "optimizer.zero_grad": "True",
     "n_classes": 2,
     "batch_size": "None",  # full-batch descent
+    "model": "None",  # the built-in kinds: logistic, softmax
 }
 # The tag on a run a search added to the grid, naming the search (``extend_edges``).
 ADDED_BY = "added_by"

@@ -16,6 +16,7 @@ from experiments.choices import HalvingConfig
 from experiments.config import RunConfig
 from experiments.data import RunData, run_data
 from experiments.loop import History, Loop
+from manual_models import Kind, load_kind
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,10 @@ def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
         "seed": config.seed,
         "n_classes": data.n_classes,
         "optimizer": config.optimizer.rule(),
+        "kind": None if config.model is None else load_kind(config.model),
     }
+    # A kind of one's own may leave its curvature underived: then there is no sharpness.
+    curved = new["kind"] is None or new["kind"].hessian_product is not Kind.hessian_product
     model = lr_batch.build(config.impl, data.X.shape[1], lrs, compiled=config.compile, **new)
     # The check compares each step's gradient with autograd's at the same point. Without
     # zero_grad the step uses the sum of all past gradients by design: nothing to check.
@@ -111,7 +115,7 @@ def _start(configs: list[RunConfig], stops) -> tuple[RunData, Loop]:
         reference=reference, check_every=config.check_every_for(data.X.numel()),
         max_trajectory_values=config.max_trajectory_values, cuda_graphs=config.cuda_graphs,
         stops=stops, batches=drawn, eval_every=config.eval_every,
-        sharpness_every=config.sharpness_every,
+        sharpness_every=config.sharpness_every if curved else None,
         sharpness_iterations=config.sharpness_iterations,
     )  # fmt: skip
     return data, loop

@@ -15,6 +15,10 @@ each must provide.
   with the hand-written backward, stepped by torch.optim.
 """
 
+import importlib
+
+import torch
+
 from manual_models.base import HandModel, Model
 from manual_models.checks import ModelCheckFailed, check_model
 from manual_models.compare import Comparison, compare, relative_error
@@ -85,6 +89,7 @@ __all__ = [
     "check_model",
     "compare",
     "cross_entropy_from_logits",
+    "load_kind",
     "logits",
     "make_model",
     "relative_error",
@@ -105,13 +110,49 @@ MULTICLASS: dict[str, type[GradientDescentModel]] = {
 
 
 def make_model(
-    impl: str, n_features: int, lr: float = 0.01, *, n_classes: int = 2, **kwargs
+    impl: str,
+    n_features: int,
+    lr: float = 0.01,
+    *,
+    n_classes: int = 2,
+    kind: type[Kind] | None = None,
+    device=None,
+    dtype=torch.float32,
+    **kwargs,
 ) -> GradientDescentModel:
     """Build an implementation by its short name: ``manual``, ``autograd`` or ``function``;
-    logistic regression for two classes, softmax regression for more."""
+    logistic regression for two classes, softmax regression for more; or ``kind``, a
+    :class:`Kind` of your own, built as ``kind(n_features, device=, dtype=)`` for two classes
+    and ``kind(n_features, n_classes, device=, dtype=)`` for more, by hand (``manual``) or by
+    autograd of its own reference loss (``autograd``). ``kwargs``: ``seed``, ``optimizer``."""
     if impl not in IMPLEMENTATIONS:
         choices = ", ".join(IMPLEMENTATIONS)
         raise ValueError(f"unknown implementation {impl!r}; choose one of {choices}")
+    options = {"device": device, "dtype": dtype}
+    if kind is not None:
+        classes = () if n_classes == 2 else (n_classes,)
+        made = kind(n_features, *classes, **options)
+        if impl == "function":
+            raise ValueError(
+                f"{kind.__name__} has no autograd.Function here: a kind of your own trains as "
+                "manual and autograd (FunctionTwin(kind, YourLoss) takes one you write)"
+            )
+        return (HandModel if impl == "manual" else AutogradTwin)(made, lr, **kwargs)
     if n_classes == 2:
-        return IMPLEMENTATIONS[impl](n_features, lr, **kwargs)
-    return MULTICLASS[impl](n_features, n_classes, lr, **kwargs)
+        return IMPLEMENTATIONS[impl](n_features, lr, **options, **kwargs)
+    return MULTICLASS[impl](n_features, n_classes, lr, **options, **kwargs)
+
+
+def load_kind(reference: str) -> type[Kind]:
+    """``package.module:Class`` → the class, a :class:`Kind` subclass importable from here;
+    a ValueError in one line otherwise."""
+    module_name, _, name = reference.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"model {reference!r} must read package.module:Class")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model {reference!r} cannot be imported: {err}") from None
+    if not (isinstance(found, type) and issubclass(found, Kind)):
+        raise ValueError(f"model {reference!r} is not a manual_models.Kind subclass")
+    return found

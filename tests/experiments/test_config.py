@@ -153,7 +153,7 @@ def test_keys_recorded_before_the_optimizer_key_are_unchanged():
     config = load_sweep(CONFIGS / "quick.yaml", {})
     point = config.grid()[0]
     assert config.max_metric_points == 200
-    added = {"compile", "batch_size", "drop_last", "eval_every", "epochs"}  # since, at defaults
+    added = {"compile", "batch_size", "drop_last", "eval_every", "epochs", "model"}  # at defaults
     added |= {"sharpness_every", "sharpness_iterations"}  # never in a key
     assert point.key == old_key(point.model_dump(mode="json", exclude={"optimizer", *added}))
     later = {"optimizers", "extend_edges", "halving", "batch_sizes", *added}
