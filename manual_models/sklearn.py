@@ -28,7 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from manual_models.base import HandModel
 from manual_models.logistic import Logistic
-from manual_models.optimizers import RULES, Optimizer
+from manual_models.optimizers import Optimizer
 from manual_models.softmax import Softmax
 from manual_models.twins import AutogradTwin, FunctionTwin, LogisticLoss, SoftmaxLoss
 from manual_models.validation import DTYPES, check_count, check_lr, check_seed
@@ -153,4 +153,4 @@ def plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-__all__ = ["IMPLS", "RULES", "ManualLogisticRegression"]
+__all__ = ["IMPLS", "ManualLogisticRegression"]

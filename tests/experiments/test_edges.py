@@ -86,6 +86,7 @@ def test_a_rate_one_seed_of_which_diverged_is_not_best():
     assert {p.lr for p in added} == {0.01}  # 0.1, the lower edge, is now the best
 
 
+@pytest.mark.slow  # 12 s; the rules above are unit-tested in make test
 def test_a_sweep_widens_until_the_best_is_inside_and_a_resume_trains_nothing(tmp_path, monkeypatch):
     def writer_up(self):  # every run recorded by the background writer, across the rounds
         if self.writer is None:

@@ -181,6 +181,7 @@ def test_sigkill_leaves_running_runs_that_resume_marks_and_reruns(tmp_path):
     assert len(stale) >= 1  # the run in flight at the kill, marked and then run again
 
 
+@pytest.mark.slow  # 6 s of make test
 def test_a_process_stopped_mid_read_does_not_hold_up_a_sweep(tmp_path):
     """A read left open on the store, as a process stopped mid-read leaves it (Ctrl-Z, a paused
     VM), does not block the sweep's writes: the store keeps a write-ahead log. In SQLite's
@@ -307,6 +308,7 @@ def test_bad_worker_count(capsys):
     assert "--workers" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # 9 s of make test
 def test_restart_starts_a_fresh_sweep(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'r.db'}"
     args = ["sweep", str(QUICK), "--tracking-uri", uri, "--quiet", "--set", "steps=5"]

@@ -266,6 +266,7 @@ def test_train_makes_one_run_without_parent(tmp_path):
     assert only.info.run_name == "manual · moons(n_samples=200,noise=0.3) · lr=0.5 · cpu · s0"
 
 
+@pytest.mark.slow  # 7 s: a fresh interpreter; the CLI itself runs in-process above
 def test_the_module_runs_as_a_program(tmp_path):
     """`python -m experiments` exists, answers --help, and fails a bad config with exit 2."""
     done = subprocess.run(
