@@ -64,6 +64,11 @@ def report(experiment: str, tracking_uri: str | None, out: str | None, baseline:
     twinned = int(pairs["twin_run_id"].notna().sum()) if "twin_run_id" in pairs else 0
     alone = f" ({len(pairs) - twinned} runs have no autograd twin)" if twinned < len(pairs) else ""
     click.echo(f"{agree} of {twinned} pairs agree with autograd within tolerance{alone}")
+    if result.sweep.set_aside:
+        click.echo(
+            f"{result.sweep.set_aside} earlier attempts of resumed grid points (KILLED or "
+            "FAILED) set aside: each point is read from its FINISHED run"
+        )
     click.echo(f"report: {(folder / 'report.html').resolve()}")
 
 

@@ -191,6 +191,7 @@ def to_html(report: Report) -> str:
         experiment=sweep.experiment_name,
         parent_id=sweep.parent_id,
         n_runs=len(sweep.runs),
+        set_aside=sweep.set_aside,
         uri=sweep.tracker.uri,
         stamp=time.strftime("%Y-%m-%d %H:%M"),
         n_pairs=len(pairs),

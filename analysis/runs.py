@@ -31,7 +31,8 @@ class Sweep:
     experiment_id: str
     experiment_name: str
     parent_id: str
-    runs: pd.DataFrame  # one row per child run, params as real types, final metrics
+    runs: pd.DataFrame  # one row per grid point, params as real types, final metrics
+    set_aside: int = 0  # earlier attempts of resumed grid points (KILLED, FAILED), not in runs
 
     _frames: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -113,10 +114,15 @@ def load_sweep(
     children = tracker.children(found.experiment_id, parent_id)
     if not children:
         raise AnalysisError(f"sweep {parent_id} of {experiment!r} has no runs")
-    runs = runs_table(children)
-    # A resumed sweep holds earlier attempts (KILLED, FAILED) of some grid points: keep each
-    # point's FINISHED run if it has one, else its latest attempt.
-    runs["_finished"] = runs.status == "FINISHED"
-    runs = runs.sort_values(["_finished", "start_time"]).drop_duplicates("config_key", keep="last")
-    runs = runs.drop(columns="_finished").sort_values([*KEYS, "impl"]).reset_index(drop=True)
-    return Sweep(tracker, found.experiment_id, experiment, parent_id, runs)
+    runs, set_aside = one_attempt_each(runs_table(children))
+    return Sweep(tracker, found.experiment_id, experiment, parent_id, runs, set_aside)
+
+
+def one_attempt_each(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Each grid point once: its FINISHED run if it has one, else its latest attempt (a
+    resumed sweep holds earlier KILLED or FAILED attempts of some points); and how many
+    attempts that set aside."""
+    finished = runs.assign(_finished=runs.status == "FINISHED")
+    kept = finished.sort_values(["_finished", "start_time"])
+    kept = kept.drop_duplicates("config_key", keep="last").drop(columns="_finished")
+    return kept.sort_values([*KEYS, "impl"]).reset_index(drop=True), len(runs) - len(kept)

@@ -374,7 +374,10 @@ def _conclude(tracker: Tracker, experiment_id: str, parent: str, runs, timing: d
     if (runs.status == "FINISHED").any():
         tracker.log_text(parent, findings.summary(runs).to_csv(index=False), "summary.csv")
     latest = records.latest_attempts(runs)
-    counts = {f"sweep/{k.lower()}": v for k, v in latest.status.value_counts().items()}
+    # Each point once, by its latest attempt; a count that is 0 now is logged as 0, not left
+    # at what an earlier invocation of a resumed sweep logged.
+    counts = {f"sweep/{status}": 0 for status in ("finished", "failed", "killed")}
+    counts.update({f"sweep/{k.lower()}": v for k, v in latest.status.value_counts().items()})
     if (runs[records.HALVING] != "").any():  # what successive halving chose, at what cost
         tracker.log_text(parent, findings.halving(runs).to_csv(index=False), "halving.csv")
         counts["sweep/steps_share"] = findings.halving_share(runs)

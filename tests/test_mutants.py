@@ -21,12 +21,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # The quick tests that look at what each mutant breaks, the quickest to fail first.
 SUITE = [
+    "tests/experiments/test_attempts.py",
     "tests/experiments/test_logged_rows.py",
     "tests/manual_models",
     "tests/experiments/test_loop.py",
     "tests/experiments/test_minibatch.py",
 ]
 MUTANTS = {
+    "a resumed sweep's first attempt of a grid point kept in its records": (
+        "experiments/records.py",
+        'return runs.sort_values("start_time").drop_duplicates("config_key", keep="last")',
+        'return runs.sort_values("start_time").drop_duplicates("config_key", keep="first")',
+    ),
+    "a resumed sweep's first attempt of a grid point kept by the analysis": (
+        "analysis/runs.py",
+        'kept = kept.drop_duplicates("config_key", keep="last").drop(columns="_finished")',
+        'kept = kept.drop_duplicates("config_key", keep="first").drop(columns="_finished")',
+    ),
     "validation loss scored on the training data": (
         "experiments/loop.py",
         '"val/loss": self.model.loss(self.X_val, self.y_val, check=False)',
