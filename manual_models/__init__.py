@@ -89,6 +89,7 @@ __all__ = [
     "check_model",
     "compare",
     "cross_entropy_from_logits",
+    "implement",
     "load_kind",
     "logits",
     "make_model",
@@ -131,16 +132,35 @@ def make_model(
     options = {"device": device, "dtype": dtype}
     if kind is not None:
         classes = () if n_classes == 2 else (n_classes,)
-        made = kind(n_features, *classes, **options)
-        if impl == "function":
-            raise ValueError(
-                f"{kind.__name__} has no autograd.Function here: a kind of your own trains as "
-                "manual and autograd (FunctionTwin(kind, YourLoss) takes one you write)"
-            )
-        return (HandModel if impl == "manual" else AutogradTwin)(made, lr, **kwargs)
+        return implement(impl, kind(n_features, *classes, **options), lr, **kwargs)
     if n_classes == 2:
         return IMPLEMENTATIONS[impl](n_features, lr, **options, **kwargs)
     return MULTICLASS[impl](n_features, n_classes, lr, **options, **kwargs)
+
+
+# The autograd.Function whose backward is each built-in kind's derivation (``function``).
+LOSSES: dict[type[Kind], type[torch.autograd.Function]] = {
+    Logistic: LogisticLoss,
+    Softmax: SoftmaxLoss,
+}
+
+
+def implement(impl: str, kind: Kind, lr: float = 0.01, **kwargs) -> GradientDescentModel:
+    """A kind, built or weighted already, as the implementation ``impl``: its derivation
+    (``manual``), autograd of its reference loss (``autograd``), or the ``autograd.Function``
+    of a built-in kind (``function``). ``kwargs``: ``seed``, ``optimizer``."""
+    if impl == "manual":
+        return HandModel(kind, lr, **kwargs)
+    if impl == "autograd":
+        return AutogradTwin(kind, lr, **kwargs)
+    if impl == "function" and type(kind) in LOSSES:
+        return FunctionTwin(kind, LOSSES[type(kind)], lr, **kwargs)
+    if impl == "function":
+        raise ValueError(
+            f"{type(kind).__name__} has no autograd.Function here: a kind of your own trains as "
+            "manual and autograd (FunctionTwin(kind, YourLoss) takes one you write)"
+        )
+    raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
 
 
 def load_kind(reference: str) -> type[Kind]:

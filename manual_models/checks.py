@@ -21,6 +21,7 @@ A kind is given as ``make(n_features, *, dtype, device) -> Kind`` (a ``Kind`` su
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,23 +111,19 @@ def problems(make: MakeKind, device: str, dtype: torch.dtype):
     """(label, kind, X, y, w, b): three random problems (64 × 5, a random point near the
     seeded start) and breast_cancer standardised (569 × 30, labels cut into the kind's
     classes), each at parameters of its own."""
-    from sklearn.datasets import load_breast_cancer
-
-    X_real, y_real = load_breast_cancer(return_X_y=True)
-    X_real = (X_real - X_real.mean(0)) / X_real.std(0)
     for seed in range(4):
         gen = torch.Generator().manual_seed(seed)
         if seed < 3:
             X = torch.randn(64, 5, generator=gen, dtype=F64)
             label = f"random problem {seed}"
         else:
-            X, label = torch.tensor(X_real), "breast_cancer"
+            (X, y_real), label = breast_cancer(), "breast_cancer"
         kind = make(X.shape[1], dtype=dtype, device=device)
         classes = kind.n_classes
         if seed < 3:
             y = torch.randint(0, classes, (len(X),), generator=gen)
         elif classes == 2:
-            y = torch.tensor(y_real)
+            y = y_real
         else:  # the first feature cut at its quantiles: classes of equal size
             edges = torch.quantile(X[:, 0], torch.linspace(0, 1, classes + 1, dtype=F64)[1:-1])
             y = torch.bucketize(X[:, 0].contiguous(), edges)
@@ -134,6 +131,15 @@ def problems(make: MakeKind, device: str, dtype: torch.dtype):
         w, b = kind.initial_parameters(seed)
         w = w + 0.5 * torch.randn(w.shape, generator=gen, dtype=F64).to(w)
         yield label, kind, X, y, w, b
+
+
+@functools.cache
+def breast_cancer() -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardised breast_cancer (569 × 30, float64), loaded once a process."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return torch.tensor((X - X.mean(0)) / X.std(0)), torch.tensor(y)
 
 
 def _error(value) -> float:

@@ -26,11 +26,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from manual_models.base import HandModel
+from manual_models import implement
 from manual_models.logistic import Logistic
 from manual_models.optimizers import Optimizer
 from manual_models.softmax import Softmax
-from manual_models.twins import AutogradTwin, FunctionTwin, LogisticLoss, SoftmaxLoss
 from manual_models.validation import DTYPES, check_count, check_lr, check_seed
 
 IMPLS = ("manual", "autograd", "function")
@@ -135,17 +134,14 @@ class ManualLogisticRegression(ClassifierMixin, BaseEstimator):
         rule = Optimizer(self.rule, weight_decay=plain(self.weight_decay))  # checks both
         lr, seed = check_lr(plain(self.lr)), check_seed(plain(self.seed))
         options = {"device": self.device, "dtype": DTYPES[self.dtype]}
-        if n_classes == 2:
-            kind, Loss = Logistic(n_features, **options), LogisticLoss
-        else:
-            kind, Loss = Softmax(n_features, n_classes, **options), SoftmaxLoss
+        kind = (
+            Logistic(n_features, **options)
+            if n_classes == 2
+            else Softmax(n_features, n_classes, **options)
+        )
         if np.any(sample_weight != 1):
             kind = kind.weighted(sample_weight)
-        if self.impl == "manual":
-            return HandModel(kind, lr, seed=seed, optimizer=rule)
-        if self.impl == "autograd":
-            return AutogradTwin(kind, lr, seed=seed, optimizer=rule)
-        return FunctionTwin(kind, Loss, lr, seed=seed, optimizer=rule)
+        return implement(self.impl, kind, lr, seed=seed, optimizer=rule)
 
 
 def plain(value):
