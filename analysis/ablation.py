@@ -26,7 +26,7 @@ import torch
 
 from analysis.agreement import TOLERANCES
 from analysis.compare import DTYPES
-from analysis.runs import Sweep
+from analysis.runs import Sweep, run_kind
 from experiments.data import load_split
 from experiments.records import dataset_config
 from manual_models import make_model
@@ -74,27 +74,31 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
     y = torch.tensor(split.y_train)
     if n_classes == 2:
         y = y.double()
-    model = make_model("manual", X.shape[1], n_classes=n_classes, dtype=torch.float64)
+    model = make_model(
+        "manual", X.shape[1], n_classes=n_classes, kind=run_kind(run), dtype=torch.float64
+    )
+    _, params, grads = sweep.named(run.run_id)
     rows = history.steps + 1
-    w = history.w.reshape(rows, -1).double()  # the weights (W row by row for softmax)
-    b = history.b.double()
-    n_w = w.shape[1]
+    # θ flat, every parameter row by row in the kind's order; 1 where weight decay applies.
+    theta = torch.tensor(np.hstack([p.reshape(rows, -1) for p in params.values()]))
+    logged = torch.tensor(np.hstack([g.reshape(rows, -1) for g in grads.values()]))
+    decays = torch.cat([
+        torch.full((p[0].size,), float(name in model.kind.decays), dtype=torch.float64)
+        for name, p in params.items()
+    ])  # fmt: skip
     fresh = []
     for t in range(history.steps):  # g_s at every logged θ_s a step was taken from
-        model.set_parameters(w[t], b[t])
+        model.set_parameters(*(torch.tensor(p[t]) for p in params.values()))
         g = model.gradients(X, y)
-        fresh.append(torch.cat([g["dw"].flatten(), g["db"].reshape(-1)]))
+        fresh.append(torch.cat([g[f"d{name}"].reshape(-1) for name in params]))
     g = torch.stack(fresh)
     G = torch.cumsum(g, dim=0)  # G_t = g_0 + … + g_t
-    logged = torch.cat([history.dw.reshape(rows, -1), history.db.reshape(rows, -1)], 1).double()
     # The accumulated gradient the run logged at rows 0..T−1, against Σ g_s.
     summed = torch.cumsum(g.norm(dim=1), 0)  # Σ‖g_s‖: the size of what was added up
     err_G = ((logged[:-1] - G).norm(dim=1) / summed).max().item()
     # The weights: θ_{t+1} = θ_0 − α Σ_{s≤t} (G_s + λ w_s), against the logged θ_{t+1}.
     lr, decay = float(run.lr), float(run.weight_decay)
-    theta = torch.cat([w, b.reshape(len(w), -1)], 1)
-    steps_taken = G.clone()
-    steps_taken[:, :n_w] += decay * w[:-1]
+    steps_taken = G + decay * decays * theta[:-1]
     predicted = theta[0] - lr * torch.cumsum(steps_taken, 0)
     size = theta[0].norm() + lr * torch.cumsum(steps_taken.norm(dim=1), 0)
     err_theta = ((theta[1:] - predicted).norm(dim=1) / size).max().item()

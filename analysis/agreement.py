@@ -22,24 +22,31 @@ TOLERANCES = {getattr(torch, dtype): tol for dtype, tol in findings.TOLERANCES.i
 class TrajectoryGap:
     """The largest differences between two runs over all their steps."""
 
-    max_delta_w: float  # max over steps and coordinates of |w_a − w_b|
-    max_delta_b: float
+    max_delta: dict[str, float]  # each parameter's max over steps and entries of |θ_a − θ_b|
     max_delta_loss: float
     steps: int
 
+    @property
+    def max_delta_theta(self) -> float:
+        """Over every parameter."""
+        return max(self.max_delta.values())
+
+    # The built-in kinds' parameters by their names.
+    max_delta_w = property(lambda self: self.max_delta["w"])
+    max_delta_b = property(lambda self: self.max_delta["b"])
+
     def agrees(self, dtype: torch.dtype) -> bool:
-        tol = TOLERANCES[dtype]
-        return max(self.max_delta_w, self.max_delta_b, self.max_delta_loss) <= tol
+        return max(self.max_delta_theta, self.max_delta_loss) <= TOLERANCES[dtype]
 
 
 def trajectory_gap(a: History, b: History) -> TrajectoryGap:
-    """Compare two histories of the same length step by step."""
-    if a.w.shape != b.w.shape:
-        raise ValueError(
-            f"histories differ in shape: w is {tuple(a.w.shape)} vs {tuple(b.w.shape)}"
-        )
+    """Compare two histories of the same length step by step, parameter by parameter."""
+    shapes = [{n: tuple(t.shape) for n, t in h.params.items()} for h in (a, b)]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"histories differ in shape: {shapes[0]} vs {shapes[1]}")
 
     def gap(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x.to(torch.float64) - y.to(torch.float64)).abs().max())
 
-    return TrajectoryGap(gap(a.w, b.w), gap(a.b, b.b), gap(a.loss, b.loss), a.steps)
+    deltas = {name: gap(a.params[name], b.params[name]) for name in a.params}
+    return TrajectoryGap(deltas, gap(a.loss, b.loss), a.steps)

@@ -57,8 +57,8 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
                 **row,
                 "twin_run_id": twin.run_id,
                 "max_delta_loss": max_delta_loss,
-                "max_delta_w": gap.max_delta_w,
-                "max_delta_b": gap.max_delta_b,
+                "max_delta_theta": gap.max_delta_theta,  # every parameter
+                **{f"max_delta_{name}": delta for name, delta in gap.max_delta.items()},
                 **{
                     f"{name}{suffix}": source[f"{split}/{metric}"]
                     for name, split, metric in (

@@ -83,7 +83,8 @@ def loss_curves(sweep: Sweep, best: pd.DataFrame) -> Figure:
 
 
 def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
-    """Running max over steps of max_j |w_j − w_j^autograd|, per pair, log scale, per dtype.
+    """Running max over steps of max_j |θ_j − θ_j^autograd| over every parameter, per pair,
+    log scale, per dtype.
 
     The running max is monotone, so the lines read as "drift so far"; a step where the two
     weights are bit-identical (0, off a log axis) leaves it unchanged."""
@@ -95,11 +96,11 @@ def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
         cmap = matplotlib.colormaps["tab10"]
         colors = {d: cmap(i % 10) for i, d in enumerate(dict.fromkeys(chosen.dataset))}
         for row in chosen.itertuples():
-            a, b = sweep.trajectory(row.run_id), sweep.trajectory(row.twin_run_id)
-            cols = [c for c in a.columns if c.startswith("w_")]
-            drift = np.maximum.accumulate((a[cols] - b[cols]).abs().max(axis=1).to_numpy())
+            steps, theta = sweep.parameters(row.run_id)
+            _, theta_autograd = sweep.parameters(row.twin_run_id)
+            drift = np.maximum.accumulate(np.abs(theta - theta_autograd).max(axis=1))
             drift[drift == 0] = np.nan  # identical so far: nothing to draw on a log axis
-            ax.plot(a.step, drift, color=colors[row.dataset], lw=0.8, alpha=0.6)
+            ax.plot(steps, drift, color=colors[row.dataset], lw=0.8, alpha=0.6)
         for dataset, color in colors.items():
             ax.plot([], [], color=color, label=dataset)
         ax.axhline(
@@ -109,9 +110,9 @@ def delta_w(sweep: Sweep, pairs: pd.DataFrame) -> Figure:
             lw=1,
             label="tolerance",
         )
-        ax.set(yscale="log", xlabel="step", ylabel="max |Δw| so far", title=dtype)
+        ax.set(yscale="log", xlabel="step", ylabel="max |Δθ| so far", title=dtype)
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle("Drift of the manual and function weights from autograd's")
+    fig.suptitle("Drift of the manual and function parameters from autograd's")
     fig.tight_layout()
     return fig
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.runs import Sweep
+from analysis.runs import Sweep, run_kind
 from experiments.data import load_split
 from experiments.records import dataset_config
 from manual_models import make_model
@@ -128,7 +128,8 @@ def noise(sweep: Sweep) -> pd.DataFrame:
         for t in np.flatnonzero(~np.isnan(measured)):
             if t % per_epoch or t not in slot:  # not a fresh order's first batch, or not kept
                 continue
-            expected = expected_noise(per_sample(kept.w[slot[t]], kept.b[slot[t]], X, y), b)
+            at = {name: p[slot[t]] for name, p in kept.params.items()}
+            expected = expected_noise(per_sample(at, X, y), b)
             rows.append(
                 {
                     "run_id": run.run_id,
@@ -176,7 +177,7 @@ def agreement(pairs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         return pairs
     size = batch_sizes(runs.set_index("run_id").loc[pairs.run_id].reset_index())
     table = pairs.assign(batch=size.to_numpy())
-    columns = {"max_delta_w": "max", "max_delta_loss": "max", "agrees": "sum"}
+    columns = {"max_delta_theta": "max", "max_delta_loss": "max", "agrees": "sum"}
     if "max_grad_err_vs_terms" in table:
         columns["max_grad_err_vs_terms"] = "max"
     out = table.groupby(["dataset", "dtype", "impl", "batch"]).agg(columns)
@@ -193,19 +194,20 @@ def _training_set(run) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _per_sample_gradients(run, n_features: int):
-    """θ, X, y → (n, parameters): each row's gradient of its own loss, by ``torch.func`` on
-    the kind's reference loss (what autograd differentiates), in float64."""
+    """θ (by name), X, y → (n, parameters): each row's gradient of its own loss, by
+    ``torch.func`` on the kind's reference loss (what autograd differentiates), in float64."""
     kind = make_model(
-        "autograd", n_features, n_classes=int(run["n_classes"]), dtype=torch.float64
-    ).kind
+        "autograd", n_features, n_classes=int(run["n_classes"]), kind=run_kind(run),
+        dtype=torch.float64,
+    ).kind  # fmt: skip
 
-    def one(w, b, x, y):
-        return kind.reference_loss_at(x.unsqueeze(0), y.unsqueeze(0), w, b)[0]
+    def one(params, x, y):
+        return kind.reference_loss_at(x.unsqueeze(0), y.unsqueeze(0), *params)[0]
 
-    grad = torch.func.vmap(torch.func.grad(one, argnums=(0, 1)), in_dims=(None, None, 0, 0))
+    grad = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))
 
-    def per_sample(w, b, X, y):
-        dw, db = grad(w.double(), b.double(), X, y)
-        return torch.cat([dw.reshape(len(X), -1), db.reshape(len(X), -1)], 1)
+    def per_sample(params, X, y):
+        grads = grad(tuple(torch.as_tensor(p).double() for p in params.values()), X, y)
+        return torch.cat([g.reshape(len(X), -1) for g in grads], 1)
 
     return per_sample

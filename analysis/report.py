@@ -160,7 +160,7 @@ def _table(frame: pd.DataFrame, columns: list[str] | None = None) -> Markup:
 PAIR_COLUMNS = [
     "run_name",
     "verdict",
-    "max_delta_w",
+    "max_delta_theta",
     "max_delta_loss",
     "max_grad_rel_err",
     "max_grad_err_vs_terms",

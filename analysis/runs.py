@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from experiments.loop import History
-from experiments.records import KEYS, runs_table
+from experiments.records import KEYS, read_trajectory, runs_table
 from experiments.tracking import Tracker
+from manual_models import Kind, load_kind
 
 
 class AnalysisError(ValueError):
@@ -55,37 +56,40 @@ class Sweep:
         return self._artifact(run_id, "history.parquet")
 
     def trajectory(self, run_id: str) -> pd.DataFrame:
-        """w and dw per (kept) step: ``step, w_0 …, dw_0 …``."""
+        """The parameters and gradients per (kept) step, as stored: ``step, w[0] …, dw[0] …``
+        (:func:`~experiments.records.trajectory_table`; :meth:`named` reads it)."""
         return self._artifact(run_id, "trajectory.parquet")
 
+    def named(self, run_id: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+        """(steps, parameters, gradients) by name in their shapes, of the kept rows, from a
+        store of any age (:func:`~experiments.records.read_trajectory`)."""
+        classes = int(self.runs.set_index("run_id").loc[run_id, "n_classes"])
+        return read_trajectory(
+            self.trajectory(run_id), n_classes=classes, history=self.history(run_id)
+        )
+
     def parameters(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, θ): the kept rows' parameters flat, one row each, as the Hessian by hand
-        orders them: w (W row by row), then b."""
-        trajectory = self.trajectory(run_id)
-        steps = trajectory["step"].to_numpy()
-        theta = trajectory.filter(regex=r"^w_\d+$").to_numpy()
-        if int(self.runs.set_index("run_id").loc[run_id, "n_classes"]) == 2:  # b: param/b
-            theta = np.hstack([theta, self.history(run_id)["param/b"].to_numpy()[steps, None]])
-        return steps, theta
+        """(steps, θ): the kept rows' parameters flat, one row each, in the kind's order, each
+        row by row: w (W row by row), then b, as the Hessian by hand orders them."""
+        steps, params, _ = self.named(run_id)
+        return steps, np.hstack([p.reshape(len(steps), -1) for p in params.values()])
 
     def as_history(self, run_id: str) -> History:
         """The run as the engine's :class:`History`: every row's metrics, and the parameters
         of the rows kept in ``trajectory.parquet``."""
-        frame, trajectory = self.history(run_id), self.trajectory(run_id)
+        frame = self.history(run_id)
         metrics = {c: torch.tensor(frame[c].to_numpy()) for c in frame.columns if c != "step"}
-        kept = torch.tensor(trajectory["step"].to_numpy())
-        w = torch.tensor(trajectory.filter(regex=r"^w_\d+$").to_numpy())
-        dw = torch.tensor(trajectory.filter(regex=r"^dw_\d+$").to_numpy())
-        run = self.runs.set_index("run_id").loc[run_id]
-        every = int(run["trajectory_every"])  # as the loop spaced the kept rows
-        classes = int(run["n_classes"])
-        if classes == 2:  # w in the trajectory, b as the param/b series
-            b, db = metrics["param/b"][kept], metrics["grad/b"][kept]
-            return History(metrics, w, b, dw, db, kept, every)
-        shape = (len(w), int(run["n_features"]), classes)  # W row by row, then b
-        W, b = w[:, :-classes].reshape(shape), w[:, -classes:]
-        dW, db = dw[:, :-classes].reshape(shape), dw[:, -classes:]
-        return History(metrics, W, b, dW, db, kept, every)
+        steps, params, grads = self.named(run_id)
+        every = int(self.runs.set_index("run_id").loc[run_id, "trajectory_every"])
+        params, grads = ({n: torch.tensor(t) for n, t in d.items()} for d in (params, grads))
+        return History(metrics, params, grads, torch.tensor(steps), every)
+
+
+def run_kind(run: pd.Series) -> type[Kind] | None:
+    """The kind of model a run trained: None for the built-in ones, else its ``model:``
+    class (imported again, from where the sweep found it)."""
+    model = run.get("model", "None")
+    return None if model in ("None", None) or pd.isna(model) else load_kind(model)
 
 
 def step_loss(history: pd.DataFrame) -> pd.Series:

@@ -10,8 +10,8 @@ with log Φ from ``torch.special.log_ndtr``, so no ratio of two tiny numbers is 
 
 A :class:`manual_models.Kind` with every method the contract asks for, and nothing else:
 ``check_model(Probit)`` checks it, and ``examples/probit.yaml`` sweeps it
-(``model: examples.probit:Probit``) beside autograd of its own loss. No curvature is derived
-here, so its runs measure no sharpness.
+(``model: examples.probit:Probit``) beside autograd of its own ``loss_at``, trained by
+``torch.optim``. No curvature is derived here, so its runs measure no sharpness.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from manual_models import Evaluation, Kind
 from manual_models.initialisation import init_linear
@@ -42,13 +40,6 @@ def residual(z, y):
 
 def probit_loss(z, y):
     return -torch.special.log_ndtr(signs(y, z) * z).mean(0)
-
-
-class ProbitLoss(nn.Module):
-    """The criterion on nn.Linear's outputs, for the autograd twin's post-style loop."""
-
-    def forward(self, z, y):
-        return probit_loss(z, y)
 
 
 class Probit(Kind):
@@ -81,13 +72,3 @@ class Probit(Kind):
     def summands_at(self, X, y, z):
         r = residual(z, y).abs()
         return {"dw": X.abs().T @ r / X.shape[0], "db": r.mean(0)}
-
-    def reference_loss_at(self, X, y, w, b):
-        z = F.linear(X, w.reshape(self.n_features, -1).T, b.reshape(-1)).view(-1, *b.shape)
-        return probit_loss(z, y), z
-
-    def criterion(self):
-        return ProbitLoss()
-
-    def from_linear(self, weight, bias):
-        return weight[0], bias[0]

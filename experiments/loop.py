@@ -42,8 +42,9 @@ from manual_models.validation import check_count
 T = TypeVar("T")
 WARMUP = 3  # ordinary steps before a capture: CUDA graphs want their kernels warmed up
 
-# Per-step scalars, named as the tracking UI groups them (prefix/name). A bias of one number
-# per run is recorded as it is (*/b); a vector bias, softmax regression's, by its norm.
+# Per-step scalars, named as the tracking UI groups them (prefix/name). ``grad/*`` and
+# ``param/*`` stand for one series per parameter: a parameter of one number per run as it is
+# (grad/b, param/b), any other by its norm (param/w_norm, param/W1_norm, softmax's b_norm).
 # ``train/batch_loss`` and ``grad/batch_dev_sq`` are a mini-batch run's only; ``curv/*`` a run's
 # that measures its sharpness.
 METRICS = (
@@ -52,13 +53,9 @@ METRICS = (
     "val/loss",
     "train/accuracy",
     "val/accuracy",
-    "grad/w_norm",
-    "grad/b",
-    "grad/b_norm",
+    "grad/*",
     "grad/batch_dev_sq",
-    "param/w_norm",
-    "param/b",
-    "param/b_norm",
+    "param/*",
     "check/grad_rel_err",
     "check/grad_err_vs_terms",
     "curv/sharpness",
@@ -76,21 +73,27 @@ class History:
     taken. ``metrics`` maps names in :data:`METRICS` to (steps + 1,) tensors, every row;
     ``check/*`` is NaN on rows that were not checked, and with mini-batches the whole-set
     ``train/*`` and ``val/*`` on rows not measured; ``val/*`` and ``check/*`` are present only
-    when asked for. ``w``, ``b``,
-    ``dw`` and ``db`` hold the parameters and gradients in the model's shapes for the rows in
-    ``kept`` only: 0, every, 2·every, … and the last.
+    when asked for. ``params`` and ``grads`` hold each parameter and its gradient ("d" + its
+    name) by name, in the model's shapes, for the rows in ``kept`` only: 0, every, 2·every, …
+    and the last.
     """
 
     metrics: dict[str, torch.Tensor]
-    w: torch.Tensor  # (kept rows, n_features), or (kept rows, n_features, C)
-    b: torch.Tensor  # (kept rows,), or (kept rows, C)
-    dw: torch.Tensor
-    db: torch.Tensor
-    kept: torch.Tensor  # (kept rows,) int64: the row of each w, b, dw, db
+    # name → (kept rows, *shape): w (kept rows, n_features), b (kept rows,) for logistic
+    # regression; W (kept rows, n_features, C) and b (kept rows, C) for softmax; …
+    params: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]  # "d" + name → the same shapes
+    kept: torch.Tensor  # (kept rows,) int64: the row of each parameter's values
     every: int = 1  # the kept rows' spacing
     # Per row: the loss and every parameter finite (from the loop; None when read back from a
     # store, where a run that diverged is cut already and the loss says as much).
     finite: torch.Tensor | None = None
+
+    # The built-in kinds' parameters by their names.
+    w = property(lambda self: self.params["w"])
+    b = property(lambda self: self.params["b"])
+    dw = property(lambda self: self.grads["dw"])
+    db = property(lambda self: self.grads["db"])
 
     @property
     def steps(self) -> int:
@@ -122,10 +125,8 @@ class History:
         metrics = {name: v[:rows] for name, v in self.metrics.items()}
         kept = self.kept < rows
         finite = self.finite[:rows] if self.finite is not None else None
-        return History(
-            metrics, *(t[kept] for t in (self.w, self.b, self.dw, self.db)), self.kept[kept],
-            self.every, finite,
-        )  # fmt: skip
+        params, grads = ({n: t[kept] for n, t in d.items()} for d in (self.params, self.grads))
+        return History(metrics, params, grads, self.kept[kept], self.every, finite)
 
     def runs(self, ends: list[int] | None = None) -> list[History]:
         """The runs this pass trained, each cut where it diverged: this one, or one per entry
@@ -140,9 +141,9 @@ class History:
 
     def _column(self, k: int) -> History:
         metrics = {name: v[:, k] for name, v in self.metrics.items()}
-        parameters = (t[..., k] for t in (self.w, self.b, self.dw, self.db))
+        params, grads = ({n: t[..., k] for n, t in d.items()} for d in (self.params, self.grads))
         finite = self.finite[:, k] if self.finite is not None else None
-        return History(metrics, *parameters, self.kept, self.every, finite)
+        return History(metrics, params, grads, self.kept, self.every, finite)
 
 
 def keep_every(rows: int, values_per_row: int, max_values: int | None) -> int:
@@ -179,15 +180,16 @@ class Loop:
     runs only (``keep``): the rows of ``stops`` are checked and keep their parameters, as a
     run's last row does, so a run stopped there is whole.
 
-    Each row is computed as one packed vector (the metrics, whether the row is finite, then w,
-    b, dw and db, flat), so one step, row included, can be captured and replayed as a CUDA
-    graph. Recording it is one copy of its head into a (metrics + 1, steps + 1, *runs) buffer,
-    and on a kept row one copy of its tail into a (kept rows, parameters, *runs) buffer: which
-    rows are kept is arithmetic on t, known before the loop.
+    Each row is computed as one packed vector (the metrics, whether the row is finite, then
+    every parameter and every gradient, flat), so one step, row included, can be captured
+    and replayed as a CUDA graph. Recording it is one copy of its head into a (metrics + 1,
+    steps + 1, *runs) buffer, and on a kept row one copy of its tail into a (kept rows,
+    parameters, *runs) buffer: which rows are kept is arithmetic on t, known before the loop.
 
     With ``X_val, y_val`` the loop also records validation loss and accuracy. With a ``reference``
     (the autograd model, with the model's shapes), every ``check_every``-th row and the last
-    one compare the gradient g = (dw, db) with the reference's g_ref at the same parameters:
+    one compare the gradient g (every parameter's: dw, db) with the reference's g_ref at the
+    same parameters:
 
     - ``check/grad_rel_err`` = ‖g − g_ref‖ / ‖g_ref‖. Near an optimum ‖g_ref‖ → 0 while the
       rounding in Xᵀ(ŷ − y) does not, so this ratio grows (to O(1) in float32 at ‖g‖ ~ 1e-8)
@@ -196,8 +198,8 @@ class Loop:
       difference relative to the size of the numbers summed, which rounding is relative to.
       It stays near the dtype's epsilon all the way to convergence; a wrong gradient shows.
 
-    ``max_trajectory_values`` bounds the parameters and gradients kept per run (w, b, dw and
-    db of every k-th row and the last, k the least that fits; None: every row). The metrics
+    ``max_trajectory_values`` bounds the parameters and gradients kept per run (each of every
+    k-th row and the last, k the least that fits; None: every row). The metrics
     are kept at every row either way: (steps + 1) × a dozen numbers a run.
 
     On a GPU, ``cuda_graphs`` (default: on for CUDA) records one step as a CUDA graph after
@@ -232,7 +234,8 @@ class Loop:
             check_count("max_trajectory_values", max_trajectory_values)
         if (X_val is None) != (y_val is None):
             raise ValueError("give both X_val and y_val, or neither")
-        if reference is not None and reference.w.shape != model.w.shape:
+        shapes = {name: t.shape for name, t in model.params.items()}
+        if reference is not None and {n: t.shape for n, t in reference.params.items()} != shapes:
             raise ValueError(
                 "the reference must hold as many learning rates (and classes) as the "
                 "model: the same parameter shapes"
@@ -253,17 +256,22 @@ class Loop:
             check_count("sharpness_every", sharpness_every)
             self.pair = start_pair(model, self.runs)  # warm-started from row to row
             self.started = False  # whether the pair is a measurement's yet
-        bias = "b" if model.b.shape == runs else "b_norm"  # one number per run, or a vector
+        # Each parameter's series: as it is when one number per run, else its norm.
+        self.series = {n: n if shape == runs else f"{n}_norm" for n, shape in shapes.items()}
         self.names = [
             name
-            for name in METRICS
+            for pattern in METRICS
+            for name in (
+                [f"{pattern[:-1]}{s}" for s in self.series.values()]
+                if pattern.endswith("/*")
+                else [pattern]
+            )
             if (X_val is not None or not name.startswith("val/"))
             and (batches is not None or name not in ("train/batch_loss", "grad/batch_dev_sq"))
             and (sharpness_every is not None or not name.startswith("curv/"))
             and (reference is not None or not name.startswith("check/"))
-            and (not name.endswith(("/b", "/b_norm")) or name.endswith(f"/{bias}"))
         ]
-        self.shapes = [model.w.shape, model.b.shape] * 2  # w, b, dw, db
+        self.shapes = [*shapes.values()] * 2  # the parameters, then their gradients
         self.sizes = [math.prod(s) // math.prod(runs) for s in self.shapes]
         self.every = keep_every(steps + 1, sum(self.sizes), max_trajectory_values)
         self.kept = kept_rows(steps, self.every, self.stops)
@@ -348,8 +356,11 @@ class Loop:
         metrics = dict(zip(self.names, head, strict=False))  # views: nothing is copied
         finite = head[len(self.names)] == 1
         parts = kept.split(self.sizes, dim=1)
-        w, b, dw, db = (p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True))
-        return History(metrics, w, b, dw, db, self.kept, self.every, finite)
+        values = [p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True)]
+        names = list(self.series)
+        params = dict(zip(names, values[: len(names)], strict=True))
+        grads = dict(zip([f"d{n}" for n in names], values[len(names) :], strict=True))
+        return History(metrics, params, grads, self.kept, self.every, finite)
 
     def record(self, t: int, row: torch.Tensor) -> None:
         head, slot = len(self.names) + 1, self.slots.get(t)
@@ -381,19 +392,19 @@ class Loop:
         """Everything about θ_t, then (if ``step``) one step to θ_{t+1}: on the whole set, or
         on the rows of X whose indices ``batch`` holds."""
         if self.batches is None:
-            values, (w, b), grads, loss = self.full_row(step=step, checked=kind["checked"])
+            values, theta, grads, loss = self.full_row(step=step, checked=kind["checked"])
         else:
-            values, (w, b), grads, loss = self.batch_row(batch, step=step, **kind)
-        values.update(self.curvature(w, b) if curved else self.no_curvature())
-        return self.pack(values, w, b, grads, loss)
+            values, theta, grads, loss = self.batch_row(batch, step=step, **kind)
+        values.update(self.curvature(theta) if curved else self.no_curvature())
+        return self.pack(values, theta, grads, loss)
 
     def batch_row(self, batch, *, step: bool, checked: bool, measured: bool):
         """A row of mini-batch descent: the step, its loss, gradient and check on the batch;
         on a ``measured`` row the whole sets too, and the batch gradient's distance from the
         whole set's."""
         model, X, y = self.model, self.X, self.y
-        w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
-        values = self.describe("param", w, b)
+        theta = [t.clone() for t in model.theta]  # θ_t: the step below updates in place
+        values = self.describe("param", theta)
         whole = model.evaluate(X, y, check=False) if measured else None
         values.update(self.on_sets(whole))
         if step:
@@ -402,12 +413,12 @@ class Loop:
             grads = model.grads
         else:  # the final state: no step taken, its batch the whole set
             values["train/batch_loss"], grads = whole.loss, whole.grads
-        values.update(self.describe("grad", grads["dw"], grads["db"]))
+        values.update(self.describe("grad", self.ordered(grads)))
         deviation = self.nan if whole is None or not step else self.distance(grads, whole.grads)
         values["grad/batch_dev_sq"] = deviation
         if self.reference is not None:
-            values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
-        return values, (w, b), grads, values["train/batch_loss"]
+            values.update(self.check(theta, grads, X, y) if checked else self.unchecked())
+        return values, theta, grads, values["train/batch_loss"]
 
     def on_sets(self, whole) -> dict[str, torch.Tensor]:
         """The loss and accuracy on the whole training set (from ``whole``, its evaluation at
@@ -430,14 +441,14 @@ class Loop:
 
     def distance(self, grads, other) -> torch.Tensor:
         """‖g − g'‖² per run, over every parameter."""
-        diff = self.flat(grads["dw"], grads["db"]) - self.flat(other["dw"], other["db"])
+        diff = self.flat(*self.ordered(grads)) - self.flat(*self.ordered(other))
         return diff.square().sum(0)
 
     def full_row(self, *, step: bool, checked: bool):
         """A row of full-batch descent: the step's own loss is the whole set's."""
         model, X, y = self.model, self.X, self.y
-        w, b = model.w.clone(), model.b.clone()  # θ_t: the step below updates in place
-        values = self.describe("param", w, b)
+        theta = [t.clone() for t in model.theta]  # θ_t: the step below updates in place
+        values = self.describe("param", theta)
         values.update(self.on_validation())  # at θ_t, before the step
         if step:
             values["train/loss"], z = model.train_step(X, y, check=False)
@@ -445,17 +456,19 @@ class Loop:
         else:  # the final state: no step taken
             values["train/loss"], grads, z = model.evaluate(X, y, check=False)
         values["train/accuracy"] = model.accuracy(z, y)
-        values.update(self.describe("grad", grads["dw"], grads["db"]))
+        values.update(self.describe("grad", self.ordered(grads)))
         if self.reference is not None:
-            values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())
-        return values, (w, b), grads, values["train/loss"]
+            values.update(self.check(theta, grads, X, y) if checked else self.unchecked())
+        return values, theta, grads, values["train/loss"]
 
-    def curvature(self, w, b) -> dict[str, torch.Tensor]:
+    def curvature(self, theta) -> dict[str, torch.Tensor]:
         """The sharpness λ_max(∇²J) at θ_t on the whole training set (with the rule's weight
         decay), by a block of two vectors iterated from the last measured row's pair, and
         lr·λ_max (which gradient descent on a quadratic needs below 2)."""
         model = self.model
-        hvp = model.kind.hessian_product(self.X, self.y, w, b, model.rule.weight_decay)
+        hvp = model.kind.hessian_product(
+            self.X, self.y, *theta, weight_decay=model.rule.weight_decay
+        )
         iterations = self.iterations if self.started else max(self.iterations, FIRST_ITERATIONS)
         self.started = True
         top, pair = sharpness(hvp, self.pair, iterations, columns=self.runs != ())
@@ -468,32 +481,38 @@ class Loop:
             return {}
         return {"curv/sharpness": self.nan, "curv/lr_x_sharpness": self.nan}
 
-    def pack(self, values, w, b, grads, loss) -> torch.Tensor:
-        """The row as one vector: the metrics, whether the loss and θ_t are finite, then w,
-        b, dw and db, flat."""
+    def pack(self, values, theta, grads, loss) -> torch.Tensor:
+        """The row as one vector: the metrics, whether the loss and θ_t are finite, then
+        every parameter and every gradient, flat."""
         finite = torch.isfinite(loss)  # each part as a view: nothing copied
-        for part in (w, b):
+        for part in theta:
             finite &= torch.isfinite(self.flat(part)).all(0)
-        metrics = torch.stack([*(values[name] for name in self.names), finite.to(w.dtype)])
-        parameters = (t.reshape(-1, *self.runs) for t in (w, b, grads["dw"], grads["db"]))
+        metrics = torch.stack([*(values[name] for name in self.names), finite.to(loss.dtype)])
+        parameters = (t.reshape(-1, *self.runs) for t in (*theta, *self.ordered(grads)))
         return torch.cat([metrics, *parameters])
 
-    def describe(self, prefix: str, w: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """‖w‖ per run (Frobenius for a matrix W), and b itself, or its norm for a vector."""
-        values = {f"{prefix}/w_norm": torch.linalg.vector_norm(self.flat(w), dim=0)}
-        if b.shape == self.runs:
-            values[f"{prefix}/b"] = b
-        else:
-            values[f"{prefix}/b_norm"] = torch.linalg.vector_norm(self.flat(b), dim=0)
+    def ordered(self, grads: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients in the parameters' order."""
+        return [grads[f"d{name}"] for name in self.series]
+
+    def describe(self, prefix: str, tensors) -> dict[str, torch.Tensor]:
+        """Each parameter's (or gradient's) series, in the parameters' order: itself when it
+        is one number per run (b), else its norm per run (Frobenius for a matrix W)."""
+        values = {}
+        for t, series in zip(tensors, self.series.values(), strict=True):
+            scalar = t.shape == self.runs
+            values[f"{prefix}/{series}"] = (
+                t if scalar else torch.linalg.vector_norm(self.flat(t), dim=0)
+            )
         return values
 
-    def check(self, w, b, grads, X, y) -> dict[str, torch.Tensor]:
+    def check(self, theta, grads, X, y) -> dict[str, torch.Tensor]:
         """The step's gradient against the reference's at the same parameters θ_t, on the
         same data (the step's batch)."""
-        self.reference.set_parameters(w, b)
+        self.reference.set_parameters(*theta)
         expected = self.reference.evaluate(X, y, check=False)
         terms = self.reference.summands(X, y, expected.logits)
-        g, g_ref, size = (self.flat(d["dw"], d["db"]) for d in (grads, expected.grads, terms))
+        g, g_ref, size = (self.flat(*self.ordered(d)) for d in (grads, expected.grads, terms))
         diff = torch.linalg.vector_norm((g - g_ref).double(), dim=0)
         reference = torch.linalg.vector_norm(g_ref.double(), dim=0)
         dtype = self.model.dtype  # measured in float64, recorded beside the other metrics
@@ -521,7 +540,7 @@ def start_pair(model: GradientDescentModel, runs: tuple[int, ...]) -> Pair:
         one = torch.randn(t.shape[: t.ndim - len(runs)], generator=generator, dtype=torch.float64)
         return one.reshape(one.shape + (1,) * len(runs)).expand(t.shape).to(t).clone()
 
-    return tuple(tuple(draw(t) for t in (model.w, model.b)) for _ in range(2))
+    return tuple(tuple(draw(t) for t in model.params.values()) for _ in range(2))
 
 
 @contextlib.contextmanager

@@ -34,8 +34,8 @@ BATCHED = ("manual", "function")
 class LrBatch(HandModel):
     """K copies of one model, one per learning rate, trained in one pass.
 
-    It offers the model's own interface with a trailing axis of K: ``w`` (n, K) or
-    (n, C, K), ``b`` (K,) or (C, K), a loss and an accuracy per column, logits (m, K) or
+    It offers the model's own interface with a trailing axis of K on every parameter: ``w``
+    (n, K) or (n, C, K), ``b`` (K,) or (C, K), a loss and an accuracy per column, logits (m, K) or
     (m, C, K). Every column starts from the model's parameters, and the rule's state (momentum's
     v, Adam's m and s) has the same trailing axis. It asks the model only what
     :class:`manual_models.Implementation` lists: its kind, its rule, and its loss and gradient
@@ -49,17 +49,17 @@ class LrBatch(HandModel):
             raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
         self.lrs = tuple(check_lr(lr) for lr in lrs)
         k = len(self.lrs)
-        start = (t.unsqueeze(-1).repeat(*(1 for _ in t.shape), k) for t in (model.w, model.b))
+        start = (t.unsqueeze(-1).repeat(*(1 for _ in t.shape), k) for t in model.theta)
         super().__init__(model.kind, self.lrs[0], optimizer=model.rule, start=tuple(start))
         self.model = model
         self.lr = torch.tensor(self.lrs, device=self.device, dtype=self.dtype)  # a rate a column
 
     # --- where the loss and gradient come from: the model's own, at the stacked parameters -----
-    def loss_at(self, X, y, w, b):
-        return self.model.loss_at(X, y, w, b)
+    def loss_at(self, X, y, *params):
+        return self.model.loss_at(X, y, *params)
 
-    def evaluate_at(self, X, y, w, b):
-        return self.model.evaluate_at(X, y, w, b)
+    def evaluate_at(self, X, y, *params):
+        return self.model.evaluate_at(X, y, *params)
 
     def keep(self, columns: Sequence[int]) -> None:
         """Go on with these columns only (successive halving stops the rest): the parameters,
@@ -70,7 +70,8 @@ class LrBatch(HandModel):
         def pick(t: torch.Tensor) -> torch.Tensor:  # Adam's step count, a scalar, is shared
             return t.index_select(-1, index) if t.ndim else t
 
-        self.w, self.b, self.lr = pick(self.w), pick(self.b), pick(self.lr)
+        self.params = {name: pick(t) for name, t in self.params.items()}
+        self.lr = pick(self.lr)
         self.lrs = tuple(self.lrs[i] for i in columns)
         self.grads = {name: pick(g) for name, g in self.grads.items()}
         self.optimizer.state = [{k: pick(v) for k, v in s.items()} for s in self.optimizer.state]

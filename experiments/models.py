@@ -104,13 +104,12 @@ def log_model(tracker: Tracker, experiment_id: str, run: pd.Series) -> str:
 
 
 def final_parameters(tracker: Tracker, run: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) at the run's last step: the last row of ``trajectory.parquet`` (w; W row by
-    row, then b), and for two classes b from ``history.parquet``'s ``param/b``."""
+    """(W, b) at the run's last step: the last row of ``trajectory.parquet``, W (n, C) and
+    b (C,) for C classes, w (n,) and b () for two."""
     with tempfile.TemporaryDirectory() as tmp:
         path = tracker.client.download_artifacts(run.run_id, "trajectory.parquet", tmp)
-        theta = pd.read_parquet(path).filter(regex=r"^w_\d+$").to_numpy()[-1]
-        n, classes = int(run.n_features), int(run.n_classes)
-        if classes == 2:
-            history = tracker.client.download_artifacts(run.run_id, "history.parquet", tmp)
-            return theta, np.asarray(pd.read_parquet(history)["param/b"].to_numpy()[-1])
-        return theta[: n * classes].reshape(n, classes), theta[n * classes :]
+        history = tracker.client.download_artifacts(run.run_id, "history.parquet", tmp)
+        _, params, _ = records.read_trajectory(
+            pd.read_parquet(path), n_classes=int(run.n_classes), history=pd.read_parquet(history)
+        )
+    return params["w"][-1], np.asarray(params["b"][-1])

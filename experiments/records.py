@@ -260,24 +260,61 @@ def history_table(history: History):
 
 
 def trajectory_table(history: History):
-    """The kept rows' parameters and gradients as columns ``step, w_0 …, dw_0 …`` (the loop
-    keeps every k-th row and the last, as ``max_trajectory_values`` allows). The columns are w
-    (logistic regression, whose one-number b is the ``param/b`` series), or W row by row and
-    then b (softmax regression)."""
-    rows = history.w.shape[0]
-    parts = (
-        (history.w, history.dw)
-        if history.b.ndim == 1
-        else (
-            torch.cat([history.w.reshape(rows, -1), history.b], 1),
-            torch.cat([history.dw.reshape(rows, -1), history.db], 1),
-        )
+    """The kept rows' parameters and gradients by name, as columns ``step``, then each
+    parameter's entries (``w[0]``, …, ``b`` for logistic regression; ``w[0,0]``, …, ``b[0]``,
+    … for softmax; ``W1[0,0]``, … for a network), then each gradient's (``dw[0]``, …): the loop
+    keeps every k-th row and the last, as ``max_trajectory_values`` allows."""
+    columns = {"step": history.kept.numpy()}
+    for tensors in (history.params, history.grads):
+        for name, t in tensors.items():
+            values = t.double().numpy()
+            for index in np.ndindex(values.shape[1:]):
+                label = name if not index else f"{name}[{','.join(map(str, index))}]"
+                columns[label] = values[(slice(None), *index)]
+    return pa.table(columns)
+
+
+def read_trajectory(
+    frame: pd.DataFrame, *, n_classes: int = 2, history: pd.DataFrame | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A ``trajectory.parquet`` read back: the kept steps, and each parameter and gradient
+    by name in its shape (rows, *shape). Tables written before parameters had names hold
+    θ flat as ``w_0 …`` (softmax: W row by row, then b) and its gradient as ``dw_0 …``, with
+    logistic regression's b in ``history``'s ``param/b`` and ``grad/b``: read as ``w`` and
+    ``b`` all the same."""
+    steps = frame["step"].to_numpy()
+    columns = [c for c in frame.columns if c != "step"]
+    if columns and columns[0] == "w_0":  # the flat layout of the stores before names
+        return steps, *_flat_layout(frame, steps, n_classes, history)
+    entries: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+    for column in columns:  # name, or name[i,j]
+        name, _, index = column.partition("[")
+        at = tuple(int(i) for i in index.rstrip("]").split(",")) if index else ()
+        entries.setdefault(name, []).append((at, column))
+    tensors = {}
+    for name, found in entries.items():
+        shape = tuple(max(at[k] for at, _ in found) + 1 for k in range(len(found[0][0])))
+        tensors[name] = frame[[c for _, c in found]].to_numpy().reshape(len(frame), *shape)
+    names = list(tensors)
+    half = len(names) // 2  # the parameters, then their gradients
+    return steps, {n: tensors[n] for n in names[:half]}, {n: tensors[n] for n in names[half:]}
+
+
+def _flat_layout(frame, steps, n_classes, history):
+    theta = frame.filter(regex=r"^w_\d+$").to_numpy()
+    grad = frame.filter(regex=r"^dw_\d+$").to_numpy()
+    if n_classes == 2:
+        if history is None:
+            raise ValueError("an old logistic trajectory needs its history for b")
+        b, db = (history[name].to_numpy()[steps] for name in ("param/b", "grad/b"))
+        return {"w": theta, "b": b}, {"dw": grad, "db": db}
+    n = theta.shape[1] // n_classes - 1
+    shape = (len(frame), n, n_classes)
+    split = n * n_classes
+    return (
+        {"w": theta[:, :split].reshape(shape), "b": theta[:, split:]},
+        {"dw": grad[:, :split].reshape(shape), "db": grad[:, split:]},
     )
-    w, dw = (t.reshape(rows, -1).double().numpy() for t in parts)
-    n = w.shape[1]
-    names = ["step", *(f"w_{j}" for j in range(n)), *(f"dw_{j}" for j in range(n))]
-    arrays = [history.kept.numpy(), *w.T, *dw.T]
-    return pa.Table.from_arrays([pa.array(a) for a in arrays], names=names)
 
 
 # --- a run's record ---------------------------------------------------------------------------

@@ -28,8 +28,7 @@ class Model(ABC):
     lr: float
     rule: Optimizer
     grads: dict[str, torch.Tensor]
-    w: torch.Tensor
-    b: torch.Tensor
+    params: dict[str, torch.Tensor]  # by name, in the kind's order
 
     def __init__(self, kind: Kind, lr: float, optimizer: Optimizer | None) -> None:
         if not isinstance(kind, Kind):
@@ -44,44 +43,55 @@ class Model(ABC):
     n_classes = property(lambda self: self.kind.n_classes)
     device = property(lambda self: self.kind.device)
     dtype = property(lambda self: self.kind.dtype)
+    # The built-in kinds' two parameters by their names (a network's: ``params["W1"]``).
+    w = property(lambda self: self.params["w"])
+    b = property(lambda self: self.params["b"])
+
+    @property
+    def theta(self) -> tuple[torch.Tensor, ...]:
+        """The parameters in the kind's order, as its functions take them."""
+        return tuple(self.params.values())
 
     # --- what an implementation writes ---------------------------------------------------------
     @abstractmethod
-    def loss_at(self, X, y, w, b) -> torch.Tensor:
-        """The loss at (w, b), as this implementation computes it."""
+    def loss_at(self, X, y, *params) -> torch.Tensor:
+        """The loss at the parameters, as this implementation computes it."""
 
     @abstractmethod
-    def evaluate_at(self, X, y, w, b) -> Evaluation:
-        """The loss, its gradient and the logits at (w, b), any parameters (a trailing axis
-        of K columns too): the derivation, an ``autograd.Function``, or autograd."""
+    def evaluate_at(self, X, y, *params) -> Evaluation:
+        """The loss, its gradient and the logits at any parameters (a trailing axis of K
+        columns too): the derivation, an ``autograd.Function``, or autograd."""
 
     @abstractmethod
     def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
         """One full-batch step; the loss and logits at the parameters before it."""
 
-    @abstractmethod
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        """Copy ``w`` and ``b`` in, in place (a captured CUDA graph keeps their storage)."""
+    def set_parameters(self, *params: torch.Tensor) -> None:
+        """Copy the parameters in (in the kind's order: ``w, b`` here), to evaluate two models
+        at one point: in the model's shapes and in place, so the parameters keep their
+        storage, as a captured CUDA graph needs."""
+        for own, new in zip(self.theta, self.kind.named(params).values(), strict=True):
+            own.copy_(torch.as_tensor(new).reshape(own.shape))  # copy_ casts and moves
 
     # --- the contract, at the model's own parameters -----------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.kind.link(self.logits(X))
 
     def logits(self, X: torch.Tensor) -> torch.Tensor:
-        return self.kind.logits_at(self.kind.features(X), self.w, self.b)
+        return self.kind.logits_at(self.kind.features(X), *self.theta)
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        return self.loss_at(*self.kind.inputs(X, y, check=check), self.w, self.b)
+        return self.loss_at(*self.kind.inputs(X, y, check=check), *self.theta)
 
     def evaluate(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Evaluation:
-        """The loss, ∂J/∂w and ∂J/∂b, and the logits at the current parameters, from one pass
-        over X, without updating anything."""
-        return self.evaluate_at(*self.kind.inputs(X, y, check=check), self.w, self.b)
+        """The loss, its gradient (∂J/∂w and ∂J/∂b, …) and the logits at the current
+        parameters, from one pass over X, without updating anything."""
+        return self.evaluate_at(*self.kind.inputs(X, y, check=check), *self.theta)
 
     def gradients(
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
-        """∂J/∂w and ∂J/∂b at the current parameters, without updating anything."""
+        """The gradient at the current parameters, without updating anything."""
         return self.evaluate(X, y, check=check).grads
 
     def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -93,7 +103,7 @@ class Model(ABC):
         """The size of the terms the gradient sums; ``logits``: this model's logits on X, when
         the caller has them already (from :meth:`evaluate`: one product X w fewer)."""
         X, y = self.kind.inputs(X, y, check=False)
-        z = self.kind.logits_at(X, self.w, self.b) if logits is None else logits
+        z = self.kind.logits_at(X, *self.theta) if logits is None else logits
         return self.kind.summands_at(X, y, z)
 
     def __repr__(self) -> str:
@@ -116,18 +126,19 @@ class HandModel(Model):
         *,
         seed: int = 0,
         optimizer: Optimizer | None = None,
-        start: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: tuple[torch.Tensor, ...] | None = None,
     ) -> None:
-        """``start``: (w, b) to begin from instead of the kind's draw from ``seed``."""
+        """``start``: the parameters to begin from (in the kind's order, or by name) instead
+        of the kind's draw from ``seed``."""
         super().__init__(kind, lr, optimizer)
-        self.w, self.b = kind.initial_parameters(seed) if start is None else start
+        self.params = kind.initial(seed) if start is None else kind.named(start)
         self.optimizer = HandOptimizer(self.rule)  # plain SGD unless told otherwise
 
-    def loss_at(self, X, y, w, b) -> torch.Tensor:
-        return self.kind.loss_at(X, y, w, b)
+    def loss_at(self, X, y, *params) -> torch.Tensor:
+        return self.kind.loss_at(X, y, *params)
 
-    def evaluate_at(self, X, y, w, b) -> Evaluation:
-        return self.kind.gradients_at(X, y, w, b)
+    def evaluate_at(self, X, y, *params) -> Evaluation:
+        return self.kind.gradients_at(X, y, *params)
 
     def compile_gradients(self) -> HandModel:
         """The loss and gradient by hand through ``torch.compile``: the dozen elementwise
@@ -140,7 +151,7 @@ class HandModel(Model):
         """One full-batch step: the loss and logits at the parameters before it, then the
         update by the rule (plain SGD: θ ← θ − lr·∂J/∂θ)."""
         X, y = self.kind.inputs(X, y, check=check)
-        loss, grads, z = self.evaluate_at(X, y, self.w, self.b)
+        loss, grads, z = self.evaluate_at(X, y, *self.theta)
         self._keep(grads)
         self.optimize()
         return Step(loss, z)
@@ -151,20 +162,18 @@ class HandModel(Model):
         if not self.grads:
             raise RuntimeError("optimize() needs gradients: call backward() first")
         self._writable()
-        grads = [self.grads["dw"], self.grads["db"]]
-        self.optimizer.step([self.w, self.b], grads, self.lr, decays=(True, False))
+        grads = [self.grads[f"d{name}"] for name in self.params]
+        decays = [name in self.kind.decays for name in self.params]
+        self.optimizer.step(list(self.theta), grads, self.lr, decays=decays)
 
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        """Copy ``w`` and ``b`` in (to evaluate two models at one point), in the model's shapes
-        and in place: the parameters keep their storage, as a captured CUDA graph needs."""
+    def set_parameters(self, *params: torch.Tensor) -> None:
         self._writable()
-        self.w.copy_(torch.as_tensor(w).reshape(self.w.shape))  # copy_ casts and moves
-        self.b.copy_(torch.as_tensor(b).reshape(self.b.shape))
+        super().set_parameters(*params)
 
     def _writable(self) -> None:
-        if self.w.is_inference() and not torch.is_inference_mode_enabled():
+        if self.theta[0].is_inference() and not torch.is_inference_mode_enabled():
             # Made under inference_mode, updated outside it: move to ordinary tensors once.
-            self.w, self.b = self.w.clone(), self.b.clone()
+            self.params = {name: t.clone() for name, t in self.params.items()}
 
     def _keep(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This step's gradients; added to the kept ones when the rule has no zero_grad."""

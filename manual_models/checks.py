@@ -108,9 +108,9 @@ def _asserting(check: Callable[[], Result]) -> Callable[[], Result]:
 
 # --- the problems the checks use ------------------------------------------------------------
 def problems(make: MakeKind, device: str, dtype: torch.dtype):
-    """(label, kind, X, y, w, b): three random problems (64 × 5, a random point near the
-    seeded start) and breast_cancer standardised (569 × 30, labels cut into the kind's
-    classes), each at parameters of its own."""
+    """(label, kind, X, y, θ): three random problems (64 × 5) and breast_cancer standardised
+    (569 × 30, labels cut into the kind's classes), each at parameters of its own (θ in the
+    kind's order: the seeded start, every entry moved by 0.5 N(0, 1))."""
     for seed in range(4):
         gen = torch.Generator().manual_seed(seed)
         if seed < 3:
@@ -128,9 +128,11 @@ def problems(make: MakeKind, device: str, dtype: torch.dtype):
             edges = torch.quantile(X[:, 0], torch.linspace(0, 1, classes + 1, dtype=F64)[1:-1])
             y = torch.bucketize(X[:, 0].contiguous(), edges)
         X, y = kind.inputs(X.to(device, dtype), y.to(device))
-        w, b = kind.initial_parameters(seed)
-        w = w + 0.5 * torch.randn(w.shape, generator=gen, dtype=F64).to(w)
-        yield label, kind, X, y, w, b
+        theta = tuple(
+            t + 0.5 * torch.randn(t.shape, generator=gen, dtype=F64).to(t)
+            for t in kind.initial_parameters(seed)
+        )
+        yield label, kind, X, y, theta
 
 
 @functools.cache
@@ -148,8 +150,10 @@ def _error(value) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def _flat(grads) -> torch.Tensor:
-    return torch.cat([grads["dw"].reshape(-1), grads["db"].reshape(-1)]).double()
+def _flat(tensors) -> torch.Tensor:
+    """Tensors (a gradient by name: its values) as one float64 vector."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return torch.cat([t.reshape(-1) for t in values]).double()
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -158,25 +162,33 @@ def contract(make: MakeKind, device: str) -> Result:
     problems_found = []
     if not isinstance(kind, Kind):
         return Result("contract", device, 1.0, 0.0, f"{kind!r} is not a manual_models.Kind")
-    w, b = kind.initial_parameters(0)
-    w2, b2 = kind.initial_parameters(0)
-    if not (torch.equal(w, w2) and torch.equal(b, b2)):
+    names = tuple(kind.parameter_names)
+    if len(set(names)) != len(names) or not all(n.isidentifier() for n in names):
+        problems_found.append(f"parameter_names {names} are not distinct identifiers")
+    if not set(kind.decays) <= set(names):
+        problems_found.append(f"decays {tuple(kind.decays)} are not among {names}")
+    theta, again = kind.initial_parameters(0), kind.initial_parameters(0)
+    if len(theta) != len(names):
+        problems_found.append(f"initial_parameters gives {len(theta)} tensors for {names}")
+    if not all(torch.equal(a, b) for a, b in zip(theta, again, strict=False)):
         problems_found.append("initial_parameters(0) differs between calls")
-    if torch.equal(w, kind.initial_parameters(1)[0]):
+    if all(torch.equal(a, b) for a, b in zip(theta, kind.initial_parameters(1), strict=False)):
         problems_found.append("initial_parameters(1) equals initial_parameters(0)")
-    if w.shape[0] != 3 or w.dtype != F64 or w.device != kind.device:
-        problems_found.append(f"w has shape {tuple(w.shape)}, {w.dtype}, {w.device}")
+    for name, t in zip(names, theta, strict=False):
+        if t.dtype != F64 or t.device != kind.device:
+            problems_found.append(f"{name} is {t.dtype} on {t.device}")
     X = torch.randn(7, 3, dtype=F64, device=device)
     y = torch.zeros(7, dtype=torch.int64, device=device)
     X, y = kind.inputs(X, y)
-    loss, grads, z = kind.gradients_at(X, y, w, b)
-    if set(grads) != {"dw", "db"}:
-        problems_found.append(f"gradients_at's grads have keys {sorted(grads)}, not dw and db")
-    elif grads["dw"].shape != w.shape or grads["db"].shape != b.shape:
+    loss, grads, z = kind.gradients_at(X, y, *theta)
+    expected = [f"d{name}" for name in names]
+    if list(grads) != expected:
+        problems_found.append(f"gradients_at's grads have keys {list(grads)}, not {expected}")
+    elif any(grads[f"d{n}"].shape != t.shape for n, t in zip(names, theta, strict=False)):
         problems_found.append("the gradient's shapes are not the parameters'")
     if loss.shape != () or z.shape[0] != 7:
         problems_found.append(f"loss shape {tuple(loss.shape)}, logits {tuple(z.shape)}")
-    where = "; ".join(problems_found) or "methods, shapes, dtype, device and seeded start"
+    where = "; ".join(problems_found) or "names, methods, shapes, dtype, device, seeded start"
     return Result("contract", device, float(len(problems_found)), 0.0, where)
 
 
@@ -210,12 +222,11 @@ def bad_input(make: MakeKind, device: str) -> Result:
 def gradient(dtype: torch.dtype):
     def check(make: MakeKind, device: str) -> Result:
         worst, where = 0.0, ""
-        for label, kind, X, y, w, b in problems(make, device, dtype):
-            hand = kind.gradients_at(X, y, w, b).grads
-            dw, db = autograd_gradient(kind, X, y, w, b)
-            terms = kind.summands_at(X, y, kind.logits_at(X, w, b))
+        for label, kind, X, y, theta in problems(make, device, dtype):
+            hand = kind.gradients_at(X, y, *theta).grads
+            terms = kind.summands_at(X, y, kind.logits_at(X, *theta))
             err = _error(
-                torch.linalg.vector_norm(_flat(hand) - _flat({"dw": dw, "db": db}))
+                torch.linalg.vector_norm(_flat(hand) - _flat(autograd_gradient(kind, X, y, theta)))
                 / torch.linalg.vector_norm(_flat(terms))
             )
             if err >= worst:
@@ -228,35 +239,46 @@ def gradient(dtype: torch.dtype):
 
 def differences(make: MakeKind, device: str, h: float = 1e-6) -> Result:
     worst, where = 0.0, ""
-    for label, kind, X, y, w, b in problems(make, device, F64):
-        g = _flat(kind.gradients_at(X, y, w, b).grads)
-        theta = torch.cat([w.reshape(-1), b.reshape(-1)])
-        for i in range(len(theta)):
-            step = torch.zeros_like(theta)
+    for label, kind, X, y, theta in problems(make, device, F64):
+        g = _flat(kind.gradients_at(X, y, *theta).grads)
+        flat = _flat(theta)
+        for i in range(len(flat)):
+            step = torch.zeros_like(flat)
             step[i] = h
-            up, down = theta + step, theta - step
-            fd = kind.loss_at(X, y, *_split(up, w, b)) - kind.loss_at(X, y, *_split(down, w, b))
-            fd = float(fd) / (2 * h)
+            up, down = (_split(flat + sign * step, theta) for sign in (1, -1))
+            fd = float(kind.loss_at(X, y, *up) - kind.loss_at(X, y, *down)) / (2 * h)
             ratio = _error(abs(fd - float(g[i])) / (1e-8 + 1e-6 * abs(float(g[i]))))
             if ratio >= worst:
-                worst, where = (
-                    ratio,
-                    f"coordinate {i} on {label}: fd {fd:.9g}, hand {float(g[i]):.9g}",
-                )
+                at = _coordinate(kind.parameter_names, theta, i)
+                where = f"{at} on {label}: fd {fd:.9g}, hand {float(g[i]):.9g}"
+                worst = ratio
     return Result("differences", device, worst, 1.0, where)
 
 
-def autograd_gradient(kind: Kind, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
-    """∂J/∂w, ∂J/∂b by autograd of the kind's own ``loss_at`` (``torch.func.grad``)."""
-    return torch.func.grad(lambda w, b: kind.loss_at(X, y, w, b), argnums=(0, 1))(w, b)
+def autograd_gradient(kind: Kind, X, y, theta) -> tuple[torch.Tensor, ...]:
+    """The gradient by autograd of the kind's own ``loss_at`` (``torch.func.grad``), in the
+    parameters' order."""
+    return torch.func.grad(lambda theta: kind.loss_at(X, y, *theta))(tuple(theta))
 
 
-def _split(theta, w, b):
-    return theta[: w.numel()].view(w.shape), theta[w.numel() :].view(b.shape)
+def _split(flat, theta) -> tuple[torch.Tensor, ...]:
+    """One flat vector back into tensors of ``theta``'s shapes."""
+    parts = flat.split([t.numel() for t in theta])
+    return tuple(p.view(t.shape) for p, t in zip(parts, theta, strict=True))
+
+
+def _coordinate(names, theta, i: int) -> str:
+    """Where flat coordinate i lies: ``W1[3, 2]``."""
+    for name, t in zip(names, theta, strict=True):
+        if i < t.numel():
+            index = [int(j) for j in torch.unravel_index(torch.tensor(i), t.shape)]
+            return f"{name}{index}" if index else name
+        i -= t.numel()
+    raise IndexError(i)
 
 
 def trajectory(make: MakeKind, device: str, steps: int = 50, lr: float = 0.1) -> Result:
-    label, kind, X, y, _w, _b = next(problems(make, device, F64))
+    label, kind, X, y, _ = next(problems(make, device, F64))
     hand = HandModel(kind, lr, seed=0, optimizer=Optimizer())
     params = [t.clone().requires_grad_() for t in kind.initial_parameters(0)]
     sgd = torch.optim.SGD(params, lr=lr)
@@ -266,8 +288,7 @@ def trajectory(make: MakeKind, device: str, steps: int = 50, lr: float = 0.1) ->
         sgd.zero_grad()
         kind.loss_at(X, y, *params).backward()
         sgd.step()
-        theta = torch.cat([t.detach().reshape(-1) for t in params])
-        mine = torch.cat([hand.w.reshape(-1), hand.b.reshape(-1)])
+        theta, mine = _flat([t.detach() for t in params]), _flat(hand.theta)
         err = _error(torch.linalg.vector_norm(mine - theta) / torch.linalg.vector_norm(theta))
         if err > worst:
             worst, where = err, f"worst at step {step} of {steps} (lr {lr}) on {label}"
@@ -275,14 +296,13 @@ def trajectory(make: MakeKind, device: str, steps: int = 50, lr: float = 0.1) ->
 
 
 def k_in_one_pass(make: MakeKind, device: str) -> Result:
-    label, kind, X, y, _w, _b = next(problems(make, device, F64))
+    label, kind, X, y, _ = next(problems(make, device, F64))
     starts = [kind.initial_parameters(seed) for seed in range(3)]
-    W = torch.stack([w for w, _ in starts], -1)
-    B = torch.stack([b for _, b in starts], -1)
-    together = kind.gradients_at(X, y, W, B)
+    stacked = [torch.stack(column, -1) for column in zip(*starts, strict=True)]
+    together = kind.gradients_at(X, y, *stacked)
     worst, where = 0.0, ""
-    for k, (w, b) in enumerate(starts):
-        alone = kind.gradients_at(X, y, w, b)
+    for k, theta in enumerate(starts):
+        alone = kind.gradients_at(X, y, *theta)
         column = {name: g[..., k] for name, g in together.grads.items()}
         err = _error(
             torch.linalg.vector_norm(_flat(column) - _flat(alone.grads))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -27,7 +28,8 @@ from manual_models.validation import check_count, check_dtype, check_X, resolve_
 
 
 class Evaluation(NamedTuple):
-    """The loss, its gradient ``{"dw", "db"}`` and the logits, at one set of parameters."""
+    """The loss, its gradient by name (``{"dw", "db"}``: "d" and each parameter's name) and the
+    logits, at one set of parameters."""
 
     loss: torch.Tensor
     grads: dict[str, torch.Tensor]
@@ -46,9 +48,11 @@ class Step(NamedTuple):
 class GradientDescentModel(Protocol):
     """Everything a training loop may rely on, whoever computes the gradient.
 
-    ``w`` and ``b`` are the current parameters as plain tensors (no graph): w (n_features,) and
-    b () for logistic regression, W (n_features, C) and b (C,) for softmax regression.
-    ``grads`` holds ``{"dw", "db"}`` in the same shapes, from the last step; with
+    ``params`` maps each parameter's name to its current value, a plain tensor (no graph), in
+    the kind's order (:attr:`Kind.parameter_names`): w (n_features,) and b () for logistic
+    regression, W (n_features, C) and b (C,) for softmax regression, W1, b1, W2, b2 for a
+    two-layer network. ``grads`` holds "d" + each name in the same shapes, from the last step;
+    with
     ``rule.zero_grad`` false it is the sum of every gradient so far, as ``.grad`` is when
     nothing zeroes it. ``check=False`` skips the one check that reads data (the labels' values),
     which would synchronise a GPU with the host.
@@ -65,12 +69,7 @@ class GradientDescentModel(Protocol):
     device: torch.device
     dtype: torch.dtype
     grads: dict[str, torch.Tensor]
-
-    @property
-    def w(self) -> torch.Tensor: ...
-
-    @property
-    def b(self) -> torch.Tensor: ...
+    params: dict[str, torch.Tensor]
 
     def forward(self, X: torch.Tensor) -> torch.Tensor: ...
 
@@ -92,7 +91,7 @@ class GradientDescentModel(Protocol):
         self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]: ...
 
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None: ...
+    def set_parameters(self, *params: torch.Tensor) -> None: ...
 
 
 def weigh(terms: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -104,12 +103,18 @@ class Kind(ABC):
     """A kind of model: its labels, its seeded start, and its math as functions of the
     parameters. Subclass it and write every abstract method; nothing else is asked.
 
-    Every function takes the parameters as arguments and reduces over the samples (dim 0)
-    only, so w and b may carry a trailing axis of K models side by side (w (n, K), b (K,) for
-    a kind whose own w is (n,)): each column is then exactly the model it would be alone. That
-    is all K learning rates in one pass needs of a kind.
+    Every function takes the parameters as arguments after the data, in the order of
+    :attr:`parameter_names` (``loss_at(X, y, w, b)`` here, ``loss_at(X, y, W1, b1, W2, b2)``
+    for a two-layer network), and reduces over the samples (dim 0) only, so each parameter
+    may carry a trailing axis of K models side by side (w (n, K), b (K,) for a kind whose own
+    w is (n,)): each column is then exactly the model it would be alone. That is all K
+    learning rates in one pass needs of a kind.
     """
 
+    # The parameters' names, in the order every function takes them; the gradient of each is
+    # "d" + its name. ``decays``: those L2 weight decay applies to (the weights, not biases).
+    parameter_names: tuple[str, ...] = ("w", "b")
+    decays: tuple[str, ...] = ("w",)
     n_classes: int = 2
     # rᵢ = m sᵢ / Σ s, per sample (mean 1), or None: set by :meth:`weighted`. A kind's math
     # multiplies each sample's term by it (:func:`weigh`) before it takes the mean.
@@ -133,25 +138,27 @@ class Kind(ABC):
         """y checked (its values only with ``check``: reading them syncs a GPU) and cast."""
 
     @abstractmethod
-    def initial_parameters(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w, b) drawn from ``seed`` alone, the same on every device and in every
-        implementation (``manual_models.initialisation.init_linear``: nn.Linear's draw)."""
+    def initial_parameters(self, seed: int) -> tuple[torch.Tensor, ...]:
+        """The parameters in :attr:`parameter_names`' order, drawn from ``seed`` alone, the
+        same on every device and in every implementation
+        (``manual_models.initialisation.init_linear``: nn.Linear's draw)."""
 
     @abstractmethod
     def link(self, z: torch.Tensor) -> torch.Tensor:
         """The prediction from the logits: σ(z), softmax(Z), …"""
 
     @abstractmethod
-    def logits_at(self, X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """z at (w, b)."""
+    def logits_at(self, X: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        """z at the parameters (w, b here)."""
 
     @abstractmethod
-    def loss_at(self, X, y, w, b) -> torch.Tensor:
-        """J at (w, b), as written by hand: one loss, or one per trailing column."""
+    def loss_at(self, X, y, *params) -> torch.Tensor:
+        """J at the parameters, as written by hand: one loss, or one per trailing column."""
 
     @abstractmethod
-    def gradients_at(self, X, y, w, b) -> Evaluation:
-        """J, its gradient {"dw", "db"} derived by hand, and z, at (w, b), from one pass."""
+    def gradients_at(self, X, y, *params) -> Evaluation:
+        """J, its gradient derived by hand ({"dw", "db"}: "d" + each name), and z, at the
+        parameters, from one pass."""
 
     @abstractmethod
     def accuracy(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -162,23 +169,30 @@ class Kind(ABC):
         """The gradient's sums taken over absolute values: what a correct gradient's rounding
         is relative to, however much its terms cancel."""
 
-    @abstractmethod
-    def reference_loss_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """(J, z) at (w, b) through torch's own functions (``F.linear`` and the textbook
-        criterion), one loss per trailing column: what autograd differentiates for the
-        reference."""
+    # --- the reference: autograd of the kind's own forward, unless it says more -------------
+    def reference_loss_at(self, X, y, *params) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J, z) at the parameters, one loss per trailing column, for autograd to
+        differentiate: the kind's own ``loss_at``, so a kind of your own writes no reference.
+        The built-in kinds write theirs through torch's own functions (``F.linear`` and the
+        textbook criterion), so the reference shares no line with the derivation."""
+        return self.loss_at(X, y, *params), self.logits_at(X, *params)
 
-    @abstractmethod
-    def criterion(self) -> nn.Module:
-        """The textbook loss module on ``nn.Linear``'s outputs (the post's ``criterion``)."""
+    def criterion(self) -> nn.Module | None:
+        """The textbook loss module on ``nn.Linear``'s outputs (the post's ``criterion``), for
+        a kind that is one ``nn.Linear`` and a loss: then the autograd twin is the post's
+        model. None: the twin holds the kind's own parameters and differentiates
+        :meth:`reference_loss_at`."""
+        return None
 
-    @abstractmethod
-    def from_linear(self, weight: torch.Tensor, bias: torch.Tensor):
-        """(w, b) as views of ``nn.Linear(n_features, n_outputs)``'s weight and bias."""
+    def from_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The parameters as views of ``nn.Linear(n_features, n_outputs)``'s weight and bias
+        (with :meth:`criterion`)."""
+        raise NotImplementedError(f"{type(self).__name__} is not one nn.Linear")
 
     # --- curvature, by hand where a kind derives it (the built-in kinds do) -------------------
     def hessian_product(self, X, y, w, b, weight_decay: float = 0.0):
-        """v ↦ H v, H the Hessian of J + (λ/2)‖w‖² at (w, b), v = (v_w, v_b), without forming
+        """v ↦ H v, H the Hessian of J + (λ/2)‖w‖² at the parameters (here w, b), v a tuple in
+        their shapes (v_w, v_b), without forming
         H (a trailing axis of K models too): what depends on θ alone (the logits) computed
         once, for the many products an eigenvalue estimate takes."""
         raise NotImplementedError(f"{type(self).__name__} has no Hessian-vector product by hand")
@@ -218,6 +232,24 @@ class Kind(ABC):
         kind.weights = s * (s.numel() / s.sum())
         return kind
 
+    def initial(self, seed: int) -> dict[str, torch.Tensor]:
+        """:meth:`initial_parameters` by name."""
+        return self.named(self.initial_parameters(seed))
+
+    def named(self, params) -> dict[str, torch.Tensor]:
+        """Parameters in the kind's order, by name (a mapping: checked for the kind's names)."""
+        names = self.parameter_names
+        if isinstance(params, Mapping):
+            if set(params) != set(names):
+                raise ValueError(f"parameters {sorted(params)}; {type(self).__name__} has {names}")
+            return {name: params[name] for name in names}
+        params = tuple(params)
+        if len(params) != len(names):
+            raise ValueError(
+                f"{type(self).__name__} has {len(names)} parameters {names}, got {len(params)}"
+            )
+        return dict(zip(names, params, strict=True))
+
     def features(self, X: object) -> torch.Tensor:
         """X checked: a 2-D tensor of n_features columns on the kind's device and dtype."""
         return check_X(X, self.n_features, self.device, self.dtype)
@@ -247,6 +279,6 @@ class Implementation(GradientDescentModel, Protocol):
     kind: Kind
     rule: Optimizer
 
-    def loss_at(self, X, y, w, b) -> torch.Tensor: ...
+    def loss_at(self, X, y, *params) -> torch.Tensor: ...
 
-    def evaluate_at(self, X, y, w, b) -> Evaluation: ...
+    def evaluate_at(self, X, y, *params) -> Evaluation: ...

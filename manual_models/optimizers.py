@@ -76,15 +76,17 @@ class Optimizer:
         return text
 
     def torch_optimizer(
-        self, weight: torch.Tensor, bias: torch.Tensor, lr: float, device: torch.device
+        self, params: list[torch.Tensor], decays: list[bool], lr: float, device: torch.device
     ) -> torch.optim.Optimizer:
-        """The same rule from ``torch.optim``, for one model's weights and bias; weight decay
-        goes on the weights only (the bias sits in a param group of its own)."""
-        groups = [{"params": [weight, bias]}]
+        """The same rule from ``torch.optim``, for one model's parameters; weight decay goes
+        on those ``decays`` marks (the weights: the biases sit in a param group of their own)."""
+        groups = [{"params": list(params)}]
         if self.weight_decay:
+            decayed = [p for p, decay in zip(params, decays, strict=True) if decay]
+            others = [p for p, decay in zip(params, decays, strict=True) if not decay]
             groups = [
-                {"params": [weight], "weight_decay": self.weight_decay},
-                {"params": [bias], "weight_decay": 0.0},
+                {"params": decayed, "weight_decay": self.weight_decay},
+                {"params": others, "weight_decay": 0.0},
             ]
         if self.name == "adam":
             # capturable: the step count stays on the GPU, so a CUDA graph can replay a step.

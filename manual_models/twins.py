@@ -114,9 +114,9 @@ class SoftmaxLoss(torch.autograd.Function):
 class Twin(Model, nn.Module):
     """d2l's concise model with the loop's contract: a module's parameters, a loss,
     ``torch.optim``, trained by the post's loop. A twin says where its parameters live
-    (:meth:`hold`, :meth:`as_kind`) and what its loss is (:meth:`objective` on the own
-    parameters, :meth:`loss_graph_at` on any); ``w`` and ``b`` are live views of the
-    parameters in the kind's shapes, without their graph."""
+    (:meth:`hold`, :meth:`as_kind`: by default as the kind shapes them) and what its loss is
+    (:meth:`objective` on the own parameters, :meth:`loss_graph_at` on any); ``params`` are
+    live views of them in the kind's shapes, without their graph."""
 
     def __init__(
         self, kind: Kind, lr: float = 0.01, *, seed: int = 0, optimizer: Optimizer | None = None
@@ -124,18 +124,21 @@ class Twin(Model, nn.Module):
         nn.Module.__init__(self)
         Model.__init__(self, kind, lr, optimizer)
         self.leaves = self.hold(*kind.initial_parameters(seed))
-        # Live views: the optimizer updates the parameters in place, so w and b follow, and
+        # Live views: the optimizer updates the parameters in place, so params follow, and
         # writing them writes the parameters.
-        self.w, self.b = (view.detach() for view in self.as_kind(*self.leaves))
-        self.optimizer = self.rule.torch_optimizer(*self.leaves, self.lr, self.device)
+        self.params = kind.named(view.detach() for view in self.as_kind(*self.leaves))
+        decays = [name in kind.decays for name in self.params]
+        self.optimizer = self.rule.torch_optimizer(self.leaves, decays, self.lr, self.device)
 
-    @abstractmethod
-    def hold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
-        """Make the module's weight and bias, started at the kind's (w, b); return them."""
+    def hold(self, *params: torch.Tensor) -> tuple[nn.Parameter, ...]:
+        """Make the module's parameters, started at the kind's; return them. Here each as
+        the kind shapes it."""
+        self.held = nn.ParameterList(nn.Parameter(p) for p in params)
+        return tuple(self.held)
 
-    @abstractmethod
-    def as_kind(self, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight and bias (or their gradients) as views in the kind's shapes (w, b)."""
+    def as_kind(self, *leaves) -> tuple[torch.Tensor, ...]:
+        """The module's parameters (or their gradients) as views in the kind's shapes."""
+        return leaves
 
     @abstractmethod
     def objective(self, X, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +146,8 @@ class Twin(Model, nn.Module):
         with its graph, and the logits."""
 
     @abstractmethod
-    def loss_graph_at(self, X, y, w, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same loss at any (w, b), with its graph (one per trailing column), and z."""
+    def loss_graph_at(self, X, y, *params) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same loss at any parameters, with its graph (one per trailing column), and z."""
 
     def train_step(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> Step:
         """The post's loop: zero_grad → forward → loss → backward → step. (Without zero_grad
@@ -157,8 +160,7 @@ class Twin(Model, nn.Module):
             loss, outputs = self.objective(X, y)
             loss.backward()
             self.optimizer.step()
-        dw, db = self.as_kind(*(p.grad for p in self.leaves))
-        self.grads = {"dw": dw, "db": db}
+        self.grads = self._by_name(self.as_kind(*(p.grad for p in self.leaves)))
         return Step(loss.detach(), outputs.detach())
 
     def loss(self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -169,30 +171,29 @@ class Twin(Model, nn.Module):
     def gradients(
         self, X: torch.Tensor, y: torch.Tensor, *, check: bool = True
     ) -> dict[str, torch.Tensor]:
-        """∂J/∂w and ∂J/∂b by autograd at the current parameters; ``.grad`` is left alone."""
+        """The gradient by autograd at the current parameters; ``.grad`` is left alone."""
         X, y = self.kind.inputs(X, y, check=check)
         self._require_autograd()
         with torch.enable_grad():
-            dw, db = self.as_kind(*torch.autograd.grad(self.objective(X, y)[0], self.leaves))
-        return {"dw": dw, "db": db}
+            grads = torch.autograd.grad(self.objective(X, y)[0], self.leaves)
+        return self._by_name(self.as_kind(*grads))
 
-    def loss_at(self, X, y, w, b) -> torch.Tensor:
+    def loss_at(self, X, y, *params) -> torch.Tensor:
         with torch.no_grad():
-            return self.loss_graph_at(X, y, w, b)[0]
+            return self.loss_graph_at(X, y, *params)[0]
 
-    def evaluate_at(self, X, y, w, b) -> Evaluation:
-        """The loss, its gradient by autograd, and the logits at (w, b), any parameters (one
-        loss, or one per trailing column: the gradient of their sum is each column's own)."""
+    def evaluate_at(self, X, y, *params) -> Evaluation:
+        """The loss, its gradient by autograd, and the logits at any parameters (one loss, or
+        one per trailing column: the gradient of their sum is each column's own)."""
         self._require_autograd()
-        w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
+        params = tuple(p.detach().requires_grad_() for p in params)
         with torch.enable_grad():
-            loss, z = self.loss_graph_at(X, y, w, b)
-            dw, db = torch.autograd.grad(loss.sum(), (w, b))
-        return Evaluation(loss.detach(), {"dw": dw, "db": db}, z.detach())
+            loss, z = self.loss_graph_at(X, y, *params)
+            grads = torch.autograd.grad(loss.sum(), params)
+        return Evaluation(loss.detach(), self._by_name(grads), z.detach())
 
-    def set_parameters(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        self.w.copy_(torch.as_tensor(w).reshape(self.w.shape))  # copy_ casts and moves
-        self.b.copy_(torch.as_tensor(b).reshape(self.b.shape))
+    def _by_name(self, grads) -> dict[str, torch.Tensor]:
+        return {f"d{name}": g for name, g in zip(self.kind.parameter_names, grads, strict=True)}
 
     def _require_autograd(self) -> None:
         if torch.is_inference_mode_enabled():
@@ -203,39 +204,48 @@ class Twin(Model, nn.Module):
 
 
 class AutogradTwin(Twin):
-    """The textbook model, the reference: ``nn.Linear`` + the kind's criterion."""
+    """The reference. The textbook model for a kind that is one ``nn.Linear`` and a loss (its
+    :meth:`~Kind.criterion`): ``nn.Linear`` + the kind's criterion, the post's loop. Any other
+    kind (a network of your own): its own parameters, and autograd of its own forward
+    (:meth:`~Kind.reference_loss_at`), stepped by ``torch.optim``."""
 
     def __init__(self, kind: Kind, lr: float = 0.01, **kwargs) -> None:
+        self.linear = None
         super().__init__(kind, lr, **kwargs)
         self.criterion = kind.criterion()
 
-    def hold(self, w, b):
+    def hold(self, *params):
+        if self.kind.criterion() is None:
+            return super().hold(*params)
         # skip_init: the parameters come from the shared seed, not from torch's global RNG.
+        outputs = params[1].numel()  # b: one per output
         self.linear = nn.utils.skip_init(
-            nn.Linear, self.n_features, b.numel(), device=self.device, dtype=self.dtype
+            nn.Linear, self.n_features, outputs, device=self.device, dtype=self.dtype
         )
         views = self.as_kind(self.linear.weight, self.linear.bias)
         with torch.no_grad():
-            for view, start in zip(views, (w, b), strict=True):
+            for view, start in zip(views, params, strict=True):
                 view.copy_(start)
         return self.linear.weight, self.linear.bias
 
-    def as_kind(self, weight, bias):
-        return self.kind.from_linear(weight, bias)
+    def as_kind(self, *leaves):
+        return leaves if self.linear is None else self.kind.from_linear(*leaves)
 
     def objective(self, X, y):
+        if self.linear is None:
+            return self.loss_graph_at(X, y, *self.leaves)
         outputs = self.linear(X).squeeze(-1)  # the logits: (m,) for one output, (m, C) for C
         return self.criterion(outputs, y), outputs
 
-    def loss_graph_at(self, X, y, w, b):
-        return self.kind.reference_loss_at(X, y, w, b)
+    def loss_graph_at(self, X, y, *params):
+        return self.kind.reference_loss_at(X, y, *params)
 
 
 class FunctionTwin(Twin):
     """The same, with the loss replaced by an ``autograd.Function`` whose backward is the
-    hand derivation (``Loss.apply(X, w, b, y)``, and the kind's weights after y when it has
-    them); its weight and bias are held in the kind's
-    shapes, as the Function takes them (no view between them and the loss)."""
+    hand derivation (``Loss.apply(X, *params, y)``, and the kind's weights after y when it has
+    them); its parameters are held in the kind's shapes, as the Function takes them (no view
+    between them and the loss)."""
 
     def __init__(
         self, kind: Kind, Loss: type[torch.autograd.Function], lr: float = 0.01, **kwargs
@@ -243,21 +253,14 @@ class FunctionTwin(Twin):
         super().__init__(kind, lr, **kwargs)
         self.Loss = Loss
 
-    def hold(self, w, b):
-        self.weight, self.bias = nn.Parameter(w), nn.Parameter(b)
-        return self.weight, self.bias
-
-    def as_kind(self, weight, bias):
-        return weight, bias
-
     def objective(self, X, y):
-        return self.loss_graph_at(X, y, self.weight, self.bias)
+        return self.loss_graph_at(X, y, *self.leaves)
 
-    def loss_graph_at(self, X, y, w, b):
+    def loss_graph_at(self, X, y, *params):
         with torch.no_grad():  # for the accuracy: the Function keeps its own logits inside
-            z = self.kind.logits_at(X, w, b)
+            z = self.kind.logits_at(X, *params)
         weights = () if self.kind.weights is None else (self.kind.weights,)
-        return self.Loss.apply(X, w, b, y, *weights), z
+        return self.Loss.apply(X, *params, y, *weights), z
 
 
 class AutogradLogisticRegression(AutogradTwin):

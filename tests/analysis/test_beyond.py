@@ -44,7 +44,7 @@ def test_every_run_finishes_and_softmax_runs_record_every_parameter(beyond):
     run_id = softmax.run_id.iloc[0]
     assert {"param/b_norm", "grad/b_norm"} <= set(sweep.history(run_id).columns)
     trajectory = sweep.trajectory(run_id)
-    assert len([c for c in trajectory.columns if c.startswith("w_")]) == (4 + 1) * 3
+    assert len([c for c in trajectory.columns if c.startswith(("w[", "b["))]) == (4 + 1) * 3
     history = sweep.as_history(run_id)
     assert history.w.shape == (41, 4, 3) and history.b.shape == (41, 3)
 
@@ -55,7 +55,7 @@ def test_every_pair_agrees_for_every_rule_and_both_models(beyond):
     assert len(pairs) == 2 * 2 * 4 * 2  # (manual, function) per dataset, lr and rule
     assert pairs.agrees.all(), pairs[~pairs.agrees]
     assert set(pairs.optimizer) == {"sgd", "sgd, no zero_grad", "adam+wd(0.01)", "nesterov(0.9)"}
-    assert pairs.max_delta_w.max() < 1e-12
+    assert pairs.max_delta_theta.max() < 1e-12
     # No check without zero_grad: the step's gradient is not the gradient at θ_t by design.
     unchecked = pairs[pairs.optimizer == "sgd, no zero_grad"]
     assert unchecked.max_grad_rel_err.isna().all()
@@ -100,7 +100,7 @@ def test_a_logged_gradient_that_is_not_the_sum_fails_the_closed_form(beyond):
         if run_id in set(ablated.run_id):
             row = ablated.set_index("run_id").loc[run_id]
             other = real_trajectory(swapped[tuple(row[k] for k in key)])
-            dw = [c for c in frame.columns if c.startswith("dw_")]
+            dw = [c for c in frame.columns if c.startswith(("dw", "db"))]
             frame[dw] = other[dw].to_numpy()
         return frame
 

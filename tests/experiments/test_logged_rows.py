@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from experiments.cli import CONFIGS, run
 from experiments.config import load_sweep
 from experiments.data import run_data
+from experiments.records import read_trajectory
 from manual_models import make_model
 
 OVERRIDES = {
@@ -51,25 +52,19 @@ def logged(tmp_path_factory):
     return runs
 
 
-def parameters(row: pd.Series, n_features: int, n_classes: int):
-    """(w, b) of one logged row: w, or W row by row then b (b of a binary run is param/b)."""
-    w = torch.tensor(row.filter(regex=r"^w_\d+$").to_numpy(dtype=float))
-    if n_classes == 2:
-        return w, None
-    W = w[: n_features * n_classes].reshape(n_features, n_classes)
-    return W, w[n_features * n_classes :]
-
-
 def test_every_logged_row_is_what_its_parameters_score(logged):
     for config, params, history, trajectory in logged:
         data = run_data(config)
         n_features, n_classes = data.X.shape[1], data.n_classes
         fresh = make_model(config.impl, n_features, n_classes=n_classes, dtype=torch.float64)
-        assert list(trajectory.step) == list(history.step) == list(range(config.steps + 1))
+        steps, theta, _ = read_trajectory(trajectory)
+        assert list(steps) == list(history.step) == list(range(config.steps + 1))
+        assert list(theta) == ["w", "b"]
         for t in range(config.steps + 1):
             row = history.iloc[t]
-            w, b = parameters(trajectory.iloc[t], n_features, n_classes)
-            fresh.set_parameters(w, row["param/b"] if b is None else b)
+            fresh.set_parameters(*(torch.tensor(p[t]) for p in theta.values()))
+            if n_classes == 2:
+                assert row["param/b"] == float(theta["b"][t])
             for name, X, y in (("train", data.X, data.y), ("val", data.X_val, data.y_val)):
                 loss = float(fresh.loss(X, y))
                 where = (config.name, t, name)

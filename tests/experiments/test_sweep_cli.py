@@ -160,16 +160,14 @@ def test_artifacts_hold_the_complete_history(quick_sweep, tmp_path):
     assert history["check/grad_err_vs_terms"].max() < 1e-5
     maximum = child.data.metrics["check/max_grad_rel_err"]
     assert history["check/grad_rel_err"].max() == maximum  # the same float, written twice
-    assert len(trajectory) == 101 and trajectory.shape[1] == 1 + 2 * n
+    assert len(trajectory) == 101 and trajectory.shape[1] == 1 + 2 * (n + 1)  # w, b, dw, db
     # The artifact agrees with the metric MLflow shows last.
     assert history["train/loss"].iloc[-1] == child.data.metrics["train/loss"]
-    # w follows the logged gradient: w_{t+1} = w_t − lr·dw_t.
+    # θ follows the logged gradient: θ_{t+1} = θ_t − lr·dθ_t, and b is param/b.
     lr = float(child.data.params["lr"])
-    w, dw = (
-        trajectory[[f"w_{j}" for j in range(n)]].to_numpy(),
-        trajectory[[f"dw_{j}" for j in range(n)]].to_numpy(),
-    )
+    w, dw = (trajectory[[*(f"{d}w[{j}]" for j in range(n)), f"{d}b"]].to_numpy() for d in ("", "d"))
     np.testing.assert_allclose(w[1:], w[:-1] - lr * dw[:-1], rtol=1e-5, atol=1e-6)
+    assert (trajectory["b"] == history["param/b"]).all()
 
 
 def test_datasets_are_logged_with_a_digest(quick_sweep):

@@ -47,7 +47,7 @@ def run_both(rule: Optimizer, steps: int = 40):
     mine = [w.clone(), b.clone()]
     hand = HandOptimizer(rule)
     theirs = [torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())]
-    torch_opt = rule.torch_optimizer(*theirs, 0.05, w.device)
+    torch_opt = rule.torch_optimizer(theirs, [True, False], 0.05, w.device)
     worst = 0.0
     for dw, db in grads:
         hand.step(mine, [dw, db], 0.05, decays=(True, False))
@@ -75,8 +75,8 @@ def test_a_rule_off_by_0_1_percent_fails_the_check(rule, off_by_0_1_percent, mon
     """The hand rule with a hyperparameter 0.1% off against torch.optim with the right one."""
     real = rule.torch_optimizer
 
-    def mismatched(self, weight, bias, lr, device):  # torch.optim keeps the right value
-        return real(weight, bias, lr, device)
+    def mismatched(self, params, decays, lr, device):  # torch.optim keeps the right value
+        return real(params, decays, lr, device)
 
     monkeypatch.setattr(Optimizer, "torch_optimizer", mismatched)
     assert run_both(off_by_0_1_percent) > 1e-7
