@@ -51,8 +51,9 @@ def accumulation(sweep: Sweep) -> pd.DataFrame:
                     "with_zero_grad_run_id": twin.run_id,
                     "final_train_loss": run["train/loss"],
                     "final_train_loss_with_zero_grad": twin["train/loss"],
-                    "final_grad_w_norm": run["grad/w_norm"],
-                    "final_grad_w_norm_with_zero_grad": twin["grad/w_norm"],
+                    # ‖dw‖ of the built-in kinds (a network's norms are by its own names)
+                    "final_grad_w_norm": run.get("grad/w_norm", np.nan),
+                    "final_grad_w_norm_with_zero_grad": twin.get("grad/w_norm", np.nan),
                 }
             )
         rows.append(row)

@@ -50,3 +50,25 @@ def trajectory_gap(a: History, b: History) -> TrajectoryGap:
 
     deltas = {name: gap(a.params[name], b.params[name]) for name in a.params}
     return TrajectoryGap(deltas, gap(a.loss, b.loss), a.steps)
+
+
+def parted_at(a: History, b: History, tolerance: float) -> int | None:
+    """The first step at which two runs are more than ``tolerance`` apart, in any parameter
+    (at the rows both kept) or in the loss (every row); None if they never are."""
+    apart = [
+        int(rows[0])
+        for rows in (
+            a.kept[_over(a.params, b.params, tolerance)],
+            torch.nonzero((a.loss.double() - b.loss.double()).abs() > tolerance).flatten(),
+        )
+        if len(rows)
+    ]
+    return min(apart) if apart else None
+
+
+def _over(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], tolerance: float):
+    """Per kept row: whether any parameter's entry differs by more than ``tolerance``."""
+    rows = len(next(iter(x.values())))
+    return torch.stack([
+        (x[n].double() - y[n].double()).abs().reshape(rows, -1).amax(1) > tolerance for n in x
+    ]).any(0)  # fmt: skip

@@ -24,7 +24,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.linear_model import LogisticRegression as SkLogistic
 
-from analysis.agreement import TOLERANCES, trajectory_gap
+from analysis.agreement import TOLERANCES, parted_at, trajectory_gap
 from analysis.runs import KEYS, Sweep, step_loss
 from experiments.data import load_split
 from experiments.findings import best_lrs as _best_lrs
@@ -42,13 +42,16 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
     for _, run in runs[runs.impl != "autograd"].iterrows():
         key = tuple(run[k] for k in KEYS)
         row = {**run[KEYS].to_dict(), "impl": run.impl, "run_id": run.run_id}
+        row["model"] = run.get("model", "None")  # "None": a built-in kind
         if key not in twins.index:
             rows.append({**row, "agrees": False, "note": "no autograd twin in this sweep"})
             continue
         twin = twins.loc[key]
-        gap = trajectory_gap(sweep.as_history(run.run_id), sweep.as_history(twin.run_id))
+        histories = sweep.as_history(run.run_id), sweep.as_history(twin.run_id)
+        gap = trajectory_gap(*histories)
         ours, theirs = sweep.history(run.run_id), sweep.history(twin.run_id)
         dtype = DTYPES[run["dtype"]]
+        parted = parted_at(*histories, TOLERANCES[dtype])
         # The loss over every step, not only the rows trajectory.parquet kept.
         max_delta_loss = float((step_loss(ours) - step_loss(theirs)).abs().max())
         gap = replace(gap, max_delta_loss=max_delta_loss)
@@ -78,6 +81,7 @@ def pairs(sweep: Sweep) -> pd.DataFrame:
                 },
                 "tolerance": TOLERANCES[dtype],
                 "agrees": gap.agrees(dtype),
+                "parted_at": np.nan if parted is None else parted,  # the first step apart
                 "note": "",
             }
         )

@@ -205,7 +205,8 @@ def zero_grad(sweep: Sweep, table: pd.DataFrame) -> Figure:
                     label = f"lr={lr:g}" + ("" if zeroed else ", no zero_grad")
                     axes[0, col].plot(h.step, h["train/loss"], style, color=color, label=label)
                     used = h.iloc[:-1]  # the last row takes no step: its gradient is fresh
-                    axes[1, col].plot(used.step, used["grad/w_norm"], style, color=color)
+                    if "grad/w_norm" in used:  # the built-in kinds' ‖dw‖
+                        axes[1, col].plot(used.step, used["grad/w_norm"], style, color=color)
         axes[0, col].set(title=dataset, ylabel="train loss", yscale="log")
         axes[1, col].set(xlabel="step", ylabel="‖gradient the step used‖ (w)", yscale="log")
         axes[0, col].legend(fontsize=7)

@@ -36,28 +36,31 @@ def verdicts(pairs: pd.DataFrame) -> pd.Series:
 
     Plain GD with lr·L ≥ 2 oscillates and amplifies rounding. Adam (or momentum) can too at
     any lr·L: its step does not shrink with the gradient, so the iterates keep bouncing around
-    the optimum. Either way the gradients at the same parameters still agree to the dtype's
-    tolerance of the summed terms (``max_grad_err_vs_terms``); a wrong gradient does not."""
+    the optimum. On a non-convex loss (a model of one's own, a network) nearby paths may part
+    for good: rounding moves a run to another side of a ridge. Either way the gradients at the
+    same parameters still agree to the dtype's tolerance of the summed terms
+    (``max_grad_err_vs_terms``); a wrong gradient does not."""
     unstable = pairs["lr_times_L"] >= 2
     rule = pairs.get("optimizer", pd.Series("sgd", index=pairs.index)).astype(str)
     plain = rule.str.startswith("sgd")
     terms = pairs.get("max_grad_err_vs_terms", pd.Series(np.nan, index=pairs.index))
     tolerance = pairs.get("tolerance", pd.Series(np.nan, index=pairs.index))
     gradients_agree = terms <= tolerance
+    own = pairs.get("model", pd.Series("None", index=pairs.index)).astype(str) != "None"
 
-    def verdict(ok, bad, sgd, grads):
+    def verdict(ok, bad, sgd, grads, mine):
         if ok:
             return "agrees"
         if bad and sgd:
             return "disagrees (unstable lr: lr·L ≥ 2)"
         if grads and not sgd:
             return "disagrees (the rule's steps amplify rounding; the gradients agree)"
+        if grads and mine:
+            return "parts ways (the gradients agree at every check; the path amplifies rounding)"
         return "DISAGREES"
 
-    return pd.Series(
-        [verdict(*v) for v in zip(pairs["agrees"], unstable, plain, gradients_agree, strict=True)],
-        index=pairs.index,
-    )
+    cases = zip(pairs["agrees"], unstable, plain, gradients_agree, own, strict=True)
+    return pd.Series([verdict(*v) for v in cases], index=pairs.index)
 
 
 def build(sweep: Sweep, baseline: Sweep | None = None) -> Report:
@@ -161,6 +164,7 @@ PAIR_COLUMNS = [
     "run_name",
     "verdict",
     "max_delta_theta",
+    "parted_at",
     "max_delta_loss",
     "max_grad_rel_err",
     "max_grad_err_vs_terms",

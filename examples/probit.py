@@ -69,6 +69,6 @@ class Probit(Kind):
     def accuracy(self, z, y):
         return ((z > 0) == (signs(y, z) > 0)).to(z.dtype).mean(0)
 
-    def summands_at(self, X, y, z):
+    def summands_at(self, X, y, z, *params):
         r = residual(z, y).abs()
         return {"dw": X.abs().T @ r / X.shape[0], "db": r.mean(0)}

@@ -104,7 +104,7 @@ class Model(ABC):
         the caller has them already (from :meth:`evaluate`: one product X w fewer)."""
         X, y = self.kind.inputs(X, y, check=False)
         z = self.kind.logits_at(X, *self.theta) if logits is None else logits
-        return self.kind.summands_at(X, y, z)
+        return self.kind.summands_at(X, y, z, *self.theta)
 
     def __repr__(self) -> str:
         classes = "" if self.n_classes == 2 else f", n_classes={self.n_classes}"

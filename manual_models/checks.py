@@ -224,7 +224,7 @@ def gradient(dtype: torch.dtype):
         worst, where = 0.0, ""
         for label, kind, X, y, theta in problems(make, device, dtype):
             hand = kind.gradients_at(X, y, *theta).grads
-            terms = kind.summands_at(X, y, kind.logits_at(X, *theta))
+            terms = kind.summands_at(X, y, kind.logits_at(X, *theta), *theta)
             err = _error(
                 torch.linalg.vector_norm(_flat(hand) - _flat(autograd_gradient(kind, X, y, theta)))
                 / torch.linalg.vector_norm(_flat(terms))

@@ -165,9 +165,11 @@ class Kind(ABC):
         """The fraction predicted right from the logits (one per trailing column)."""
 
     @abstractmethod
-    def summands_at(self, X, y, z) -> dict[str, torch.Tensor]:
-        """The gradient's sums taken over absolute values: what a correct gradient's rounding
-        is relative to, however much its terms cancel."""
+    def summands_at(self, X, y, z, *params) -> dict[str, torch.Tensor]:
+        """The gradient's sums taken over absolute values, by name as the gradient: what a
+        correct gradient's rounding is relative to, however much its terms cancel. ``z``: the
+        logits at the parameters, computed already (a linear kind needs no more; a network
+        needs its weights to carry the terms back)."""
 
     # --- the reference: autograd of the kind's own forward, unless it says more -------------
     def reference_loss_at(self, X, y, *params) -> tuple[torch.Tensor, torch.Tensor]:

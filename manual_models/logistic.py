@@ -217,7 +217,7 @@ class Logistic(Kind):
     def accuracy(self, z, y):
         return accuracy(z, y)
 
-    def summands_at(self, X, y, z):
+    def summands_at(self, X, y, z, *params):
         return summand_sizes(X, torch.sigmoid(z), y, self.weights)
 
     def hessian_product(self, X, y, w, b, weight_decay=0.0):

@@ -178,7 +178,7 @@ class Softmax(Kind):
     def accuracy(self, Z, y):
         return accuracy(Z, y)
 
-    def summands_at(self, X, y, Z):
+    def summands_at(self, X, y, Z, *params):
         return summand_sizes(X, torch.softmax(Z, 1), y, self.weights)
 
     def hessian_product(self, X, y, W, b, weight_decay=0.0):

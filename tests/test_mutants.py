@@ -55,10 +55,10 @@ MUTANTS = {
     ),
     "a mini-batch step's gradient checked on the whole set": (
         "experiments/loop.py",
-        "values.update(self.check(w, b, grads, X, y) if checked else self.unchecked())\n"
-        '        return values, (w, b), grads, values["train/batch_loss"]',
-        "values.update(self.check(w, b, grads, self.X, self.y) if checked else self.unchecked())\n"
-        '        return values, (w, b), grads, values["train/batch_loss"]',
+        "values.update(self.check(theta, grads, X, y) if checked else self.unchecked())\n"
+        '        return values, theta, grads, values["train/batch_loss"]',
+        "values.update(self.check(theta, grads, self.X, self.y) if checked else self.unchecked())\n"
+        '        return values, theta, grads, values["train/batch_loss"]',
     ),
     "the whole training loss scored on its first 64 rows": (
         "experiments/loop.py",
@@ -102,12 +102,29 @@ MUTANTS = {
         'return {"dw": X.T @ residual / X.shape[0], "db": residual.mean(0)}',
         'return {"dw": (1 + 1e-9) * X.T @ residual / X.shape[0], "db": residual.mean(0)}',
     ),
+    # The three wrong programs of a hand-derived network (examples/mlp.py): check_model
+    # must catch each (tests/manual_models/test_mlp.py).
+    "the network's first weight gradient transposed": (
+        "examples/mlp.py",
+        '"dW1": torch.einsum("mn,mh...->nh...", X, dA),',
+        '"dW1": torch.einsum("mn,mh...->hn...", X, dA),',
+    ),
+    "the network's gradient without its 1/m": (
+        "examples/mlp.py",
+        "dZ = (torch.softmax(Z, dim=1) - one_hot(y, Z)) / m\n",
+        "dZ = torch.softmax(Z, dim=1) - one_hot(y, Z)\n",
+    ),
+    "the network's ReLU mask off by one unit": (
+        "examples/mlp.py",
+        "return (A > 0).to(A.dtype)",
+        "return (A > 0).roll(1, dims=1).to(A.dtype)",
+    ),
 }
 
 
 def copy_of_the_packages(folder: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("manual_models", "experiments", "analysis", "tests"):
+    for name in ("manual_models", "experiments", "analysis", "examples", "tests"):
         shutil.copytree(ROOT / name, folder / name, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", folder)
     return folder
