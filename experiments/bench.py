@@ -496,7 +496,7 @@ def memory_probe(probe: dict, uri: str) -> None:
         run_id = tracker.start_run(experiment, result.config.name, tags={})
         write_run(tracker, run_id, result, inputs=False, guard=False)
     history = results[0].history
-    width = 2 * (history.w[0].numel() + history.b[0].numel()) + len(history.metrics) + 1
+    width = 2 * sum(t[0].numel() for t in history.params.values()) + len(history.metrics) + 1
     row = {
         "steps": probe["steps"],
         "n": f"{probe['n_samples']} × {probe['n_features']}",

@@ -146,8 +146,9 @@ class _Common(BaseModel):
     max_trajectory_values: Count = Field(
         10_000_000,
         ge=1,
-        description="w, b, dw and db values a run keeps (trajectory.parquet); beyond, every k-th "
-        "step and the last, chosen before the loop, so a run's memory does not grow with steps",
+        description="parameter and gradient values a run keeps (trajectory.parquet); beyond, "
+        "every k-th step and the last, chosen before the loop, so a run's memory does not grow "
+        "with steps",
     )
     cuda_graphs: bool = Field(
         True, description="on CUDA, replay each step as a captured CUDA graph (ignored elsewhere)"

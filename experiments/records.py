@@ -13,6 +13,7 @@ concludes from it).
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
 import math
 import platform
@@ -212,18 +213,19 @@ def thin(n: int, max_points: int) -> np.ndarray:
 
 
 # The series drawn as curves, sent at up to ``max_metric_points`` points: the losses and
-# accuracies, how far w and the gradient are from 0, and the gradient checks on a log10 scale
-# (the raw checks live near the float epsilon, and a linear axis labels them 0, 0, 0). Every
-# other series (the bias, the raw checks) goes at its first and last step; every series is
-# whole in history.parquet.
+# accuracies, how far each parameter and its gradient are from 0 (``*_norm``: w's, a softmax
+# b's, a network's W1's …), and the gradient checks on a log10 scale (the raw checks live near
+# the float epsilon, and a linear axis labels them 0, 0, 0). Every other series (a one-number
+# bias, the raw checks) goes at its first and last step; every series is whole in
+# history.parquet.
 CURVES = (
     "train/loss",
     "train/batch_loss",
     "val/loss",
     "train/accuracy",
     "val/accuracy",
-    "grad/w_norm",
-    "param/w_norm",
+    "grad/*_norm",
+    "param/*_norm",
     "check/log10_grad_rel_err",
     "check/log10_grad_err_vs_terms",
     "curv/sharpness",
@@ -247,7 +249,8 @@ def charted(history: History, max_points: int) -> list[tuple[str, float, int]]:
     points = []
     for name, values in series(history).items():
         steps = np.flatnonzero(~np.isnan(values))
-        for i in steps[thin(len(steps), max_points if name in CURVES else 2)]:
+        curve = any(fnmatch.fnmatchcase(name, pattern) for pattern in CURVES)
+        for i in steps[thin(len(steps), max_points if curve else 2)]:
             points.append((name, float(values[i]), int(i)))
     return points
 

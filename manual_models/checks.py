@@ -75,7 +75,16 @@ def checks(make: MakeKind, devices: list[str] | None = None) -> Iterator[tuple[s
     """(name, check) for each check and device: a check called returns its :class:`Result`."""
     for device in devices or available_devices():
         for name, check in CHECKS.items():
-            yield f"{name}[{device}]", lambda check=check, device=device: check(make, device)
+            yield f"{name}[{device}]", functools.partial(_guarded, check, name, make, device)
+
+
+def _guarded(check: Callable, name: str, make: MakeKind, device: str) -> Result:
+    """The check's result; a check the kind broke (an exception) fails, saying what raised."""
+    try:
+        return check(make, device)
+    except Exception as err:  # the kind's code, not the check's: report it as the result
+        message = str(err).splitlines()[0] if str(err) else ""
+        return Result(name, device, math.inf, 0.0, f"raised {type(err).__name__}: {message}")
 
 
 def parametrize_with_checks(makes: list[MakeKind]):

@@ -4,9 +4,10 @@ kind of model, :class:`Implementation` for a new way to compute its gradient).
 
 How to add a model (docs/design.md says it with an example):
 
-1. A kind is the math: subclass :class:`Kind` and write its abstract methods (labels, the
-   seeded start, the link, the logits, the loss, the gradient by hand, accuracy, the size of
-   the gradient's terms, and the same loss through torch's own functions for the reference).
+1. A kind is the math: subclass :class:`Kind`, name its parameters (``parameter_names``) and
+   write its abstract methods (labels, the seeded start, the link, the logits, the loss, the
+   gradient by hand, accuracy, the size of the gradient's terms). The reference is autograd
+   of its own loss, or of ``reference_loss_at`` where it writes one (the built-in kinds do).
 2. ``HandModel(kind, lr)`` trains it with the gradient you derived, ``AutogradTwin(kind, lr)``
    with autograd's, ``FunctionTwin(kind, Loss, lr)`` through an ``autograd.Function``. All three
    satisfy :class:`GradientDescentModel`, so the loop, K learning rates in one pass

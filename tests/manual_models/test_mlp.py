@@ -5,13 +5,14 @@ versions of it (a transposed weight gradient, a missing 1/m, a ReLU mask off by 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 
 from examples.mlp import ReLU, TwoLayer
 from manual_models import HandModel, check_model, make_model
-from manual_models.checks import parametrize_with_checks
+from manual_models.checks import checks, parametrize_with_checks
 
 
 def three_classes(n_features, **kwargs):
@@ -43,3 +44,22 @@ def test_a_sweep_model_of_the_network_holds_its_parameters_by_name():
         twin.train_step(X, y)
     for name in model.params:
         torch.testing.assert_close(model.params[name], twin.params[name], rtol=1e-12, atol=0)
+
+
+class Transposed(TwoLayer):
+    """dW1 as (h, n): the shape of W1ᵀ, the classic slip of Xᵀ dA written dAᵀ X."""
+
+    def gradients_at(self, X, y, *params):
+        loss, grads, Z = super().gradients_at(X, y, *params)
+        return loss, {**grads, "dW1": grads["dW1"].transpose(0, 1)}, Z
+
+
+def test_a_check_the_kind_breaks_fails_saying_what_raised():
+    """The step cannot apply a (h, n) gradient to an (n, h) weight: the trajectory check
+    fails with the error's first line, and every other check still runs."""
+    results = {r.check: r for r in (check() for _, check in checks(Transposed, ["cpu"]))}
+    assert len(results) == 7
+    assert results["trajectory"].measured == math.inf and not results["trajectory"].passed
+    assert results["trajectory"].where.startswith("raised RuntimeError: ")
+    assert "shapes are not the parameters'" in results["contract"].where
+    assert results["gradient"].measured > 0.1 and results["bad input"].passed
