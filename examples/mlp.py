@@ -29,8 +29,8 @@ gradient and autograd's still agree to rounding at every step, for as long as th
 stay on the same path: ``examples/mlp.yaml`` sweeps it on digits and moons and the report
 shows where they part (docs/your-model.md).
 
-``check_model(TwoLayer)`` and ``check_model(ReLU)`` check it; ``tests/test_mlp.py`` runs them
-and three wrong programs (``make mutants``) that they catch.
+``check_model(TwoLayer)`` and ``check_model(ReLU)`` check it; ``tests/manual_models/test_mlp.py``
+runs them, and ``make mutants`` three wrong versions that they catch.
 """
 
 from __future__ import annotations

@@ -261,11 +261,7 @@ class Loop:
         self.names = [
             name
             for pattern in METRICS
-            for name in (
-                [f"{pattern[:-1]}{s}" for s in self.series.values()]
-                if pattern.endswith("/*")
-                else [pattern]
-            )
+            for name in self.expanded(pattern)
             if (X_val is not None or not name.startswith("val/"))
             and (batches is not None or name not in ("train/batch_loss", "grad/batch_dev_sq"))
             and (sharpness_every is not None or not name.startswith("curv/"))
@@ -290,6 +286,12 @@ class Loop:
         self.buffers = {n: torch.zeros(n, dtype=torch.int64, device=model.device) for n in sizes}
         self.warm = 0  # eager steps taken with the current shapes (CUDA graphs want some first)
         self.t = 0  # the next row
+
+    def expanded(self, pattern: str) -> list[str]:
+        """A name of :data:`METRICS`: ``grad/*`` as one series per parameter, any other as is."""
+        if not pattern.endswith("/*"):
+            return [pattern]
+        return [pattern.replace("*", series) for series in self.series.values()]
 
     def checked(self, t: int) -> bool:
         return self.reference is not None and (

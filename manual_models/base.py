@@ -44,8 +44,13 @@ class Model(ABC):
     device = property(lambda self: self.kind.device)
     dtype = property(lambda self: self.kind.dtype)
     # The built-in kinds' two parameters by their names (a network's: ``params["W1"]``).
-    w = property(lambda self: self.params["w"])
-    b = property(lambda self: self.params["b"])
+    w = property(lambda self: self._parameter("w"))
+    b = property(lambda self: self._parameter("b"))
+
+    def _parameter(self, name: str) -> torch.Tensor:
+        if name not in self.params:  # an AttributeError, so hasattr and getattr work
+            raise AttributeError(f"{self.kind!r} has no {name!r}; its parameters: {[*self.params]}")
+        return self.params[name]
 
     @property
     def theta(self) -> tuple[torch.Tensor, ...]:
