@@ -267,6 +267,8 @@ class Loop:
             and (sharpness_every is not None or not name.startswith("curv/"))
             and (reference is not None or not name.startswith("check/"))
         ]
+        self.gradient_names = [f"d{name}" for name in self.series]
+        self.described = {p: [f"{p}/{s}" for s in self.series.values()] for p in ("param", "grad")}
         self.shapes = [*shapes.values()] * 2  # the parameters, then their gradients
         self.sizes = [math.prod(s) // math.prod(runs) for s in self.shapes]
         self.every = keep_every(steps + 1, sum(self.sizes), max_trajectory_values)
@@ -361,7 +363,7 @@ class Loop:
         values = [p.reshape(len(kept), *s) for p, s in zip(parts, self.shapes, strict=True)]
         names = list(self.series)
         params = dict(zip(names, values[: len(names)], strict=True))
-        grads = dict(zip([f"d{n}" for n in names], values[len(names) :], strict=True))
+        grads = dict(zip(self.gradient_names, values[len(names) :], strict=True))
         return History(metrics, params, grads, self.kept, self.every, finite)
 
     def record(self, t: int, row: torch.Tensor) -> None:
@@ -495,17 +497,15 @@ class Loop:
 
     def ordered(self, grads: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The gradients in the parameters' order."""
-        return [grads[f"d{name}"] for name in self.series]
+        return [grads[name] for name in self.gradient_names]
 
     def describe(self, prefix: str, tensors) -> dict[str, torch.Tensor]:
         """Each parameter's (or gradient's) series, in the parameters' order: itself when it
         is one number per run (b), else its norm per run (Frobenius for a matrix W)."""
         values = {}
-        for t, series in zip(tensors, self.series.values(), strict=True):
+        for t, name in zip(tensors, self.described[prefix], strict=True):
             scalar = t.shape == self.runs
-            values[f"{prefix}/{series}"] = (
-                t if scalar else torch.linalg.vector_norm(self.flat(t), dim=0)
-            )
+            values[name] = t if scalar else torch.linalg.vector_norm(self.flat(t), dim=0)
         return values
 
     def check(self, theta, grads, X, y) -> dict[str, torch.Tensor]:

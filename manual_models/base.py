@@ -167,9 +167,8 @@ class HandModel(Model):
         if not self.grads:
             raise RuntimeError("optimize() needs gradients: call backward() first")
         self._writable()
-        grads = [self.grads[f"d{name}"] for name in self.params]
-        decays = [name in self.kind.decays for name in self.params]
-        self.optimizer.step(list(self.theta), grads, self.lr, decays=decays)
+        grads = [self.grads[name] for name in self.kind.gradient_names]
+        self.optimizer.step(list(self.theta), grads, self.lr, decays=self.kind.decayed)
 
     def set_parameters(self, *params: torch.Tensor) -> None:
         self._writable()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from functools import cached_property
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -234,6 +235,16 @@ class Kind(ABC):
         kind = copy.copy(self)
         kind.weights = s * (s.numel() / s.sum())
         return kind
+
+    @cached_property
+    def gradient_names(self) -> tuple[str, ...]:
+        """ "d" + each parameter's name, in order: the keys of ``gradients_at``'s grads."""
+        return tuple(f"d{name}" for name in self.parameter_names)
+
+    @cached_property
+    def decayed(self) -> tuple[bool, ...]:
+        """Per parameter, in order: whether weight decay applies to it."""
+        return tuple(name in self.decays for name in self.parameter_names)
 
     def initial(self, seed: int) -> dict[str, torch.Tensor]:
         """:meth:`initial_parameters` by name."""

@@ -127,8 +127,7 @@ class Twin(Model, nn.Module):
         # Live views: the optimizer updates the parameters in place, so params follow, and
         # writing them writes the parameters.
         self.params = kind.named(view.detach() for view in self.as_kind(*self.leaves))
-        decays = [name in kind.decays for name in self.params]
-        self.optimizer = self.rule.torch_optimizer(self.leaves, decays, self.lr, self.device)
+        self.optimizer = self.rule.torch_optimizer(self.leaves, kind.decayed, self.lr, self.device)
 
     def hold(self, *params: torch.Tensor) -> tuple[nn.Parameter, ...]:
         """Make the module's parameters, started at the kind's; return them. Here each as
@@ -193,7 +192,7 @@ class Twin(Model, nn.Module):
         return Evaluation(loss.detach(), self._by_name(grads), z.detach())
 
     def _by_name(self, grads) -> dict[str, torch.Tensor]:
-        return {f"d{name}": g for name, g in zip(self.kind.parameter_names, grads, strict=True)}
+        return dict(zip(self.kind.gradient_names, grads, strict=True))
 
     def _require_autograd(self) -> None:
         if torch.is_inference_mode_enabled():
