@@ -84,8 +84,8 @@ def _closed_form(sweep: Sweep, run: pd.Series) -> dict[str, object]:
     theta = torch.tensor(np.hstack([p.reshape(rows, -1) for p in params.values()]))
     logged = torch.tensor(np.hstack([g.reshape(rows, -1) for g in grads.values()]))
     decays = torch.cat([
-        torch.full((p[0].size,), float(name in model.kind.decays), dtype=torch.float64)
-        for name, p in params.items()
+        torch.full((p[0].size,), float(decayed), dtype=torch.float64)
+        for p, decayed in zip(params.values(), model.kind.decayed, strict=True)
     ])  # fmt: skip
     fresh = []
     for t in range(history.steps):  # g_s at every logged θ_s a step was taken from
